@@ -1,0 +1,159 @@
+"""The ``simx`` command line.
+
+Each command parses options and calls into the library; heavy imports (onnxruntime,
+and torch for ``simx export``) happen inside the command that needs them, so
+``simx --help`` stays fast and the runtime never loads torch.
+
+Library code raises ``SimxError``; ``main`` prints it as one line on stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import registry
+from .errors import SimxError
+
+EXIT_ERROR = 2  # a usage or input error: nothing (more) was done
+
+
+class _Group(click.Group):
+    """A click group that turns simx's own exceptions into one line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SimxError as e:
+            click.echo(f"simx: error: {e}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="simx")
+def main() -> None:
+    """Fast, verified DINOv2 and OpenCLIP image embeddings with ONNX Runtime."""
+
+
+# --------------------------------------------------------------------------- models
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
+def models_cmd(as_json: bool) -> None:
+    """List the models simx can export."""
+    rows = []
+    for e in registry.MODELS.values():
+        p = e.preprocess()
+        rows.append(
+            {
+                "id": e.id,
+                "family": e.family,
+                "variant": e.variant,
+                "source": e.source,
+                "dim": e.dim,
+                "params_m": e.params_m,
+                "input_size": e.default_size,
+                "patch_size": e.patch_size,
+                "quick_gelu": e.quick_gelu,
+                "preprocess": {
+                    "resize": p.resize,
+                    "resize_mode": p.resize_mode,
+                    "interpolation": p.interpolation,
+                    "crop": p.crop,
+                    "mean": list(p.mean),
+                    "std": list(p.std),
+                },
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    head = ("id", "family", "dim", "params", "input", "preprocessing")
+    table = [
+        (
+            r["id"],
+            r["family"],
+            str(r["dim"]),
+            f"{r['params_m']:.0f}M",
+            f"{r['input_size']}px",
+            "resize {resize} {interpolation} -> crop {crop}, {norm}".format(
+                norm="imagenet mean/std" if r["family"] == "dinov2" else "openai mean/std",
+                **r["preprocess"],
+            )
+            + (", QuickGELU" if r["quick_gelu"] else ""),
+        )
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *table)]
+    for line in [head, tuple("-" * w for w in widths), *table]:
+        click.echo("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip())
+
+
+# --------------------------------------------------------------------------- export
+def _export_options(f):
+    f = click.option(
+        "--weights",
+        default="pretrained",
+        show_default=True,
+        help="'pretrained' (download via timm/open_clip), 'random' (speed tests only), "
+        "or a checkpoint PATH.",
+    )(f)
+    f = click.option(
+        "--output-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("onnx_models"),
+        show_default=True,
+    )(f)
+    f = click.option("--image-size", type=int, default=224, show_default=True,
+                     help="Input size; a multiple of the patch size.")(f)
+    f = click.option("--opset", type=int, default=18, show_default=True)(f)
+    f = click.option(
+        "--precision",
+        type=click.Choice(["fp32", "fp16", "int8"]),
+        default="fp32",
+        show_default=True,
+        help="int8 for the CPU, fp16 for the GPU; each is accuracy-gated and gets its own file.",
+    )(f)
+    return f
+
+
+def _run_export(entry: registry.ModelEntry, **kw) -> None:
+    try:
+        from .export.api import export_model
+    except ImportError as e:
+        raise SimxError(
+            f"simx export needs the export extra ({e.name or e} is missing): "
+            "pip install 'simx[export]'"
+        ) from None
+    path = export_model(entry, **kw)
+    click.echo(str(path))
+
+
+@main.group("export")
+def export_group() -> None:
+    """Export a model to a verified, self-describing .onnx file (needs simx[export])."""
+
+
+@export_group.command("dinov2")
+@click.option("--variant", required=True, help="small, base, large or giant.")
+@click.option("--registers", is_flag=True, help="The variant with 4 register tokens.")
+@_export_options
+def export_dinov2(variant: str, registers: bool, **kw) -> None:
+    """Export a DINOv2 backbone (normalized CLS token)."""
+    _run_export(registry.dinov2(variant, registers), **kw)
+
+
+@export_group.command("openclip")
+@click.option("--model", "model_name", required=True, help="ViT-B-32, ViT-B-16, ViT-L-14, ViT-H-14.")
+@click.option("--pretrained", required=True, help="The open_clip pretrained tag.")
+@click.option("--text", is_flag=True, help="Also export the text tower.")
+@_export_options
+def export_openclip(model_name: str, pretrained: str, text: bool, **kw) -> None:
+    """Export an OpenCLIP image tower (encode_image)."""
+    _run_export(registry.openclip(model_name, pretrained), text=text, **kw)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

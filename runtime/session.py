@@ -1,0 +1,170 @@
+"""The one place that finds model files, builds onnxruntime sessions and picks providers.
+
+Everything that runs a model (encoder, bench, search) goes through ``open_model``,
+so provider choice, thread settings and the "no silent CPU fallback" rule live here.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelFileError, ProviderError
+from .spec import ModelSpec, SpecError, read_spec_from_metadata
+
+DEFAULT_MODELS_DIR = "onnx_models"
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+_ORT_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def models_dir() -> Path:
+    """Where model ids are looked up: ``$SIMX_MODELS_DIR``, else ``./onnx_models``."""
+    return Path(os.environ.get("SIMX_MODELS_DIR", DEFAULT_MODELS_DIR))
+
+
+def resolve_model_path(model: str | os.PathLike[str]) -> Path:
+    """A path to an .onnx file, or an id such as ``dinov2-small`` found in ``models_dir()``."""
+    p = Path(model)
+    if p.suffix == ".onnx" or p.exists():
+        if not p.is_file():
+            raise ModelFileError(f"model file not found: {p}")
+        return p
+    candidate = models_dir() / f"{model}.onnx"
+    if candidate.is_file():
+        return candidate
+    have = sorted(x.stem for x in models_dir().glob("*.onnx")) if models_dir().is_dir() else []
+    hint = f"; models there: {', '.join(have)}" if have else "; export one with `simx export`"
+    raise ModelFileError(f"no model {str(model)!r}: not a file, and not in {models_dir()}/{hint}")
+
+
+def _ort():
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu >= 1.21 can load the CUDA/cuDNN libraries that pip installed;
+        # without this, CUDA silently fails to register on many hosts.
+        try:
+            ort.preload_dlls()
+        except Exception:  # pragma: no cover - best effort, reported via providers
+            pass
+    return ort
+
+
+def available_providers() -> list[str]:
+    return list(_ort().get_available_providers())
+
+
+def pick_providers(provider: str) -> list[str]:
+    """The provider list to ask onnxruntime for. Asking for one that is absent is an error."""
+    if provider not in PROVIDER_CHOICES:
+        raise ProviderError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDER_CHOICES)}")
+    available = available_providers()
+    if provider == "auto":
+        order = [_ORT_NAMES["cuda"], _ORT_NAMES["cpu"]]
+        return [p for p in order if p in available] or [_ORT_NAMES["cpu"]]
+    wanted = _ORT_NAMES[provider]
+    if wanted not in available:
+        raise ProviderError(
+            f"provider {provider!r} ({wanted}) is not available in this onnxruntime "
+            f"(available: {', '.join(available)}); install simx[gpu] for CUDA"
+        )
+    chain = [wanted]
+    if provider == "tensorrt" and _ORT_NAMES["cuda"] in available:
+        chain.append(_ORT_NAMES["cuda"])
+    return chain + ([_ORT_NAMES["cpu"]] if wanted != _ORT_NAMES["cpu"] else [])
+
+
+def session_options(threads: int | None = None) -> Any:
+    """Session options shared by every simx session.
+
+    ``threads`` sets intra-op threads (default: onnxruntime's, one per physical core).
+    Inter-op parallelism stays at 1: these graphs are a single chain of ops.
+    """
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3
+    return so
+
+
+@dataclass
+class ModelSession:
+    """An onnxruntime session plus the spec read from the model file."""
+
+    path: Path
+    spec: ModelSpec
+    session: Any
+    providers: list[str]  # what the session actually got
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] != _ORT_NAMES["cpu"]
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """Run a float32 [B, 3, S, S] batch and return [B, D], L2-normalized if the spec says so."""
+        out = self.session.run([self.spec.output_name], {self.spec.input_name: pixels})[0]
+        out = np.asarray(out, dtype=np.float32)
+        if self.spec.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
+    """Read the simx spec of a model file without building an inference session."""
+    return open_model(path, provider="cpu", _spec_only=True).spec
+
+
+def open_model(
+    model: str | os.PathLike[str],
+    provider: str = "auto",
+    threads: int | None = None,
+    _spec_only: bool = False,
+) -> ModelSession:
+    """Open an exported simx model. Every failure is a ModelFileError or ProviderError with one line."""
+    path = resolve_model_path(model)
+    ort = _ort()
+    chain = pick_providers(provider)
+    so = session_options(threads)
+    if _spec_only:
+        # Fastest path to the metadata: no graph optimisation work.
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        chain = [_ORT_NAMES["cpu"]]
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=so, providers=chain)
+    except Exception as e:  # onnxruntime raises its own exception types per failure
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({first})") from None
+    try:
+        spec = read_spec_from_metadata(sess.get_modelmeta().custom_metadata_map, where=str(path))
+    except SpecError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+    inputs = {i.name for i in sess.get_inputs()}
+    if spec.input_name not in inputs:
+        raise ModelFileError(
+            f"{path}: metadata names input {spec.input_name!r} but the graph has {sorted(inputs)}"
+        )
+    got = list(sess.get_providers())
+    if not _spec_only:
+        if provider in ("cuda", "tensorrt") and got[0] != chain[0]:
+            raise ProviderError(f"asked for {provider} but onnxruntime ran the session on {got[0]}")
+        if spec.precision == "fp16" and got[0] == _ORT_NAMES["cpu"]:
+            warnings.warn(
+                f"{path.name} is an fp16 model running on the CPU: it will be slow; "
+                "use the fp32 or int8 export there",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return ModelSession(path=path, spec=spec, session=sess, providers=got)

@@ -1,0 +1,144 @@
+"""The spec an exported model carries in its ONNX ``metadata_props["simx"]``.
+
+The runtime reads everything it needs from this one JSON document: how to
+preprocess, what comes out, whether to L2-normalize, what the export measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import ModelFileError
+
+METADATA_KEY = "simx"
+SCHEMA_VERSION = 1
+_REQUIRED = ("id", "family", "variant", "source", "weights", "image_size", "dim", "normalize",
+             "preprocess")
+
+
+class SpecError(ModelFileError, ValueError):
+    """A model file whose simx metadata is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """torchvision's eval transform: Resize(resize, shortest side) -> CenterCrop(crop) -> Normalize."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        if self.resize_mode != "shortest":
+            raise SpecError(f"unsupported resize_mode {self.resize_mode!r} (only 'shortest')")
+        if self.interpolation != "bicubic":
+            raise SpecError(f"unsupported interpolation {self.interpolation!r} (only 'bicubic')")
+        if self.crop > self.resize:
+            raise SpecError(f"crop {self.crop} is larger than resize {self.resize}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise SpecError("mean and std need three values (RGB)")
+        object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
+        object.__setattr__(self, "std", tuple(float(x) for x in self.std))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    family: str
+    variant: str
+    source: str
+    weights: str  # "pretrained" | "random" | "sha256:<hex>"
+    image_size: int
+    dim: int
+    normalize: bool  # whether the runtime L2-normalizes the output
+    preprocess: PreprocessSpec
+    precision: str = "fp32"  # "fp32" | "fp16" | "int8"
+    opset: int = 18
+    input_name: str = "pixel_values"
+    output_name: str = "embeddings"
+    parity: dict[str, float] = field(default_factory=dict)  # max_abs, min_cosine, ...
+    gflops: float | None = None  # per image
+    fusions: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    # -- serialisation -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocess"]["mean"] = list(self.preprocess.mean)
+        d["preprocess"]["std"] = list(self.preprocess.std)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        if not isinstance(d, dict):
+            raise SpecError("simx metadata is not a JSON object")
+        if d.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise SpecError(
+                f"simx metadata schema {d['schema']} is newer than this simx understands "
+                f"({SCHEMA_VERSION}); upgrade simx"
+            )
+        names = {f.name for f in fields(cls)}
+        missing = [n for n in _REQUIRED if n not in d]
+        if missing:
+            raise SpecError(f"simx metadata lacks {', '.join(missing)}")
+        try:
+            pre = d["preprocess"]
+            kwargs = {k: v for k, v in d.items() if k in names}
+            kwargs["preprocess"] = PreprocessSpec(
+                resize=int(pre["resize"]),
+                crop=int(pre["crop"]),
+                mean=tuple(pre["mean"]),
+                std=tuple(pre["std"]),
+                resize_mode=pre.get("resize_mode", "shortest"),
+                interpolation=pre.get("interpolation", "bicubic"),
+            )
+            spec = cls(**kwargs)
+        except SpecError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise SpecError(f"malformed simx metadata: {e}") from None
+        if spec.preprocess.crop != spec.image_size:
+            raise SpecError(
+                f"simx metadata: crop {spec.preprocess.crop} != image_size {spec.image_size}"
+            )
+        return spec
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"simx metadata is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    # -- identity ----------------------------------------------------------------
+    def embedding_hash(self) -> str:
+        """A hash of everything that changes the numbers a model produces.
+
+        Caches store it; a cache written by a model with another hash is refused,
+        because mixing its rows would silently compare apples with oranges.
+        """
+        d = self.to_dict()
+        keep = ("id", "source", "weights", "image_size", "dim", "normalize", "preprocess",
+                "precision")
+        blob = json.dumps({k: d[k] for k in keep}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_spec_from_metadata(meta: dict[str, str], where: str = "model") -> ModelSpec:
+    """Parse the simx spec out of an ONNX custom metadata map."""
+    if METADATA_KEY not in meta:
+        raise SpecError(
+            f"{where} has no simx metadata (key {METADATA_KEY!r}); export it with `simx export`"
+        )
+    return ModelSpec.from_json(meta[METADATA_KEY])
