@@ -155,5 +155,15 @@ def export_openclip(model_name: str, pretrained: str, text: bool, **kw) -> None:
     _run_export(registry.openclip(model_name, pretrained), text=text, **kw)
 
 
+# --------------------------------------------------------------------------- embed
+# (runtime helper: simx embed)
+
+# --------------------------------------------------------------------------- bench
+# (bench helper: simx bench)
+
+# --------------------------------------------------------------------------- search / eval
+# (retrieval helper: simx search, simx eval)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

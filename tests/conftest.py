@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,12 @@ SMALL_MODELS = {
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
+    """Where the session's exports go. $SIMX_TEST_EXPORTS reuses a folder across runs
+    (developer convenience only; CI leaves it unset and exports afresh)."""
+    reuse = os.environ.get("SIMX_TEST_EXPORTS")
+    if reuse:
+        Path(reuse).mkdir(parents=True, exist_ok=True)
+        return Path(reuse)
     return tmp_path_factory.mktemp("onnx_models")
 
 
@@ -77,7 +84,8 @@ def exported(models_dir) -> dict[str, Path]:
 
     out = {}
     for model_id in SMALL_MODELS:
-        out[model_id] = export_model(
-            registry.get(model_id), weights="random", output_dir=models_dir
-        )
+        path = models_dir / f"{model_id}.onnx"
+        if not (os.environ.get("SIMX_TEST_EXPORTS") and path.exists()):
+            path = export_model(registry.get(model_id), weights="random", output_dir=models_dir)
+        out[model_id] = path
     return out
