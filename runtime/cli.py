@@ -160,6 +160,67 @@ def export_openclip(model_name: str, pretrained: str, text: bool, **kw) -> None:
 
 # --------------------------------------------------------------------------- bench
 # (bench helper: simx bench)
+def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not sizes or any(b < 1 for b in sizes):
+        raise click.BadParameter(f"batch sizes must be positive integers, got {value!r}")
+    return sizes
+
+
+@main.command("bench")
+@click.option("--model", required=True, help="A model id in the models folder, or an .onnx path.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+              default="auto", show_default=True)
+@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_batch_sizes,
+              help="Comma-separated batch sizes.")
+@click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
+              help="A folder of images: adds decode / preprocess / end-to-end figures.")
+@click.option("--synthetic", is_flag=True, help="Random input tensors (the default without --images).")
+@click.option("--seconds", type=float, default=5.0, show_default=True,
+              help="Timed seconds per batch size (after warm-up).")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed batches first.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every figure and the machine facts to this file.")
+@click.option("--baseline", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="A JSON from an earlier --json run: exit 1 if a normalized figure regressed.")
+@click.option("--max-regression", type=float, default=0.10, show_default=True,
+              help="Tolerated fall below the baseline (0.10 = 10%).")
+def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: Path | None,
+              synthetic: bool, seconds: float, threads: int | None, warmup: int,
+              json_path: Path | None, baseline: Path | None, max_regression: float) -> None:
+    """Measure throughput, latency and efficiency; optionally gate against a baseline.
+
+    The gate compares efficiency (model GFLOP/s / numpy sgemm GFLOP/s, same run) and the
+    end-to-end / model-only ratio, not raw img/s: shared machines are too noisy for that.
+    Exit codes: 0 pass, 1 regression, 2 error (bad model, mismatched baseline, ...).
+    """
+    from . import bench
+
+    if images is not None and synthetic:
+        raise click.UsageError("--images and --synthetic exclude each other")
+    base = None
+    if baseline is not None:
+        from .session import read_spec
+
+        base = bench.load_result(baseline)
+        bench.precheck(base, read_spec(model), batch_sizes, images is not None)
+    cfg = bench.BenchConfig(model=model, provider=provider, batch_sizes=batch_sizes,
+                            images=images, seconds=seconds, threads=threads, warmup=warmup)
+    result = bench.run_bench(cfg, log=lambda m: click.echo(m, err=True))
+    click.echo(bench.render(result))
+    if json_path is not None:
+        bench.write_result(result, json_path)
+        click.echo(f"wrote {json_path}", err=True)
+    if base is not None:
+        report = bench.compare(result, base, max_regression)
+        click.echo("")
+        click.echo(bench.render_gate(report))
+        if not report.passed:
+            sys.exit(1)
 
 # --------------------------------------------------------------------------- search / eval
 # (retrieval helper: simx search, simx eval)

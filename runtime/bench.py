@@ -1,0 +1,658 @@
+"""The throughput benchmark behind ``simx bench``, and the CI regression gate.
+
+Why it looks the way it does:
+
+* **Normalized figures.** CI machines are shared and noisy: the same commit can give
+  30% different raw img/s from one run to the next. Each run therefore measures a
+  reference in the same process (numpy's float32 matmul rate, ``sysinfo.sgemm_gflops``)
+  and the gate compares *efficiency* = the model's achieved GFLOP/s ÷ that rate, and
+  for end-to-end runs the ratio end-to-end ÷ model-only. A slower or busier machine
+  slows both sides, so the ratio moves only when simx itself gets worse. Raw img/s is
+  shown next to it but never gated.
+* **The reference uses every core**, whatever ``--threads`` says, so a run that uses
+  fewer cores than before (a thread-setting regression) shows as lower efficiency.
+* **Warm-up excluded**, and latencies are per batch, so p50/p90/p99 say what one call
+  costs; the first call's graph and allocator warm-up is reported as cold start instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import SimxError
+from . import sysinfo
+
+SCHEMA = "simx-bench/1"
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+
+
+class BaselineError(SimxError):
+    """A baseline that cannot be compared with this run (other model, batch sizes, mode)."""
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def _prod(xs: Iterable[int]) -> int:
+    return int(math.prod(xs))
+
+
+def count_gflops(path: str | os.PathLike[str]) -> float | None:
+    """GFLOP per image, counted from the graph at batch 1 (MatMul, Gemm, Conv, attention).
+
+    Needs ``onnx`` (the export extra), which the runtime does not depend on: without it,
+    or when shape inference leaves a counted op's shapes unknown, the answer is None.
+    A multiply-add counts as 2 FLOPs. Elementwise ops, softmax and norms are left out:
+    they are a few percent of a ViT and not what a matmul reference measures.
+    """
+    try:
+        import onnx
+        from onnx import shape_inference
+    except ImportError:
+        return None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        init_names = {i.name for i in model.graph.initializer}
+        for inp in model.graph.input:
+            if inp.name in init_names:
+                continue
+            dims = inp.type.tensor_type.shape.dim
+            if len(dims):
+                dims[0].Clear()
+                dims[0].dim_value = 1
+        model = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:
+        return None
+
+    shapes: dict[str, list[int | None]] = {}
+    for vi in itertools.chain(model.graph.input, model.graph.value_info, model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+
+    def known(name: str) -> list[int] | None:
+        s = shapes.get(name)
+        return None if s is None or any(d is None for d in s) else s  # type: ignore[return-value]
+
+    flops = 0
+    for node in model.graph.node:
+        op = node.op_type
+        if op in ("MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+                  "DynamicQuantizeMatMul", "QLinearMatMul"):
+            a_name = node.input[2] if op == "QLinearMatMul" else node.input[0]
+            a, out = known(a_name), known(node.output[0])
+            if a is None or out is None:
+                return None
+            # FusedMatMul may transpose A; K is then its second-to-last dim.
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            k = a[-2] if (trans_a and len(a) >= 2) else a[-1]
+            flops += 2 * _prod(out) * k
+        elif op == "Gemm":
+            a, out = known(node.input[0]), known(node.output[0])
+            if a is None or out is None:
+                return None
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            flops += 2 * _prod(out) * (a[0] if trans_a else a[1])
+        elif op in ("Conv", "ConvInteger", "QLinearConv"):
+            w_name = node.input[3] if op == "QLinearConv" else node.input[1]
+            w, out = known(w_name), known(node.output[0])
+            if w is None or out is None:
+                return None
+            flops += 2 * _prod(out) * _prod(w[1:])
+        elif op in ("MultiHeadAttention", "Attention") and node.domain == "com.microsoft":
+            # Q·Kᵀ and A·V: 2 × (2·S·L·D) per batch element; projections are MatMuls
+            # elsewhere for MultiHeadAttention, inside the node for Attention.
+            q = known(node.input[0])
+            if q is None or len(q) != 3:
+                return None
+            b, s, d = q
+            if op == "Attention":
+                w = known(node.input[1])
+                if w is None:
+                    return None
+                flops += 2 * b * s * w[0] * w[1]
+                d = w[1] // 3
+            flops += 4 * b * s * s * d
+    return flops / 1e9 if flops else None
+
+
+# ----------------------------------------------------------------------------- timing
+def _time_calls(
+    call: Callable[[], Any], seconds: float, warmup: int, min_calls: int = 3
+) -> list[float]:
+    """Seconds per call, after ``warmup`` untimed calls, until ``seconds`` have passed."""
+    for _ in range(max(0, warmup)):
+        call()
+    lat: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        call()
+        t1 = time.perf_counter()
+        lat.append(t1 - t0)
+        if t1 - start >= seconds and len(lat) >= min_calls:
+            return lat
+
+
+def _latency_ms(lat: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(lat) * 1e3
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+    }
+
+
+@dataclass
+class BenchConfig:
+    """What ``simx bench`` was asked to do."""
+
+    model: str
+    provider: str = "auto"
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    images: Path | None = None  # None: synthetic input
+    seconds: float = 5.0
+    threads: int | None = None
+    warmup: int = 2
+    max_images: int = 256  # cap on distinct images decoded for the stage split
+    sgemm_n: int = 2048
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _model_block(ms: Any, gflops: float | None, gflops_source: str | None) -> dict[str, Any]:
+    spec = ms.spec
+    return {
+        "id": spec.id,
+        "path": str(ms.path),
+        "family": spec.family,
+        "variant": spec.variant,
+        "source": spec.source,
+        "weights": spec.weights,
+        "precision": spec.precision,
+        "image_size": spec.image_size,
+        "dim": spec.dim,
+        "spec_hash": spec.embedding_hash(),
+        "file_mb": round(ms.path.stat().st_size / 2**20, 1),
+        "gflops_per_image": gflops,
+        "gflops_source": gflops_source,
+    }
+
+
+def _decode_and_preprocess(
+    paths: Sequence[Path], spec: Any, cap: int
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Decode and preprocess each image once, one at a time, timing each stage per image."""
+    from .image import load_rgb
+    from .preprocess import preprocess
+
+    t_dec: list[float] = []
+    t_pre: list[float] = []
+    tensors: list[np.ndarray] = []
+    skipped = 0
+    for p in list(paths)[:cap]:
+        t0 = time.perf_counter()
+        try:
+            rgb = load_rgb(p)
+        except SimxError:
+            skipped += 1  # unreadable files are the encoder's failed.jsonl business
+            continue
+        t1 = time.perf_counter()
+        x = preprocess(rgb, spec.preprocess)
+        t2 = time.perf_counter()
+        t_dec.append(t1 - t0)
+        t_pre.append(t2 - t1)
+        tensors.append(np.asarray(x, dtype=np.float32))
+    if not tensors:
+        raise SimxError("no decodable images for the benchmark")
+    return tensors, {
+        "images": len(tensors),
+        "skipped": skipped,
+        "decode_ms_per_image": float(np.mean(t_dec) * 1e3),
+        "preprocess_ms_per_image": float(np.mean(t_pre) * 1e3),
+    }
+
+
+def _make_encoder(cfg: BenchConfig) -> Any:
+    from .encoder import Encoder
+
+    return Encoder(cfg.model, provider=cfg.provider, threads=cfg.threads)
+
+
+def _encoder_embed(encoder: Any, paths: Sequence[Path], batch_size: int) -> Any:
+    """Embed through the real pipeline (threaded decode overlapped with inference)."""
+    import inspect
+
+    kw: dict[str, Any] = {"batch_size": batch_size}
+    try:
+        params = inspect.signature(encoder.embed).parameters
+        if "progress" in params:
+            kw["progress"] = False
+    except (TypeError, ValueError):
+        pass
+    return encoder.embed(list(paths), **kw)
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark and return every figure as one JSON-ready dict (schema ``SCHEMA``)."""
+    from .session import open_model, read_spec
+
+    say = log or (lambda _msg: None)
+    if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes):
+        raise SimxError(f"batch sizes must be positive integers, got {list(cfg.batch_sizes)}")
+    if cfg.seconds <= 0:
+        raise SimxError("--seconds must be positive")
+
+    machine = sysinfo.machine_facts()
+    say("cold start: import times in a fresh interpreter ...")
+    cold = sysinfo.cold_start()
+    read_spec(cfg.model)  # first touch of the file, so session creation is not disk-bound
+    t0 = time.perf_counter()
+    ms = open_model(cfg.model, provider=cfg.provider, threads=cfg.threads)
+    cold["session_create_s"] = time.perf_counter() - t0
+    spec = ms.spec
+    s = spec.image_size
+
+    gflops, gsrc = spec.gflops, "metadata"
+    if not gflops:
+        gflops, gsrc = count_gflops(ms.path), "graph"
+        if gflops is None:
+            gsrc = None
+
+    paths: list[Path] = []
+    stages: dict[str, Any] | None = None
+    tensors: list[np.ndarray] = []
+    if cfg.images is not None:
+        from .image import find_images
+
+        paths = [Path(p) for p in find_images([cfg.images])]
+        if not paths:
+            raise SimxError(f"no images found in {cfg.images}")
+        say(f"decode + preprocess {min(len(paths), cfg.max_images)} images, one at a time ...")
+        tensors, stages = _decode_and_preprocess(paths, spec, cfg.max_images)
+
+    say(f"reference: numpy sgemm {cfg.sgemm_n}^2 float32, all cores ...")
+    sg = [sysinfo.sgemm_gflops(cfg.sgemm_n)]
+
+    rng = np.random.default_rng(0)
+    # First call on a fresh session pays for allocator and kernel set-up: cold start too.
+    x1 = rng.standard_normal((1, 3, s, s), dtype=np.float32)
+    t0 = time.perf_counter()
+    ms.run(x1)
+    cold["first_inference_s"] = time.perf_counter() - t0
+
+    encoder = None
+    results: list[dict[str, Any]] = []
+    for b in cfg.batch_sizes:
+        if tensors:
+            idx = [i % len(tensors) for i in range(b)]
+            x = np.stack([tensors[i] for i in idx])
+        else:
+            x = rng.standard_normal((b, 3, s, s), dtype=np.float32)
+        say(f"batch {b}: model-only for {cfg.seconds:g} s ...")
+        lat = _time_calls(lambda: ms.run(x), cfg.seconds, cfg.warmup)
+        img_s = b * len(lat) / sum(lat)
+        row: dict[str, Any] = {
+            "batch_size": b,
+            "model_only": {
+                "batches": len(lat),
+                "images": b * len(lat),
+                "img_s": img_s,
+                "ms_per_image": 1e3 / img_s,
+                "latency_ms": _latency_ms(lat),
+                "gflops_s": img_s * gflops if gflops else None,
+            },
+            "end_to_end": None,
+        }
+        if paths:
+            if encoder is None:
+                encoder = _make_encoder(cfg)
+            # Enough images for about --seconds of work, at least two batches.
+            n = max(2 * b, int(math.ceil(img_s * cfg.seconds)))
+            todo = [paths[i % len(paths)] for i in range(n)]
+            _encoder_embed(encoder, todo[: max(b, min(n, 2 * b))], b)  # warm-up
+            say(f"batch {b}: end-to-end, {n} images through the encoder ...")
+            t0 = time.perf_counter()
+            _encoder_embed(encoder, todo, b)
+            dt = time.perf_counter() - t0
+            e2e = n / dt
+            seq = stages["decode_ms_per_image"] + stages["preprocess_ms_per_image"] + 1e3 / img_s
+            row["end_to_end"] = {
+                "images": n,
+                "img_s": e2e,
+                "ms_per_image": 1e3 / e2e,
+                "ratio_to_model_only": e2e / img_s,
+                "sequential_ms_per_image": seq,  # decode + preprocess + inference, no overlap
+                "overlap_speedup": seq / (1e3 / e2e),
+            }
+        results.append(row)
+    sg.append(sysinfo.sgemm_gflops(cfg.sgemm_n))
+
+    # The reference is the best sgemm of the run (before and after): interference only
+    # ever lowers it, and the best is the most repeatable estimate of the machine.
+    ref = max(x["gflops"] for x in sg)
+    on_gpu = bool(ms.on_gpu)
+    for row in results:
+        m = row["model_only"]
+        m["efficiency"] = (m["gflops_s"] / ref) if (m["gflops_s"] and not on_gpu) else None
+        # Gflop-independent normalized rate: what the gate uses when GFLOPs are unknown.
+        m["img_s_per_sgemm_gflops"] = None if on_gpu else m["img_s"] / ref
+
+    machine["load_average_at_end"] = sysinfo.load_average()
+    return {
+        "schema": SCHEMA,
+        "timestamp": machine["timestamp"],
+        "machine": machine,
+        "model": _model_block(ms, gflops, gsrc),
+        "config": {
+            "provider_requested": cfg.provider,
+            "providers": list(ms.providers),
+            "threads": cfg.threads,
+            "batch_sizes": list(cfg.batch_sizes),
+            "seconds_per_batch_size": cfg.seconds,
+            "warmup_batches": cfg.warmup,
+            "mode": "images" if paths else "synthetic",
+            "images_dir": str(cfg.images) if cfg.images is not None else None,
+            **cfg.extra,
+        },
+        "reference": {
+            "kind": "numpy float32 matmul (sgemm), all cores",
+            "n": cfg.sgemm_n,
+            "gflops": ref,
+            "runs": sg,
+            "note": "efficiency is n/a on a GPU: the reference is a CPU measurement" if on_gpu else None,
+        },
+        "cold_start": cold,
+        "stages": stages,
+        "results": results,
+    }
+
+
+# ----------------------------------------------------------------------------- schema
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "": ("schema", "timestamp", "machine", "model", "config", "reference", "cold_start", "results"),
+    "machine": ("cpu_model", "logical_cores", "onnxruntime", "numpy", "simx", "timestamp"),
+    "model": ("id", "precision", "spec_hash", "image_size", "gflops_per_image"),
+    "config": ("providers", "threads", "batch_sizes", "mode"),
+    "reference": ("gflops", "n"),
+    "cold_start": ("import_simx_s", "session_create_s"),
+}
+_ROW = ("batch_size", "model_only", "end_to_end")
+_MODEL_ONLY = ("img_s", "latency_ms", "gflops_s", "efficiency", "img_s_per_sgemm_gflops")
+
+
+def validate_result(d: Any, where: str = "benchmark JSON") -> dict[str, Any]:
+    """Check a result (or a stored baseline) has every field the gate and the table read."""
+    if not isinstance(d, dict):
+        raise BaselineError(f"{where}: not a JSON object")
+    if d.get("schema") != SCHEMA:
+        raise BaselineError(f"{where}: schema {d.get('schema')!r}, expected {SCHEMA!r}")
+    for block, keys in _REQUIRED.items():
+        obj = d if not block else d.get(block)
+        if not isinstance(obj, dict):
+            raise BaselineError(f"{where}: missing object {block!r}")
+        missing = [k for k in keys if k not in obj]
+        if missing:
+            raise BaselineError(f"{where}: {block or 'top level'} lacks {', '.join(missing)}")
+    rows = d["results"]
+    if not isinstance(rows, list) or not rows:
+        raise BaselineError(f"{where}: no results")
+    for r in rows:
+        missing = [k for k in _ROW if k not in r] + [
+            f"model_only.{k}" for k in _MODEL_ONLY if k not in r.get("model_only", {})
+        ]
+        if missing:
+            raise BaselineError(f"{where}: a result row lacks {', '.join(missing)}")
+    return d
+
+
+def load_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise BaselineError(f"cannot read baseline {path}: {e.strerror}") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BaselineError(f"baseline {path} is not valid JSON: {e}") from None
+    return validate_result(d, where=str(path))
+
+
+def write_result(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+
+
+# ----------------------------------------------------------------------------- tables
+def format_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain, aligned text table (first column left, the rest right-aligned)."""
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [str(cells[0]).ljust(widths[0])]
+        out += [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _f(x: float | None, fmt: str = "{:.1f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def render(result: dict[str, Any]) -> str:
+    """The human-readable report of one run."""
+    m, c, mach, ref = result["model"], result["config"], result["machine"], result["reference"]
+    cold = result["cold_start"]
+    gfl = m["gflops_per_image"]
+    lines = [
+        f"simx bench  {m['id']} ({m['precision']}, {m['image_size']}px, spec {m['spec_hash']})",
+        f"machine     {mach['cpu_model']}, {mach['logical_cores']} cores, "
+        f"onnxruntime {mach['onnxruntime']}, numpy {mach['numpy']}, load {mach.get('load_average_1_5_15')}",
+        f"session     {', '.join(c['providers'])}, threads {c['threads'] or 'default'}, "
+        f"input {c['mode']}",
+        f"model       {_f(gfl, '{:.2f}')} GFLOP/image ({m['gflops_source'] or 'unknown'}); "
+        f"reference sgemm {ref['gflops']:.1f} GFLOP/s (numpy, all cores, same run)",
+        f"cold start  import simx {_f(cold.get('import_simx_s'), '{:.3f}')} s, "
+        f"+runtime {_f(cold.get('import_runtime_s'), '{:.3f}')} s, "
+        f"session {_f(cold.get('session_create_s'), '{:.3f}')} s, "
+        f"first run {_f(cold.get('first_inference_s'), '{:.3f}')} s",
+        "",
+    ]
+    head = ["batch", "img/s", "p50 ms", "p90 ms", "p99 ms", "GFLOP/s", "efficiency"]
+    e2e = any(r["end_to_end"] for r in result["results"])
+    if e2e:
+        head += ["e2e img/s", "e2e/model"]
+    rows = []
+    for r in result["results"]:
+        mo, lat = r["model_only"], r["model_only"]["latency_ms"]
+        row = [str(r["batch_size"]), _f(mo["img_s"]), _f(lat["p50"]), _f(lat["p90"]),
+               _f(lat["p99"]), _f(mo["gflops_s"]), _pct(mo["efficiency"])]
+        if e2e:
+            ee = r["end_to_end"] or {}
+            row += [_f(ee.get("img_s")), _pct(ee.get("ratio_to_model_only"))]
+        rows.append(row)
+    lines.append(format_table(head, rows))
+    st = result.get("stages")
+    if st:
+        lines += ["", f"stages, mean ms per image ({st['images']} images; decode and preprocess "
+                  "one at a time on one thread):"]
+        srows = []
+        for r in result["results"]:
+            ee = r["end_to_end"] or {}
+            srows.append([
+                str(r["batch_size"]), _f(st["decode_ms_per_image"]),
+                _f(st["preprocess_ms_per_image"]), _f(r["model_only"]["ms_per_image"]),
+                _f(ee.get("sequential_ms_per_image")), _f(ee.get("ms_per_image")),
+            ])
+        lines.append(format_table(
+            ["batch", "decode", "preprocess", "inference", "sum", "end-to-end"], srows))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the gate
+@dataclass
+class GateRow:
+    figure: str
+    baseline: float | None
+    now: float | None
+    gated: bool
+
+    @property
+    def change(self) -> float | None:
+        if self.baseline in (None, 0) or self.now is None:
+            return None
+        return self.now / self.baseline - 1.0
+
+
+@dataclass
+class GateReport:
+    rows: list[GateRow]
+    max_regression: float
+    notes: list[str]
+
+    def verdict(self, r: GateRow) -> str:
+        if not r.gated:
+            return "info (not gated)"
+        ch = r.change
+        if ch is None:
+            return "n/a"
+        if ch < -self.max_regression:
+            return "REGRESSION"
+        return "ok"
+
+    @property
+    def passed(self) -> bool:
+        return all(self.verdict(r) != "REGRESSION" for r in self.rows)
+
+
+def _row_by_batch(d: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {int(r["batch_size"]): r for r in d["results"]}
+
+
+def compare(result: dict[str, Any], baseline: dict[str, Any], max_regression: float) -> GateReport:
+    """Compare a run with a baseline on the normalized figures.
+
+    Raises BaselineError when the two are not comparable: another model or precision,
+    a baseline batch size the run lacks, end-to-end figures the run did not measure,
+    or another provider. Thread count is *not* checked: using fewer threads than the
+    baseline is exactly the kind of regression the gate exists to catch.
+    """
+    if not 0 <= max_regression < 1:
+        raise BaselineError(f"--max-regression must be in [0, 1), got {max_regression}")
+    validate_result(result, "this run")
+    validate_result(baseline, "baseline")
+    bm, rm = baseline["model"], result["model"]
+    for key in ("id", "precision", "image_size"):
+        if bm[key] != rm[key]:
+            raise BaselineError(
+                f"baseline is for {key} {bm[key]!r} but this run has {rm[key]!r}; "
+                "record a baseline for this model"
+            )
+    bp, rp = baseline["config"]["providers"][:1], result["config"]["providers"][:1]
+    if bp != rp:
+        raise BaselineError(f"baseline ran on {bp[0] if bp else '?'} but this run on "
+                            f"{rp[0] if rp else '?'}; compare like with like")
+    brows, rrows = _row_by_batch(baseline), _row_by_batch(result)
+    missing = sorted(set(brows) - set(rrows))
+    if missing:
+        raise BaselineError(
+            f"baseline has batch sizes {sorted(brows)} but this run lacks {missing}; "
+            f"run with --batch-sizes {','.join(map(str, sorted(brows)))}"
+        )
+    notes: list[str] = []
+    if bm["spec_hash"] != rm["spec_hash"]:
+        notes.append("spec hash differs (other weights or preprocessing): speed is comparable, "
+                     "embeddings are not")
+    if baseline["config"]["threads"] != result["config"]["threads"]:
+        notes.append(f"threads: baseline {baseline['config']['threads'] or 'default'}, "
+                     f"now {result['config']['threads'] or 'default'}")
+    extra = sorted(set(rrows) - set(brows))
+    if extra:
+        notes.append(f"batch sizes {extra} are not in the baseline and are not gated")
+
+    rows: list[GateRow] = []
+    for b in sorted(brows):
+        bo, ro = brows[b]["model_only"], rrows[b]["model_only"]
+        if bo["efficiency"] is not None and ro["efficiency"] is not None:
+            rows.append(GateRow(f"b={b} efficiency (model GFLOP/s / sgemm)",
+                                bo["efficiency"], ro["efficiency"], True))
+        elif bo["img_s_per_sgemm_gflops"] is not None and ro["img_s_per_sgemm_gflops"] is not None:
+            rows.append(GateRow(f"b={b} img/s per sgemm GFLOP/s", bo["img_s_per_sgemm_gflops"],
+                                ro["img_s_per_sgemm_gflops"], True))
+        else:
+            raise BaselineError(f"batch {b}: no normalized figure to compare (a GPU run?); "
+                                "the gate needs a CPU run with its sgemm reference")
+        be, re_ = brows[b].get("end_to_end"), rrows[b].get("end_to_end")
+        if be:
+            if not re_:
+                raise BaselineError(
+                    "baseline has end-to-end figures (recorded with --images) but this run has "
+                    "none; run with --images too"
+                )
+            rows.append(GateRow(f"b={b} end-to-end / model-only", be["ratio_to_model_only"],
+                                re_["ratio_to_model_only"], True))
+        rows.append(GateRow(f"b={b} img/s (raw)", bo["img_s"], ro["img_s"], False))
+        if be and re_:
+            rows.append(GateRow(f"b={b} end-to-end img/s (raw)", be["img_s"], re_["img_s"], False))
+    rows.append(GateRow("sgemm GFLOP/s (reference, raw)", baseline["reference"]["gflops"],
+                        result["reference"]["gflops"], False))
+    return GateReport(rows=rows, max_regression=max_regression, notes=notes)
+
+
+def precheck(baseline: dict[str, Any], spec: Any, batch_sizes: Sequence[int],
+             with_images: bool) -> None:
+    """Refuse a mismatched baseline before spending minutes on the run."""
+    bm = baseline["model"]
+    for key, now in (("id", spec.id), ("precision", spec.precision), ("image_size", spec.image_size)):
+        if bm[key] != now:
+            raise BaselineError(f"baseline is for {key} {bm[key]!r} but the model has {now!r}; "
+                                "record a baseline for this model")
+    missing = sorted(set(_row_by_batch(baseline)) - set(batch_sizes))
+    if missing:
+        raise BaselineError(
+            f"baseline has batch sizes {sorted(_row_by_batch(baseline))} but this run lacks "
+            f"{missing}; run with --batch-sizes {','.join(map(str, sorted(_row_by_batch(baseline))))}"
+        )
+    if any(r.get("end_to_end") for r in baseline["results"]) and not with_images:
+        raise BaselineError("baseline has end-to-end figures (recorded with --images) but this "
+                            "run has none; run with --images too")
+
+
+def render_gate(report: GateReport) -> str:
+    """The gate's table: figure, baseline, now, change, verdict; then the outcome."""
+
+    def num(x: float | None) -> str:
+        if x is None:
+            return "n/a"
+        return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
+
+    rows = []
+    for r in report.rows:
+        ch = r.change
+        rows.append([r.figure, num(r.baseline), num(r.now),
+                     "n/a" if ch is None else f"{100 * ch:+.1f}%", report.verdict(r)])
+    lines = [
+        f"regression gate (tolerance {100 * report.max_regression:.0f}% below baseline on "
+        "normalized figures; raw img/s is shown, not gated)",
+        format_table(["figure", "baseline", "now", "change", "verdict"], rows),
+    ]
+    lines += [f"note: {n}" for n in report.notes]
+    bad = [r.figure for r in report.rows if report.verdict(r) == "REGRESSION"]
+    lines.append(f"FAIL: {len(bad)} figure(s) regressed: {'; '.join(bad)}" if bad else "PASS")
+    return "\n".join(lines)
