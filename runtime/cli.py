@@ -156,7 +156,59 @@ def export_openclip(model_name: str, pretrained: str, text: bool, **kw) -> None:
 
 
 # --------------------------------------------------------------------------- embed
-# (runtime helper: simx embed)
+EXIT_PARTIAL = 1  # simx embed: the run finished, but some files could not be embedded
+
+
+@main.command("embed")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "-m", required=True, help="An .onnx file, or a model id in $SIMX_MODELS_DIR.")
+@click.option("--cache", "cache_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The cache folder (created if missing).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per inference call [default: 8 on the CPU, 32 on a GPU].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="onnxruntime intra-op threads [default: one per core].")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
+              show_default=True, help="auto = CUDA when available, else CPU; never a silent fallback.")
+@click.option("--force", is_flag=True, help="Rebuild a cache made by another model or preprocessing.")
+@click.option("--exif-transpose", is_flag=True, help="Apply EXIF orientation (PIL.Image.open does not).")
+@click.option("--fast", is_flag=True, help="Approximate (not exact) resampling; faster, labelled.")
+@click.option("--lock-timeout", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for another writer of the cache; 0 fails at once, -1 waits forever.")
+@click.option("--commit-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also commit every N images (0: time-based only).")
+@click.option("--commit-seconds", type=float, default=30.0, show_default=True,
+              help="Commit at least this often during a long run.")
+def embed_cmd(paths: tuple[Path, ...], model: str, cache_dir: Path, batch_size: int | None,
+              threads: int | None, provider: str, force: bool, exif_transpose: bool, fast: bool,
+              lock_timeout: float, commit_every: int, commit_seconds: float) -> None:
+    """Embed the images under PATH... into a crash-safe feature cache.
+
+    Folders are walked recursively. A re-run embeds only new or changed files (size or
+    mtime), drops rows of deleted files and retries failed ones. Bad files never stop
+    the run: each gets one line in failed.jsonl. Kill it at any moment and re-run:
+    nothing committed is lost or embedded twice.
+
+    \b
+    Exit codes:
+      0  every image was embedded
+      1  the run finished, but some files failed (see failed.jsonl in the cache)
+      2  usage, model or cache error (nothing more was done)
+    """
+    from .encoder import Encoder
+    from .indexer import embed_into_cache
+
+    missing = [str(p) for p in paths if not (p.exists() or p.is_symlink())]
+    if missing:
+        raise SimxError(f"no such file or folder: {', '.join(missing)}")
+    enc = Encoder(model, provider=provider, threads=threads, exif_transpose=exif_transpose,
+                  fast=fast)
+    report = embed_into_cache(paths, enc, cache_dir, batch_size=batch_size, force=force,
+                              lock_timeout=lock_timeout, commit_every=commit_every,
+                              commit_seconds=commit_seconds)
+    click.echo(report.summary())
+    if report.failed:
+        click.get_current_context().exit(EXIT_PARTIAL)
 
 # --------------------------------------------------------------------------- bench
 # (bench helper: simx bench)

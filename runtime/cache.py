@@ -1,0 +1,475 @@
+"""The feature cache: a folder numpy and a JSON reader can use without simx.
+
+Files (all rows in canonical order: sorted by path):
+- ``embeddings.npy``  float32 [N, D]; ``np.load(path, mmap_mode="r")`` works;
+- ``index.jsonl``     one ``{"path", "size", "mtime_ns"}`` per row of embeddings.npy;
+- ``failed.jsonl``    one ``{"path", "error", ...}`` per file that could not be embedded;
+- ``cache.json``      format, model id, spec hash, dim, count, failed, simx version.
+
+Paths are absolute with their *directories* resolved (cwd, ``..`` and directory
+symlinks canonicalised) but the file name kept as walked, so a symlinked image is keyed
+by the name the user sees and a broken symlink is reported under its own name.
+
+Crash safety. Four files must change together, and a rename is atomic for one file
+only, so a commit is a tiny redo log:
+1. write every new file as ``NAME.new``, fsync each;
+2. write ``commit.json`` (the manifest naming the files) via a temp file, fsync, rename,
+   fsync the folder: *this rename is the commit point*;
+3. rename each ``NAME.new`` over ``NAME``, fsync the folder;
+4. remove ``commit.json``.
+Whoever next takes the write lock first finishes a pending manifest's renames (redo),
+then deletes stray ``*.new``/``*.tmp`` files of an uncommitted write. A crash before (2)
+leaves the previous commit; a crash after (2) leaves the new one. Readers never take the
+lock: they resolve a pending manifest themselves and check that the files agree.
+
+One writer at a time: ``fcntl.flock`` on ``.lock`` (never deleted, which would race).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SimxError
+
+FORMAT = "simx-feature-cache"
+FORMAT_VERSION = 1
+EMBEDDINGS = "embeddings.npy"
+INDEX = "index.jsonl"
+FAILED = "failed.jsonl"
+META = "cache.json"
+DATA_FILES = (EMBEDDINGS, INDEX, FAILED, META)
+MANIFEST = "commit.json"
+LOCK = ".lock"
+NEW = ".new"
+TMP = ".tmp"
+
+
+class CacheError(SimxError):
+    """A cache folder that is missing, malformed, locked or made by another model."""
+
+
+class CacheLockedError(CacheError):
+    """Another process is writing the cache."""
+
+
+class CacheMismatchError(CacheError):
+    """The cache was made by another model or other preprocessing."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One embedded file, and the stat that tells a re-run whether it changed."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One file that could not be embedded; re-runs retry it."""
+
+    path: str
+    error: str
+    size: int | None = None
+    mtime_ns: int | None = None
+
+
+def canonical_path(p: str | os.PathLike[str]) -> str:
+    """The key a file has in the cache: absolute, directories resolved, name kept."""
+    p = Path(os.path.abspath(os.fspath(p)))
+    return str(p.parent.resolve() / p.name)
+
+
+# ----------------------------------------------------------------------------- test hook
+# SIMX_TEST_CRASH="POINT:N" makes the process SIGKILL itself the Nth time it reaches
+# POINT. Test-only: it is how the crash tests kill a run at every step of a commit.
+_CRASH = os.environ.get("SIMX_TEST_CRASH", "")
+_crash_hits: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    if not _CRASH:
+        return
+    point, _, n = _CRASH.partition(":")
+    if point != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] >= int(n or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- file helpers
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _jsonl(objs: Iterable[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs).encode()
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise CacheError(f"{path}: line {n} is not JSON; the cache is damaged") from None
+    return out
+
+
+def _failure_dict(f: Failure) -> dict[str, Any]:
+    return {k: v for k, v in asdict(f).items() if v is not None}
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class CacheState:
+    """One committed state of a cache folder."""
+
+    meta: dict[str, Any]
+    rows: list[Row]
+    failures: list[Failure]
+    embeddings: np.ndarray  # read-only memmap [N, D]
+
+
+def _pending_names(d: Path) -> list[str] | None:
+    """Files named by a pending commit manifest, or None when no commit is pending."""
+    try:
+        doc = json.loads((d / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None  # cannot be torn (written by rename); treat as absent anyway
+    files = doc.get("files", [])
+    return [f for f in files if f in DATA_FILES]
+
+
+def _read_once(d: Path) -> CacheState:
+    pending = set(_pending_names(d) or ())
+
+    def current(name: str) -> Path:
+        # While a commit is half-renamed, NAME.new (if still there) is the committed file.
+        if name in pending and (d / (name + NEW)).exists():
+            return d / (name + NEW)
+        return d / name
+
+    meta_path = current(META)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise CacheError(f"{d} is not a simx feature cache (no {META})") from None
+    except ValueError:
+        raise CacheError(f"{meta_path} is not valid JSON; the cache is damaged") from None
+    if meta.get("format") != FORMAT:
+        raise CacheError(f"{d}: {META} is not a simx feature cache (format {meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CacheError(f"{d}: cache format {meta['format_version']} is newer than this simx; upgrade")
+    rows = [Row(r["path"], int(r["size"]), int(r["mtime_ns"])) for r in _read_jsonl(current(INDEX))]
+    failures = [
+        Failure(r["path"], r["error"], r.get("size"), r.get("mtime_ns"))
+        for r in _read_jsonl(current(FAILED))
+    ]
+    emb = np.load(current(EMBEDDINGS), mmap_mode="r")
+    if emb.dtype != np.float32 or emb.ndim != 2:
+        raise CacheError(f"{d}: {EMBEDDINGS} is {emb.dtype} {emb.shape}, not float32 [N, D]")
+    return CacheState(meta, rows, failures, emb)
+
+
+def _consistent(s: CacheState) -> bool:
+    n = int(s.meta.get("count", -1))
+    return len(s.rows) == n == s.embeddings.shape[0] and s.embeddings.shape[1] == int(s.meta["dim"])
+
+
+def read_state(d: str | os.PathLike[str], retries: int = 20) -> CacheState:
+    """Read a consistent committed state without taking the lock.
+
+    A writer may commit while we read; the files then disagree (counts differ), and we
+    simply read again. Twenty tries over ~1 s is far longer than a commit takes.
+    """
+    d = Path(d)
+    if not d.is_dir():
+        raise CacheError(f"no simx feature cache at {d} (not a folder)")
+    for attempt in range(retries):
+        try:
+            s = _read_once(d)
+            if _consistent(s):
+                return s
+        except (FileNotFoundError, ValueError, KeyError):  # a file swapped mid-read
+            pass
+        time.sleep(0.05 * (attempt + 1) / 2)
+    raise CacheError(f"{d}: the cache files disagree (row counts differ); the cache is damaged")
+
+
+class FeatureCache:
+    """Read access to a cache folder that ``simx embed`` wrote.
+
+    ``embeddings`` is a read-only memmap [N, D]; row i belongs to ``paths[i]``.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        s = read_state(self.directory)
+        self.meta: dict[str, Any] = s.meta
+        self.rows: list[Row] = s.rows
+        self.failures: list[Failure] = s.failures
+        self.embeddings: np.ndarray = s.embeddings
+        self.paths: list[str] = [r.path for r in s.rows]
+        self._row = {p: i for i, p in enumerate(self.paths)}
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def model_id(self) -> str:
+        return str(self.meta["model_id"])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, (str, os.PathLike)) and canonical_path(path) in self._row
+
+    def row(self, path: str | os.PathLike[str]) -> int:
+        """The row of ``path`` in ``embeddings`` (the path is canonicalised first)."""
+        key = canonical_path(path)
+        try:
+            return self._row[key]
+        except KeyError:
+            failed = next((f for f in self.failures if f.path == key), None)
+            why = f"it failed to embed: {failed.error}" if failed else "it was never embedded"
+            raise KeyError(f"{key} is not in the cache at {self.directory} ({why})") from None
+
+    def vector(self, path: str | os.PathLike[str]) -> np.ndarray:
+        return np.asarray(self.embeddings[self.row(path)])
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.directory)!r}, model={self.model_id!r}, rows={len(self)})"
+
+
+# ----------------------------------------------------------------------------- writing
+def make_meta(spec: Any, count: int, failed: int) -> dict[str, Any]:
+    """cache.json. Deterministic (no timestamps), so a re-run and a clean run agree byte for byte."""
+    from . import __version__
+
+    p = spec.preprocess
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_id": spec.id,
+        "spec_hash": spec.embedding_hash(),
+        "source": spec.source,
+        "weights": spec.weights,
+        "precision": spec.precision,
+        "dim": int(spec.dim),
+        "normalize": bool(spec.normalize),
+        "preprocess": {"resize": p.resize, "crop": p.crop, "interpolation": p.interpolation,
+                       "mean": list(p.mean), "std": list(p.std)},
+        "count": int(count),
+        "failed": int(failed),
+        "simx_version": __version__,
+    }
+
+
+class CacheWriter:
+    """The single writer of a cache folder: holds the lock, recovers, commits atomically.
+
+    Opening it takes the lock (waiting up to ``lock_timeout`` seconds; 0 fails at once,
+    a negative value waits forever), finishes or discards any interrupted commit, and
+    loads the committed state. A cache whose spec hash differs from ``spec`` is refused
+    unless ``force``, which starts from an empty state (the old files are replaced at
+    the first commit, so an interrupted ``--force`` run leaves the old cache intact).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        spec: Any,
+        *,
+        force: bool = False,
+        lock_timeout: float = 0.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.spec = spec
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CacheError(f"cache path {self.directory} exists and is not a folder")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = None
+        self._lock(lock_timeout)
+        try:
+            self.recover()
+            self.state = self._load(force)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lock ----------------------------------------------------------------------------
+    def _lock(self, timeout: float) -> None:
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+            if deadline is not None and time.monotonic() >= deadline:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                os.close(fd)
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                waited = f" after waiting {timeout:g} s" if timeout > 0 else ""
+                raise CacheLockedError(
+                    f"cache {self.directory} is being written by another process{who}{waited}; "
+                    "wait for it, or pass --lock-timeout SECONDS to wait"
+                )
+            time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock. Committed data stays; nothing uncommitted is kept."""
+        if self._lock_fd is not None:
+            try:
+                os.ftruncate(self._lock_fd, 0)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- recovery ------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Finish a commit whose manifest was written (redo), then drop uncommitted temp files."""
+        d = self.directory
+        names = _pending_names(d)
+        if names is not None:
+            for name in names:
+                if (d / (name + NEW)).exists():
+                    os.replace(d / (name + NEW), d / name)
+            _fsync_dir(d)
+            (d / MANIFEST).unlink(missing_ok=True)
+            _fsync_dir(d)
+        elif (d / MANIFEST).exists():
+            (d / MANIFEST).unlink()
+        for name in (*(n + NEW for n in DATA_FILES), MANIFEST + TMP):
+            (d / name).unlink(missing_ok=True)
+
+    def _load(self, force: bool) -> CacheState:
+        d = self.directory
+        empty = CacheState({}, [], [], np.zeros((0, int(self.spec.dim)), np.float32))
+        if not (d / META).exists():
+            leftovers = [n for n in DATA_FILES if (d / n).exists()]
+            if leftovers and not force:
+                raise CacheError(
+                    f"{d} holds {', '.join(leftovers)} but no {META}; not a simx cache "
+                    "(use --force to overwrite, or pick another folder)"
+                )
+            return empty
+        try:
+            state = read_state(d, retries=1)
+        except CacheError:
+            if force:
+                return empty
+            raise
+        want = self.spec.embedding_hash()
+        if state.meta.get("spec_hash") != want:
+            if force:
+                return empty
+            raise CacheMismatchError(
+                f"cache {d} was made by model {state.meta.get('model_id')!r} "
+                f"(spec hash {state.meta.get('spec_hash')}); this model is {self.spec.id!r} "
+                f"({want}), with other weights or preprocessing. Use another --cache, "
+                "or --force to rebuild it"
+            )
+        return state
+
+    # -- commit --------------------------------------------------------------------------
+    def commit(
+        self,
+        rows: Sequence[Row],
+        failures: Sequence[Failure],
+        fill_embeddings: Callable[[np.ndarray], None] | np.ndarray,
+    ) -> CacheState:
+        """Atomically replace the cache with ``rows`` (and their embeddings) and ``failures``.
+
+        ``fill_embeddings`` is the [N, D] array in row order, or a function that fills the
+        writable [N, D] memmap it is given (so a large cache is merged without a copy in RAM).
+        Returns the new committed state (its embeddings memmap the new file).
+        """
+        if self._lock_fd is None:
+            raise CacheError("the cache writer is closed")
+        d = self.directory
+        n, dim = len(rows), int(self.spec.dim)
+        crash_point("commit-begin")
+        emb_new = d / (EMBEDDINGS + NEW)
+        if n == 0:
+            with open(emb_new, "wb") as f:
+                np.save(f, np.zeros((0, dim), np.float32))
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            mm = np.lib.format.open_memmap(emb_new, mode="w+", dtype=np.float32, shape=(n, dim))
+            if callable(fill_embeddings):
+                fill_embeddings(mm)
+            else:
+                arr = np.asarray(fill_embeddings, dtype=np.float32)
+                if arr.shape != (n, dim):
+                    raise ValueError(f"embeddings are {arr.shape}, expected {(n, dim)}")
+                mm[:] = arr
+            mm.flush()
+            del mm
+            with open(emb_new, "rb+") as f:
+                os.fsync(f.fileno())
+        _write_bytes(d / (INDEX + NEW), _jsonl(asdict(r) for r in rows))
+        _write_bytes(d / (FAILED + NEW), _jsonl(_failure_dict(f) for f in failures))
+        meta = make_meta(self.spec, n, len(failures))
+        _write_bytes(d / (META + NEW), (json.dumps(meta, indent=2) + "\n").encode())
+        crash_point("commit-written")
+        # The commit point: the manifest appears atomically, after everything it names.
+        _write_bytes(d / (MANIFEST + TMP), json.dumps({"files": list(DATA_FILES)}).encode())
+        os.replace(d / (MANIFEST + TMP), d / MANIFEST)
+        _fsync_dir(d)
+        crash_point("commit-manifest")
+        for name in DATA_FILES:
+            os.replace(d / (name + NEW), d / name)
+            crash_point("commit-rename")
+        _fsync_dir(d)
+        (d / MANIFEST).unlink()
+        _fsync_dir(d)
+        crash_point("commit-done")
+        self.state = CacheState(meta, list(rows), list(failures),
+                                np.load(d / EMBEDDINGS, mmap_mode="r"))
+        return self.state

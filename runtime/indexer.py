@@ -1,0 +1,250 @@
+"""``simx embed``'s engine: walk, diff against the cache, embed what changed, commit.
+
+A run leaves the cache equal to a clean run over the current files:
+- a file whose size and mtime_ns match its row is kept (never embedded twice);
+- new and changed files, and every previously failed file, are embedded;
+- rows of files that are gone are dropped;
+- bad files never stop the run: each gets one line in failed.jsonl.
+
+It commits every ``commit_every`` images and/or ``commit_seconds`` seconds (the time
+trigger backs off to 10x the last commit's duration, so rewriting a large cache costs
+at most ~10% of the run), so a kill -9 loses at most the work since the last commit.
+Ctrl-C commits what is done before stopping.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CacheWriter, Failure, Row, canonical_path, crash_point, make_meta
+from .encoder import Encoder
+
+DEFAULT_COMMIT_SECONDS = 30.0
+# Test-only: seconds to sleep after each batch, so a test can kill a run part way.
+_TEST_DELAY = float(os.environ.get("SIMX_TEST_DELAY", "0") or 0)
+
+
+@dataclass
+class EmbedReport:
+    """What one run did; ``summary()`` is the line ``simx embed`` prints."""
+
+    cache_dir: Path
+    embedded: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: int = 0
+    rows: int = 0
+    commits: int = 0
+    embed_seconds: float = 0.0
+    providers: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def img_per_s(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"embedded {self.embedded}, unchanged {self.unchanged}, removed {self.removed}, "
+            f"failed {self.failed}; {self.img_per_s:.1f} img/s; "
+            f"providers {','.join(self.providers)}; cache {self.cache_dir} ({self.rows} rows)"
+        )
+
+
+def _stat_failure(key: str, e: OSError) -> Failure:
+    if isinstance(e, FileNotFoundError) and os.path.islink(key):
+        return Failure(key, f"broken symbolic link (target {os.readlink(key)!r} does not exist)")
+    if isinstance(e, FileNotFoundError):
+        return Failure(key, "file disappeared during the run")
+    return Failure(key, f"cannot stat file: {e.strerror or e}")
+
+
+def scan(paths: Iterable[str | os.PathLike[str]]) -> tuple[dict[str, os.stat_result], dict[str, Failure]]:
+    """Image files under ``paths``: canonical path -> stat, and files that fail before decoding.
+
+    Stat happens before reading, so a file modified during the run is re-embedded next time.
+    Anything but a regular file (a directory named .jpg, a FIFO, a device) is refused here:
+    opening a FIFO would block the run forever.
+    """
+    from .image import find_images
+
+    ok: dict[str, os.stat_result] = {}
+    bad: dict[str, Failure] = {}
+    for p in find_images([Path(x) for x in paths]):
+        key = canonical_path(p)
+        if key in ok or key in bad:
+            continue
+        try:
+            st = os.stat(key)
+        except OSError as e:
+            bad[key] = _stat_failure(key, e)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            bad[key] = Failure(key, f"{kind} (only regular image files are embedded)")
+            continue
+        ok[key] = st
+    return ok, bad
+
+
+class _Store:
+    """The rows of the next commit: committed rows still valid, plus rows embedded since."""
+
+    def __init__(self, writer: CacheWriter, keep: set[str]) -> None:
+        self.writer = writer
+        self.dim = int(writer.spec.dim)
+        self._rebase(writer.state.rows, writer.state.embeddings, keep)
+
+    def _rebase(self, rows: list[Row], emb: np.ndarray, keep: set[str] | None) -> None:
+        self.old_emb = emb
+        self.old = {r.path: (i, r) for i, r in enumerate(rows) if keep is None or r.path in keep}
+        self.new_rows: dict[str, tuple[int, Row]] = {}
+        self.new_chunks: list[np.ndarray] = []
+        self.new_count = 0
+
+    def add(self, rows: list[Row], emb: np.ndarray) -> None:
+        for j, r in enumerate(rows):
+            self.new_rows[r.path] = (self.new_count + j, r)
+        self.new_chunks.append(np.ascontiguousarray(emb, dtype=np.float32))
+        self.new_count += len(rows)
+
+    def rows(self) -> list[Row]:
+        merged = {p: r for p, (_, r) in self.old.items()}
+        merged.update({p: r for p, (_, r) in self.new_rows.items()})
+        return [merged[p] for p in sorted(merged)]
+
+    def commit(self, failures: list[Failure]) -> None:
+        rows = self.rows()
+        new = (np.concatenate(self.new_chunks) if self.new_chunks
+               else np.zeros((0, self.dim), np.float32))
+
+        def fill(mm: np.ndarray, chunk: int = 16384) -> None:
+            # Gather in row order, a chunk at a time, from the old memmap and the new rows.
+            for s in range(0, len(rows), chunk):
+                part = rows[s:s + chunk]
+                from_new = np.array([r.path in self.new_rows for r in part], bool)
+                src = np.array([self.new_rows[r.path][0] if f else self.old[r.path][0]
+                                for r, f in zip(part, from_new)], np.int64)
+                block = np.empty((len(part), self.dim), np.float32)
+                if from_new.any():
+                    block[from_new] = new[src[from_new]]
+                if (~from_new).any():
+                    block[~from_new] = self.old_emb[src[~from_new]]
+                mm[s:s + len(part)] = block
+
+        state = self.writer.commit(rows, failures, fill)
+        self._rebase(state.rows, state.embeddings, None)
+
+
+def embed_into_cache(
+    paths: Iterable[str | os.PathLike[str]],
+    encoder: Encoder,
+    cache_dir: str | os.PathLike[str],
+    *,
+    batch_size: int | None = None,
+    force: bool = False,
+    lock_timeout: float = 0.0,
+    commit_every: int = 0,
+    commit_seconds: float = DEFAULT_COMMIT_SECONDS,
+    progress: bool | None = None,
+) -> EmbedReport:
+    """Bring the cache at ``cache_dir`` up to date with the image files under ``paths``."""
+    cache_dir = Path(cache_dir)
+    report = EmbedReport(cache_dir=cache_dir, providers=encoder.providers)
+    with CacheWriter(cache_dir, encoder.spec, force=force, lock_timeout=lock_timeout) as writer:
+        files, stat_failures = scan(paths)
+        walked = set(files) | set(stat_failures)
+        old_rows = {r.path: r for r in writer.state.rows}
+        old_failed = {f.path: f for f in writer.state.failures}
+        unchanged = {
+            k for k, st in files.items()
+            if (r := old_rows.get(k)) is not None
+            and r.size == st.st_size and r.mtime_ns == st.st_mtime_ns
+        }
+        todo = sorted(k for k in files if k not in unchanged)
+        report.unchanged = len(unchanged)
+        report.removed = sum(1 for p in old_rows if p not in walked)
+        store = _Store(writer, unchanged)
+        run_failures: dict[str, Failure] = dict(stat_failures)
+        done: set[str] = set()
+
+        def failures_now() -> list[Failure]:
+            # Not yet retried: a previously failed file keeps its old line until it is.
+            out = dict(run_failures)
+            for k in todo:
+                if k not in done and k in old_failed:
+                    out.setdefault(k, old_failed[k])
+            return [out[k] for k in sorted(out)]
+
+        def commit() -> None:
+            store.commit(failures_now())
+            report.commits += 1
+
+        bar = None
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress and todo:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="img", desc="simx embed", file=sys.stderr,
+                       dynamic_ncols=True)
+        t0 = last_commit = time.perf_counter()
+        commit_cost = 0.0
+        since_commit = 0
+        try:
+            for batch in encoder.iter_embed(todo, batch_size):
+                rows = []
+                for i in batch.indices:
+                    st = files[todo[i]]
+                    rows.append(Row(todo[i], int(st.st_size), int(st.st_mtime_ns)))
+                    done.add(todo[i])
+                if rows:
+                    store.add(rows, batch.embeddings)
+                for i, err in batch.failures:
+                    st = files[todo[i]]
+                    run_failures[todo[i]] = Failure(todo[i], err, int(st.st_size),
+                                                    int(st.st_mtime_ns))
+                    done.add(todo[i])
+                report.embedded += len(rows)
+                since_commit += len(rows) + len(batch.failures)
+                if bar is not None:
+                    bar.update(len(rows) + len(batch.failures))
+                crash_point("batch")
+                if _TEST_DELAY:
+                    time.sleep(_TEST_DELAY)
+                now = time.perf_counter()
+                due_count = commit_every > 0 and since_commit >= commit_every
+                due_time = commit_seconds > 0 and now - last_commit >= max(commit_seconds,
+                                                                          10 * commit_cost)
+                if (due_count or due_time) and len(done) < len(todo):
+                    commit()
+                    last_commit = time.perf_counter()
+                    commit_cost = last_commit - now
+                    since_commit = 0
+        except KeyboardInterrupt:
+            commit()  # keep what is done; a re-run continues from here
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        final_failures = failures_now()
+        changed = (
+            store.rows() != writer.state.rows
+            or final_failures != writer.state.failures
+            or writer.state.meta != make_meta(encoder.spec, len(store.rows()), len(final_failures))
+        )
+        if changed:
+            commit()
+        report.embed_seconds = time.perf_counter() - t0
+        report.failures = final_failures
+        report.failed = len(final_failures)
+        report.rows = len(writer.state.rows)
+    return report
