@@ -115,14 +115,14 @@ def machine_facts() -> dict[str, Any]:
 
 
 def sgemm_gflops(n: int = 2048, repeats: int = 5) -> dict[str, Any]:
-    """numpy's float32 n x n matmul rate: the best of ``repeats`` timed runs after one warm-up.
+    """numpy's float32 n x n matmul rate: ``repeats`` timed runs after one warm-up.
 
     numpy's BLAS uses every core it is allowed (unless OPENBLAS_NUM_THREADS or the like
     says otherwise; that is recorded in ``machine_facts``). That is deliberate: the
     reference is what the whole machine can do, so a model run limited to fewer threads
     shows up as lower efficiency instead of being normalised away.
-    Best-of rather than mean, because interference from other processes only ever
-    makes a run slower.
+    ``gflops`` is the best run (interference only ever slows a run); every sample is
+    returned too, for callers that want a typical figure under the current load.
     """
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
