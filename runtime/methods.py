@@ -1,0 +1,113 @@
+"""sim-bench's method YAML files (``configs/methods/*.yaml``), read as simx options.
+
+Why: people migrating from sim-bench keep their config files. A file like::
+
+    method: dinov2
+    variant: "base"
+    batch_size: 16
+    device: "cpu"
+    normalize: true
+    distance: "cosine"
+    cache_dir: "artifacts/dinov2"
+
+becomes ``simx embed --config FILE``: model ``dinov2-base``, batch size 16, the CPU
+provider, cache ``artifacts/dinov2``. Keys simx cannot honour are errors, not silently
+different results.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .errors import SimxError
+
+SIMBENCH_KEYS = ("method", "variant", "model", "pretrained", "batch_size", "device", "normalize",
+                 "distance", "cache_dir")
+SIMX_KEYS = ("registers", "onnx", "threads")  # simx additions, all optional
+METHODS = ("dinov2", "openclip")
+_DEVICES = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda", "auto": "auto", "tensorrt": "tensorrt"}
+# Rankings by cosine and by Euclidean distance agree on L2-normalized vectors.
+_DISTANCES = ("cosine", "euclidean", "l2")
+
+
+class ConfigError(SimxError):
+    """A method config simx cannot honour; the message names the key."""
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - PyYAML is in install_requires
+        raise ConfigError("reading method configs needs PyYAML: pip install pyyaml") from None
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "syntax error"
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a method config is a mapping of keys (method, variant, ...)")
+    return doc
+
+
+def method_model_id(cfg: dict[str, Any], where: str = "config") -> str:
+    """The registry id a sim-bench method config names (unknown names list the valid ones)."""
+    method = cfg.get("method")
+    if method not in METHODS:
+        raise ConfigError(f"{where}: method {method!r} is not one simx runs; "
+                          f"supported: {', '.join(METHODS)}")
+    if method == "dinov2":
+        variant = cfg.get("variant") or cfg.get("model")
+        if not variant:
+            raise ConfigError(f"{where}: method dinov2 needs variant (small, base, large, giant)")
+        return registry.dinov2(str(variant), bool(cfg.get("registers", False))).id
+    model, tag = cfg.get("model"), cfg.get("pretrained")
+    if not model or not tag:
+        raise ConfigError(f"{where}: method openclip needs model and pretrained")
+    return registry.openclip(str(model), str(tag)).id
+
+
+def load_method_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A sim-bench method YAML -> simx embed options.
+
+    Returns ``{"model", "batch_size", "provider", "cache_dir", "threads"}`` (absent keys
+    are None; ``model`` is an id or the ``onnx`` path) plus ``method`` for messages.
+    Relative ``cache_dir`` stays relative to the working directory, as in sim-bench.
+    """
+    path = Path(path)
+    cfg = _load_yaml(path)
+    unknown = sorted(set(cfg) - set(SIMBENCH_KEYS) - set(SIMX_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(SIMBENCH_KEYS + SIMX_KEYS)}")
+    model_id = method_model_id(cfg, str(path))
+    out: dict[str, Any] = {"method": cfg["method"], "model": cfg.get("onnx") or model_id,
+                           "model_id": model_id, "batch_size": None, "provider": None,
+                           "cache_dir": None, "threads": None}
+    if cfg.get("batch_size") is not None:
+        bs = cfg["batch_size"]
+        if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
+            raise ConfigError(f"{path}: batch_size must be a positive integer, got {bs!r}")
+        out["batch_size"] = bs
+    if cfg.get("device") is not None:
+        dev = str(cfg["device"]).lower().split(":")[0]  # "cuda:0" -> cuda
+        if dev not in _DEVICES:
+            raise ConfigError(f"{path}: device {cfg['device']!r} is not supported; "
+                              f"choose from {', '.join(_DEVICES)}")
+        out["provider"] = _DEVICES[dev]
+    if cfg.get("normalize") is False:
+        raise ConfigError(f"{path}: normalize: false is not supported; simx embeddings are "
+                          "always L2-normalized (cosine scores are their dot products)")
+    dist = cfg.get("distance")
+    if dist is not None and str(dist).lower() not in _DISTANCES:
+        raise ConfigError(f"{path}: distance {dist!r} is not supported; simx ranks by cosine "
+                          f"(same order as euclidean on normalized vectors)")
+    if cfg.get("cache_dir"):
+        out["cache_dir"] = str(cfg["cache_dir"])
+    if cfg.get("threads") is not None:
+        out["threads"] = int(cfg["threads"])
+    return out

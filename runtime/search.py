@@ -1,0 +1,326 @@
+"""Cosine top-k over a feature cache, exact with numpy or through an optional FAISS index.
+
+Why exact by default: a cache of 100k DINOv2-S rows is 150 MB and a query costs one
+matrix-vector product, far below the cost of embedding the query. FAISS
+(``simx[faiss]``) is there for caches where that stops being true.
+
+Scores are inner products of L2-normalized rows, i.e. cosines. Ties are broken by
+row index (lowest first), so results are reproducible across runs and machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ModelFileError, SimxError
+
+TEXT_SUFFIX = "-text"
+FAISS_FILE = "faiss.index"
+FAISS_META = "faiss.json"
+_CHUNK = 1024  # query rows per score block: bounds memory to _CHUNK * N floats
+
+
+class SearchError(SimxError):
+    """A search that cannot run as asked (empty cache, wrong dimension, missing faiss)."""
+
+
+# ----------------------------------------------------------------------------- exact
+def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise SearchError(f"{name} must be [N, D], got shape {x.shape}")
+    return x
+
+
+def _stable_topk_row(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, descending, ties by lower index.
+
+    argpartition alone picks arbitrary members of a tie at the cut; taking every
+    index at or above the k-th value and sorting by (-score, index) fixes that.
+    """
+    n = scores.shape[0]
+    if k >= n:
+        cand = np.arange(n)
+    else:
+        part = np.argpartition(-scores, k - 1)[:k]
+        cand = np.flatnonzero(scores >= scores[part].min())
+    order = np.lexsort((cand, -scores[cand]))
+    return cand[order[:k]]
+
+
+def topk(queries: np.ndarray, db: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k: ([Q, k] int64 row indices, [Q, k] float32 scores).
+
+    ``db`` may be a read-only memmap; it is read in full once per query block.
+    """
+    q = _as_matrix(queries, "queries")
+    if db.ndim != 2 or db.shape[0] == 0:
+        raise SearchError("the cache is empty: nothing to search")
+    if q.shape[1] != db.shape[1]:
+        raise SearchError(f"query dimension {q.shape[1]} != cache dimension {db.shape[1]}")
+    if k < 1:
+        raise SearchError(f"k must be at least 1, got {k}")
+    k = min(k, db.shape[0])
+    idx = np.empty((q.shape[0], k), np.int64)
+    val = np.empty((q.shape[0], k), np.float32)
+    for s in range(0, q.shape[0], _CHUNK):
+        block = q[s : s + _CHUNK] @ np.asarray(db, dtype=np.float32).T
+        for r, row in enumerate(block):
+            top = _stable_topk_row(row, k)
+            idx[s + r] = top
+            val[s + r] = row[top]
+    return idx, val
+
+
+def rank_all(queries: np.ndarray, db: np.ndarray) -> np.ndarray:
+    """Full rankings [Q, N] by descending cosine, ties by lower index (for mAP)."""
+    q = _as_matrix(queries, "queries")
+    out = np.empty((q.shape[0], db.shape[0]), np.int64)
+    for s in range(0, q.shape[0], _CHUNK):
+        block = q[s : s + _CHUNK] @ np.asarray(db, dtype=np.float32).T
+        out[s : s + _CHUNK] = np.argsort(-block, axis=1, kind="stable")
+    return out
+
+
+# ----------------------------------------------------------------------------- faiss
+def _faiss():
+    try:
+        import faiss  # type: ignore[import-not-found]
+    except ImportError:
+        raise SearchError("--index faiss needs FAISS: pip install 'simx[faiss]'") from None
+    return faiss
+
+
+def faiss_index(cache_dir: Path, embeddings: np.ndarray, spec_hash: str | None) -> Any:
+    """Load the FAISS index saved next to the cache, or (re)build it if stale.
+
+    The index is an exact inner-product ``IndexFlatIP``: FAISS's blocked BLAS and
+    heap top-k beat numpy on large caches without changing the answers. It is
+    rebuilt whenever the cache's row count or model hash changed since it was saved.
+    """
+    faiss = _faiss()
+    path, meta_path = cache_dir / FAISS_FILE, cache_dir / FAISS_META
+    want = {"count": int(embeddings.shape[0]), "dim": int(embeddings.shape[1]),
+            "spec_hash": spec_hash, "kind": "IndexFlatIP"}
+    if path.is_file() and meta_path.is_file():
+        try:
+            if json.loads(meta_path.read_text()) == want:
+                return faiss.read_index(str(path))
+        except (OSError, ValueError, RuntimeError):
+            pass  # unreadable: rebuild
+    index = faiss.IndexFlatIP(int(embeddings.shape[1]))
+    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
+    tmp_meta.write_text(json.dumps(want))
+    os.replace(tmp_meta, meta_path)
+    return index
+
+
+def faiss_topk(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    q = np.ascontiguousarray(_as_matrix(queries, "queries"))
+    if q.shape[1] != index.d:
+        raise SearchError(f"query dimension {q.shape[1]} != index dimension {index.d}")
+    scores, idx = index.search(q, min(k, index.ntotal))
+    return idx.astype(np.int64), scores.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- text
+def text_model_path(model: str | os.PathLike[str]) -> Path:
+    """The text tower that belongs to an image model: ``<stem>-text.onnx`` beside it.
+
+    ``model`` may be the image model (path or id) or the text model itself.
+    """
+    from .session import models_dir, resolve_model_path
+
+    p = Path(model)
+    if p.suffix == ".onnx" and p.stem.endswith(TEXT_SUFFIX) and p.is_file():
+        return p
+    try:
+        image = resolve_model_path(model)
+        cand = image.with_name(image.stem + TEXT_SUFFIX + ".onnx")
+    except ModelFileError:
+        cand = models_dir() / f"{p.stem}{TEXT_SUFFIX}.onnx"
+    if not cand.is_file():
+        raise ModelFileError(
+            f"no text tower {cand} for {model}; export it with "
+            "`simx export openclip --model ... --pretrained ... --text`"
+        )
+    return cand
+
+
+class TextEncoder:
+    """Tokenizes text and runs a simx text tower: L2-normalized vectors in the image space.
+
+    The tokenizer is checked against the vocabulary the model was exported with
+    (sha256 in its metadata), so a mismatched vocabulary is an error, not drift.
+    """
+
+    def __init__(self, model: str | os.PathLike[str], provider: str = "auto",
+                 threads: int | None = None) -> None:
+        from .session import open_model
+        from .tokenizer import get_tokenizer
+
+        self.path = text_model_path(model)
+        self._session = open_model(self.path, provider=provider, threads=threads)
+        extra = self._session.spec.extra
+        if extra.get("kind") != "text":
+            raise ModelFileError(f"{self.path}: not a simx text tower (spec.extra.kind != 'text')")
+        self.context_length = int(extra.get("context_length", 77))
+        self.tokenizer = get_tokenizer(self.context_length)
+        want = extra.get("vocab_sha256")
+        if want and want != self.tokenizer.vocab_sha256:
+            raise ModelFileError(
+                f"{self.path}: exported with BPE vocabulary {want[:12]}..., simx ships "
+                f"{self.tokenizer.vocab_sha256[:12]}...; re-export or upgrade simx"
+            )
+
+    @property
+    def spec(self) -> Any:
+        return self._session.spec
+
+    @property
+    def image_model(self) -> str | None:
+        """The id of the image tower this text tower pairs with."""
+        return self._session.spec.extra.get("image_model")
+
+    @property
+    def dim(self) -> int:
+        return self._session.spec.dim
+
+    def embed(self, texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """[N, D] float32 L2-normalized text embeddings."""
+        if isinstance(texts, str):
+            texts = [texts]
+        ids = self.tokenizer(list(texts))
+        out = np.empty((ids.shape[0], self.dim), np.float32)
+        for s in range(0, ids.shape[0], batch_size):
+            e = self._session.run(ids[s : s + batch_size])
+            # The spec says normalize=True, but a foreign file might not: be sure.
+            out[s : s + batch_size] = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+# ----------------------------------------------------------------------------- cache
+@dataclass
+class Hit:
+    rank: int
+    row: int
+    path: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "row": self.row, "path": self.path, "score": self.score}
+
+
+def cache_model(cache: Any, override: str | None = None) -> str:
+    """The model that filled a cache: ``override``, else the id cache.json names, found on disk."""
+    from .session import resolve_model_path
+
+    if override:
+        return str(resolve_model_path(override))
+    meta = getattr(cache, "meta", {}) or {}
+    name = meta.get("model_path") or meta.get("model_id")
+    if not name:
+        raise ModelFileError(f"{cache.directory}: cache.json names no model; pass --model PATH")
+    try:
+        return str(resolve_model_path(name))
+    except ModelFileError:
+        raise ModelFileError(
+            f"the model that filled {cache.directory} ({name}) is not a file and not in "
+            "$SIMX_MODELS_DIR (default ./onnx_models); pass --model PATH"
+        ) from None
+
+
+def search_cache(
+    cache_dir: str | os.PathLike[str],
+    queries: Sequence[str] = (),
+    texts: Sequence[str] = (),
+    k: int = 10,
+    index: str = "exact",
+    model: str | None = None,
+    provider: str = "auto",
+) -> list[dict[str, Any]]:
+    """Top-k of each image and text query against a cache: [{query, kind, hits: [...]}].
+
+    Image queries already in the cache reuse their row; others are embedded with
+    the cache's own model (or ``model``). Text queries need the model's text tower.
+    """
+    from .cache import FeatureCache
+
+    cache_dir = Path(cache_dir)
+    cache = FeatureCache(cache_dir)
+    emb = cache.embeddings
+    paths = [str(p) for p in cache.paths]
+    if len(paths) == 0:
+        raise SearchError(f"the cache {cache_dir} is empty: nothing to search")
+    if not queries and not texts:
+        raise SearchError("give at least one query image or --text")
+    dim = int(emb.shape[1])
+
+    vecs: list[np.ndarray] = []
+    labels: list[tuple[str, str]] = []
+    if queries:
+        known: dict[int, int] = {}
+        todo: list[int] = []
+        for i, q in enumerate(queries):
+            row = _cached_row(cache, q)
+            if row is None:
+                todo.append(i)
+            else:
+                known[i] = row
+        q_emb = np.empty((len(queries), dim), np.float32)
+        for i, row in known.items():
+            q_emb[i] = emb[row]
+        if todo:
+            from .encoder import Encoder
+
+            for q in (queries[i] for i in todo):
+                if not Path(q).is_file():
+                    raise SearchError(f"query image not found: {q}")
+            enc = Encoder(cache_model(cache, model), provider=provider)
+            if enc.dim != dim:
+                raise SearchError(f"model {enc.spec.id} gives {enc.dim}-d vectors, the cache "
+                                  f"holds {dim}-d ones; pass the cache's own --model")
+            q_emb[todo] = enc.embed([queries[i] for i in todo])
+        vecs.append(q_emb)
+        labels += [(q, "image") for q in queries]
+    if texts:
+        te = TextEncoder(cache_model(cache, model), provider=provider)
+        if te.dim != dim:
+            raise SearchError(f"text tower gives {te.dim}-d vectors, the cache holds {dim}-d ones")
+        vecs.append(te.embed(list(texts)))
+        labels += [(t, "text") for t in texts]
+
+    qv = np.concatenate(vecs)
+    if index == "faiss":
+        spec_hash = cache.meta.get("spec_hash")
+        idx, val = faiss_topk(faiss_index(cache_dir, emb, spec_hash), qv, k)
+    elif index == "exact":
+        idx, val = topk(qv, emb, k)
+    else:
+        raise SearchError(f"unknown index {index!r}; choose exact or faiss")
+    out = []
+    for (label, kind), rows, scores in zip(labels, idx, val):
+        hits = [Hit(r + 1, int(row), paths[int(row)], float(s)).to_dict()
+                for r, (row, s) in enumerate(zip(rows, scores)) if row >= 0]
+        out.append({"query": label, "kind": kind, "hits": hits})
+    return out
+
+
+def _cached_row(cache: Any, query: str) -> int | None:
+    """The cache row of a query image, if the cache holds that very file."""
+    try:
+        return int(cache.row(query))
+    except (KeyError, OSError):
+        return None
