@@ -276,6 +276,63 @@ def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: P
 
 # --------------------------------------------------------------------------- search / eval
 # (retrieval helper: simx search, simx eval)
+@main.command("search")
+@click.argument("queries", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--cache", "cache_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A feature cache filled by `simx embed`.")
+@click.option("--text", "texts", multiple=True, help="A text query (needs the model's -text.onnx); repeatable.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
+@click.option("--index", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True,
+              help="exact: numpy cosine; faiss: a FAISS index saved next to the cache (simx[faiss]).")
+@click.option("--model", "-m", default=None,
+              help="The model that filled the cache, when cache.json's id is not in $SIMX_MODELS_DIR.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def search_cmd(queries: tuple[Path, ...], cache_dir: Path, texts: tuple[str, ...], k: int,
+               index: str, model: str | None, provider: str, as_json: bool) -> None:
+    """Find the K most similar cached images to each QUERY image or --text (cosine)."""
+    from .search import search_cache
+
+    results = search_cache(cache_dir, [str(q) for q in queries], list(texts), k=k, index=index,
+                           model=model, provider=provider)
+    if as_json:
+        click.echo(json.dumps(results, indent=2, ensure_ascii=False))
+        return
+    for res in results:
+        click.echo(f"{res['kind']} query: {res['query']}")
+        for h in res["hits"]:
+            click.echo(f"  {h['rank']:>3}  {h['score']:.4f}  {h['path']}")
+
+
+@main.command("eval")
+@click.option("--dataset", type=click.Choice(["ukbench", "holidays"]), required=True)
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The unpacked dataset (ukbench*.jpg, or Holidays' 100000.jpg..., or their full/ jpg/).")
+@click.option("--model", "-m", required=True, help="An .onnx file, or a model id in $SIMX_MODELS_DIR.")
+@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Feature cache for this dataset [default: $SIMX_CACHE_DIR or ~/.cache/simx].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def eval_cmd(dataset: str, root: Path, model: str, cache_dir: Path | None, batch_size: int | None,
+             threads: int | None, provider: str, as_json: bool) -> None:
+    """Retrieval quality: UKBench N-S score, or Holidays mAP (INRIA protocol) and mAP@10."""
+    from .datasets import evaluate
+
+    r = evaluate(dataset, root, model, cache_dir=cache_dir, batch_size=batch_size,
+                 provider=provider, threads=threads)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    m = r["metrics"]
+    score = (f"N-S score {m['ns_score']:.3f} / 4" if dataset == "ukbench"
+             else f"mAP {m['map']:.4f}, mAP@10 {m['map_at_10']:.4f}")
+    click.echo(f"{r['dataset']} ({r['images']} images, {r['queries']} queries) with {r['model']} "
+               f"[{r['weights']}]: {score}; embedded {r['embedded']}, reused {r['reused']}")
 
 
 if __name__ == "__main__":  # pragma: no cover
