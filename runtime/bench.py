@@ -126,7 +126,7 @@ def count_gflops(path: str | os.PathLike[str]) -> float | None:
 
 
 # ----------------------------------------------------------------------------- timing
-def _time_calls(
+def time_calls(
     call: Callable[[], Any], seconds: float, warmup: int, min_calls: int = 3
 ) -> list[float]:
     """Seconds per call, after ``warmup`` untimed calls, until ``seconds`` have passed."""
@@ -143,7 +143,7 @@ def _time_calls(
             return lat
 
 
-def _latency_ms(lat: Sequence[float]) -> dict[str, float]:
+def latency_ms(lat: Sequence[float]) -> dict[str, float]:
     a = np.asarray(lat) * 1e3
     return {
         "p50": float(np.percentile(a, 50)),
@@ -300,7 +300,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         say(f"batch {b}: reference sgemm ({cfg.sgemm_n}^2 float32, all cores), then model-only "
             f"for {cfg.seconds:g} s ...")
         sg.append(sysinfo.sgemm_gflops(cfg.sgemm_n))
-        lat = _time_calls(lambda: ms.run(x), cfg.seconds, cfg.warmup)
+        lat = time_calls(lambda: ms.run(x), cfg.seconds, cfg.warmup)
         img_s = b * len(lat) / sum(lat)
         row: dict[str, Any] = {
             "batch_size": b,
@@ -309,7 +309,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
                 "images": b * len(lat),
                 "img_s": img_s,
                 "ms_per_image": 1e3 / img_s,
-                "latency_ms": _latency_ms(lat),
+                "latency_ms": latency_ms(lat),
                 "gflops_s": img_s * gflops if gflops else None,
             },
             "end_to_end": None,

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""simx side by side with what users run today, in ONE process, on the same models and images.
+
+For each model (random weights: speed does not depend on their values) and batch size:
+
+* **torch eager**, the old way: PIL decode + torchvision Resize/CenterCrop/ToTensor/
+  Normalize, the torch module exactly as simx's exporter builds it, ``torch.inference_mode``,
+  ``torch.set_num_threads(cores)``. Model-only and end-to-end (decode + preprocess + model,
+  one after the other, as a plain loop does).
+* **simx model-only**: the exported .onnx through ``simx.session`` on the same tensors.
+* **simx end-to-end**: ``simx.Encoder.embed`` on the same JPEG files (threaded decode
+  overlapped with inference).
+* **efficiency**: model GFLOP/s ÷ numpy sgemm GFLOP/s measured in the same run (all cores,
+  median of samples taken before each measurement), so the figures travel between machines.
+
+Writes ``benchmarks/results/compare_<cpu>-<cores>c.md`` and ``.json`` with the machine facts.
+Usage: ``python3 benchmarks/compare_torch.py [--seconds 10] [--batch-sizes 1,8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from simx import bench, registry, sysinfo
+from simx.session import open_model
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS = ("dinov2-small", "openclip-vit-b-32-laion2b_s34b_b79k")
+
+
+def host_slug(facts: dict[str, Any]) -> str:
+    """A file-name-safe machine label: CPU model and core count (hostnames are random here)."""
+    cpu = re.sub(r"[^a-z0-9]+", "-", facts["cpu_model"].lower()).strip("-") or "cpu"
+    return f"{cpu}-{facts['usable_cores']}c"
+
+
+def torch_module(entry: registry.ModelEntry) -> Any:
+    """The torch module exactly as the exporter builds it, with random weights, in eval mode."""
+    from simx.export import sources
+
+    model = sources.build_module(entry, weights="random")
+    return model.eval()
+
+
+def torch_transform(entry: registry.ModelEntry) -> Callable[[Any], Any]:
+    """The reference eval transform users run today: PIL + torchvision."""
+    from torchvision import transforms as T
+
+    p = entry.preprocess()
+    return T.Compose([
+        T.Resize(p.resize, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(p.crop),
+        T.ToTensor(),
+        T.Normalize(p.mean, p.std),
+    ])
+
+
+class Reference:
+    """Interleaved sgemm samples; the figure is their median (see simx.bench)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        self.samples += sysinfo.sgemm_gflops(2048)["gflops_samples"]
+
+    @property
+    def gflops(self) -> float:
+        return float(np.median(self.samples))
+
+
+def measure_model(
+    entry: registry.ModelEntry,
+    onnx_path: Path,
+    images: list[Path],
+    batch_sizes: Sequence[int],
+    seconds: float,
+    ref: Reference,
+    cores: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(cores)
+    tmod = torch_module(entry)
+    tf = torch_transform(entry)
+    ms = open_model(onnx_path, provider="cpu", threads=cores)
+    gflops = ms.spec.gflops or bench.count_gflops(onnx_path)
+    from simx import Encoder
+
+    enc = Encoder(onnx_path, provider="cpu", threads=cores)
+
+    # The same tensors for both model-only runs: torchvision's output.
+    pixels = torch.stack([tf(Image.open(p).convert("RGB")) for p in images])
+
+    def torch_e2e(paths: list[Path], b: int) -> None:
+        """The old way: decode and preprocess a batch, then run it, one step after another."""
+        with torch.inference_mode():
+            for i in range(0, len(paths), b):
+                x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths[i:i + b]])
+                tmod(x)
+
+    rows = []
+    for b in batch_sizes:
+        idx = [i % len(images) for i in range(b)]
+        xt = pixels[idx].contiguous()
+        xn = xt.numpy().copy()
+        row: dict[str, Any] = {"batch_size": b}
+
+        def timed(name: str, call: Callable[[], Any]) -> dict[str, Any]:
+            ref.sample()
+            time.sleep(0.5)  # let BLAS / OpenMP spinning threads settle
+            lat = bench.time_calls(call, seconds, warmup=2)
+            img_s = b * len(lat) / sum(lat)
+            log(f"  {entry.id} b={b} {name}: {img_s:.2f} img/s")
+            return {"img_s": img_s, "batches": len(lat), "latency_ms": bench.latency_ms(lat)}
+
+        def timed_stream(name: str, run: Callable[[list[Path]], Any], rate: float) -> dict[str, Any]:
+            """One long stream of files (about ``seconds`` of work), so pipelining can show."""
+            n = max(2 * b, int(np.ceil(rate * seconds)))
+            paths = [images[i % len(images)] for i in range(n)]
+            ref.sample()
+            time.sleep(0.5)
+            run(paths[: 2 * b])  # warm-up
+            t0 = time.perf_counter()
+            run(paths)
+            img_s = n / (time.perf_counter() - t0)
+            log(f"  {entry.id} b={b} {name}: {img_s:.2f} img/s ({n} images)")
+            return {"img_s": img_s, "images": n}
+
+        with torch.inference_mode():
+            row["torch_model_only"] = timed("torch model-only", lambda: tmod(xt))
+        row["simx_model_only"] = timed("simx model-only", lambda: ms.run(xn))
+        row["torch_e2e"] = timed_stream("torch end-to-end", lambda ps: torch_e2e(ps, b),
+                                        row["torch_model_only"]["img_s"])
+        row["simx_e2e"] = timed_stream("simx end-to-end", lambda ps: enc.embed(ps, batch_size=b),
+                                       row["simx_model_only"]["img_s"])
+        rows.append(row)
+    del tmod, ms, enc
+    return {
+        "id": entry.id,
+        "source": entry.source,
+        "weights": "random",
+        "gflops_per_image": gflops,
+        "onnx_file_mb": round(onnx_path.stat().st_size / 2**20, 1),
+        "rows": rows,
+    }
+
+
+def finish(result: dict[str, Any]) -> None:
+    """Add efficiency and ratios once the run's reference is known."""
+    ref = result["reference"]["gflops"]
+    for m in result["models"]:
+        g = m["gflops_per_image"]
+        for r in m["rows"]:
+            for k in ("torch_model_only", "simx_model_only", "torch_e2e", "simx_e2e"):
+                r[k]["efficiency"] = (r[k]["img_s"] * g / ref) if g else None
+            r["simx_vs_torch_model_only"] = r["simx_model_only"]["img_s"] / r["torch_model_only"]["img_s"]
+            r["simx_vs_torch_e2e"] = r["simx_e2e"]["img_s"] / r["torch_e2e"]["img_s"]
+            r["simx_e2e_vs_model_only"] = r["simx_e2e"]["img_s"] / r["simx_model_only"]["img_s"]
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    f = result["machine"]
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+    lines = [
+        "# simx vs PyTorch eager",
+        "",
+        f"Measured {result['timestamp']} on **{f['cpu_model']}, {f['usable_cores']} cores** "
+        f"(python {f['python']}, torch {result['torch_version']}, onnxruntime {f['onnxruntime']}, "
+        f"numpy {f['numpy']}, simx {f['simx']}); reference numpy sgemm "
+        f"**{result['reference']['gflops']:.1f} GFLOP/s** (2048² float32, all cores, median of "
+        f"{len(result['reference']['samples'])} samples interleaved with the measurements).",
+        "",
+        "**Random weights** (the model hubs are unreachable here): speed does not depend on the "
+        "weight values, so these figures hold for pretrained weights too.",
+        "",
+        f"Images: the {result['n_images']} JPEGs in `samples/`. Threads: torch "
+        f"`set_num_threads({result['threads']})`, onnxruntime intra-op {result['threads']}. "
+        f"{result['seconds']:g} s per figure after warm-up, all in one process.",
+        "",
+        "| model | batch | torch eager img/s | simx model-only img/s | simx / torch | "
+        "torch end-to-end img/s | simx end-to-end img/s | simx e2e / model-only | "
+        "efficiency torch | efficiency simx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in result["models"]:
+        for r in m["rows"]:
+            lines.append(
+                f"| {m['id']} ({m['gflops_per_image']:.2f} GFLOP) | {r['batch_size']} | "
+                f"{r['torch_model_only']['img_s']:.2f} | {r['simx_model_only']['img_s']:.2f} | "
+                f"{r['simx_vs_torch_model_only']:.2f}× | {r['torch_e2e']['img_s']:.2f} | "
+                f"{r['simx_e2e']['img_s']:.2f} | {pct(r['simx_e2e_vs_model_only'])} | "
+                f"{pct(r['torch_model_only']['efficiency'])} | "
+                f"{pct(r['simx_model_only']['efficiency'])} |"
+            )
+    la, lb = f.get("load_average_1_5_15"), result.get("load_average_at_end")
+    lines += [
+        "",
+        "Efficiency = model GFLOP/s ÷ the same run's sgemm GFLOP/s (FLOPs: MatMul/Gemm/Conv, "
+        "multiply-add = 2). End-to-end = decode + preprocess + model on JPEG files: torch one "
+        "step after another (PIL + torchvision), simx through `simx.Encoder` with decoding "
+        "overlapped with inference.",
+        "",
+        f"Machine load (1/5/15 min) at start {la}, at end {lb}. "
+        + (result.get("load_note") or ""),
+        "",
+        "Reproduce: `python3 benchmarks/compare_torch.py` (raw figures in the .json beside this file).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--images", type=Path, default=ROOT / "samples")
+    ap.add_argument("--models-dir", type=Path, default=None,
+                    help="Reuse random-weight exports here (default: export into a temp dir).")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--load-note", default="", help="A sentence about other processes running.")
+    args = ap.parse_args()
+
+    import torch
+
+    facts = sysinfo.machine_facts()
+    cores = facts["usable_cores"]
+    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    if not images:
+        raise SystemExit(f"no JPEGs in {args.images}")
+    batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
+    log = lambda s: print(s, flush=True)  # noqa: E731
+
+    tmp = tempfile.TemporaryDirectory(prefix="simx-compare-")
+    models_dir = args.models_dir or Path(tmp.name)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    from simx.export.api import export_model
+
+    ref = Reference()
+    out_models = []
+    for mid in args.models.split(","):
+        entry = registry.get(mid)
+        path = models_dir / f"{entry.id}.onnx"
+        if not path.exists():
+            log(f"exporting {entry.id} with random weights into {models_dir} ...")
+            path = Path(export_model(entry, weights="random", output_dir=models_dir))
+        out_models.append(measure_model(entry, path, images, batch_sizes, args.seconds, ref,
+                                        cores, log))
+    ref.sample()
+
+    result = {
+        "schema": "simx-compare/1",
+        "timestamp": facts["timestamp"],
+        "machine": facts,
+        "load_average_at_end": sysinfo.load_average(),
+        "load_note": args.load_note,
+        "torch_version": torch.__version__,
+        "threads": cores,
+        "seconds": args.seconds,
+        "n_images": len(images),
+        "images": [p.name for p in images],
+        "reference": {"kind": "numpy sgemm 2048^2 float32, all cores, median",
+                      "gflops": ref.gflops, "samples": ref.samples},
+        "models": out_models,
+    }
+    finish(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"compare_{host_slug(facts)}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    md = to_markdown(result)
+    stem.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"wrote {stem}.md and .json")
+
+
+if __name__ == "__main__":
+    main()
