@@ -205,11 +205,11 @@ def _consistent(s: CacheState) -> bool:
     return len(s.rows) == n == s.embeddings.shape[0] and s.embeddings.shape[1] == int(s.meta["dim"])
 
 
-def read_state(d: str | os.PathLike[str], retries: int = 20) -> CacheState:
+def read_state(d: str | os.PathLike[str], retries: int = 10) -> CacheState:
     """Read a consistent committed state without taking the lock.
 
     A writer may commit while we read; the files then disagree (counts differ), and we
-    simply read again. Twenty tries over ~1 s is far longer than a commit takes.
+    simply read again. Ten tries over ~1 s is far longer than a commit takes.
     """
     d = Path(d)
     if not d.is_dir():
@@ -221,7 +221,7 @@ def read_state(d: str | os.PathLike[str], retries: int = 20) -> CacheState:
                 return s
         except (FileNotFoundError, ValueError, KeyError):  # a file swapped mid-read
             pass
-        time.sleep(0.05 * (attempt + 1) / 2)
+        time.sleep(0.02 * (attempt + 1))
     raise CacheError(f"{d}: the cache files disagree (row counts differ); the cache is damaged")
 
 

@@ -1,0 +1,271 @@
+"""The feature cache: format, incremental re-runs, redo-log recovery, locking, model mismatch.
+
+Uses the tiny model (tests/tiny_model.py): the cache logic is the same for any model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_model import build_tiny_model  # noqa: E402
+
+from simx.cache import (  # noqa: E402
+    DATA_FILES,
+    MANIFEST,
+    NEW,
+    CacheError,
+    CacheLockedError,
+    CacheMismatchError,
+    CacheWriter,
+    FeatureCache,
+    canonical_path,
+)
+from simx.encoder import Encoder  # noqa: E402
+from simx.indexer import embed_into_cache  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def enc(tiny) -> Encoder:
+    return Encoder(tiny, provider="cpu", threads=1)
+
+
+def _save(a: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(a).save(path, quality=92)
+
+
+@pytest.fixture()
+def folder(tmp_path, rgb_photos) -> Path:
+    """Twelve small real photos in two sub-folders (JPEG and PNG)."""
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    for i, (name, a) in enumerate(rgb_photos.items()):
+        small = a[:: 3, :: 3]
+        _save(small, d / f"{name}.jpg")
+        _save(small[: small.shape[0] // 2], d / "sub" / f"{name}_half.png")
+    return d
+
+
+def run(folder: Path, enc: Encoder, cache: Path, **kw):
+    return embed_into_cache([folder], enc, cache, progress=False, **kw)
+
+
+def snapshot(cache: Path) -> dict[str, object]:
+    """Everything a user can observe in a cache folder."""
+    return {
+        "index": (cache / "index.jsonl").read_text(),
+        "failed": (cache / "failed.jsonl").read_text(),
+        "meta": json.loads((cache / "cache.json").read_text()),
+        "emb": np.load(cache / "embeddings.npy"),
+    }
+
+
+def assert_same_cache(a: Path, b: Path) -> None:
+    sa, sb = snapshot(a), snapshot(b)
+    assert sa["index"] == sb["index"]
+    assert sa["failed"] == sb["failed"]
+    assert sa["meta"] == sb["meta"]
+    # ORT's CPU kernels give each image the same numbers whatever its batch mates
+    # (checked in test_encoder.py), so a re-run equals a clean run exactly.
+    np.testing.assert_array_equal(sa["emb"], sb["emb"])
+
+
+def test_clean_run_writes_the_documented_format(folder, enc, tmp_path):
+    cache = tmp_path / "cache"
+    rep = run(folder, enc, cache)
+    assert (rep.embedded, rep.unchanged, rep.removed, rep.failed) == (len(list(folder.rglob("*.*"))), 0, 0, 0)
+    emb = np.load(cache / "embeddings.npy", mmap_mode="r")
+    assert isinstance(emb, np.memmap) and emb.dtype == np.float32 and emb.shape == (rep.embedded, enc.dim)
+    rows = [json.loads(x) for x in (cache / "index.jsonl").read_text().splitlines()]
+    paths = [r["path"] for r in rows]
+    assert paths == sorted(paths) and all(os.path.isabs(p) for p in paths)
+    for r in rows:
+        st = os.stat(r["path"])
+        assert (r["size"], r["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+    meta = json.loads((cache / "cache.json").read_text())
+    assert meta["model_id"] == "tiny-test" and meta["dim"] == enc.dim and meta["count"] == len(rows)
+    assert meta["spec_hash"] == enc.spec.embedding_hash() and meta["simx_version"]
+    assert (cache / "failed.jsonl").read_text() == ""
+    assert not any((cache / (n + NEW)).exists() for n in DATA_FILES) and not (cache / MANIFEST).exists()
+    # Row i is the embedding of paths[i], and distinct photos are distinct.
+    direct = enc.embed(paths)
+    np.testing.assert_array_equal(np.asarray(emb), direct)
+    assert np.abs(direct[0] - direct[1]).max() > 1e-3
+
+
+def test_feature_cache_reader(folder, enc, tmp_path):
+    cache = tmp_path / "cache"
+    run(folder, enc, cache)
+    fc = FeatureCache(cache)
+    assert len(fc) == fc.embeddings.shape[0] == len(fc.paths)
+    assert not fc.embeddings.flags.writeable
+    p = folder / "sub" / "coffee_half.png"
+    i = fc.row(p)
+    assert fc.paths[i] == canonical_path(p) and p in fc
+    # Relative paths and '..' resolve to the same row.
+    cwd = os.getcwd()
+    try:
+        os.chdir(folder / "sub")
+        assert fc.row("../sub/coffee_half.png") == i
+    finally:
+        os.chdir(cwd)
+    with pytest.raises(KeyError, match="never embedded"):
+        fc.row(folder / "nope.jpg")
+    assert fc.meta["model_id"] == "tiny-test" and fc.dim == enc.dim
+    with pytest.raises(CacheError, match="not a simx feature cache"):
+        FeatureCache(tmp_path)
+
+
+def test_incremental_add_change_delete_equals_clean_run(folder, enc, tmp_path, rgb_photos):
+    cache = tmp_path / "cache"
+    first = run(folder, enc, cache)
+    # add one, change one (new content), delete one
+    _save(next(iter(rgb_photos.values()))[::5, ::5], folder / "sub" / "added.jpg")
+    changed = folder / "coffee.jpg"
+    _save(rgb_photos["chelsea"][::4, ::4], changed)
+    (folder / "rocket.jpg").unlink()
+    rep = run(folder, enc, cache)
+    assert (rep.embedded, rep.removed, rep.failed) == (2, 1, 0)
+    assert rep.unchanged == first.embedded - 2
+    clean = tmp_path / "clean"
+    run(folder, enc, clean)
+    assert_same_cache(cache, clean)
+    # Nothing to do: nothing is rewritten.
+    before = os.stat(cache / "embeddings.npy").st_mtime_ns
+    rep = run(folder, enc, cache)
+    assert (rep.embedded, rep.unchanged, rep.removed) == (0, first.embedded, 0)
+    assert os.stat(cache / "embeddings.npy").st_mtime_ns == before
+
+
+def test_failed_files_are_retried(folder, enc, tmp_path, rgb_photos):
+    cache = tmp_path / "cache"
+    bad = folder / "later_fixed.jpg"
+    bad.write_bytes(b"not an image")
+    rep = run(folder, enc, cache)
+    assert rep.failed == 1
+    (line,) = (cache / "failed.jsonl").read_text().splitlines()
+    assert json.loads(line)["path"] == canonical_path(bad)
+    _save(rgb_photos["astronaut"][::4, ::4], bad)
+    rep = run(folder, enc, cache)
+    assert (rep.embedded, rep.failed) == (1, 0)
+    assert (cache / "failed.jsonl").read_text() == ""
+    assert canonical_path(bad) in FeatureCache(cache).paths
+
+
+def test_periodic_commits_give_the_same_cache(folder, enc, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ra = run(folder, enc, a, commit_every=3, batch_size=2)
+    assert ra.commits > 3
+    run(folder, enc, b, batch_size=5)
+    assert_same_cache(a, b)
+
+
+def test_other_model_is_refused_unless_force(folder, enc, tmp_path):
+    cache = tmp_path / "cache"
+    run(folder, enc, cache)
+    other = Encoder(build_tiny_model(tmp_path / "other.onnx", seed=1, weights="sha256:abc"), "cpu")
+    with pytest.raises(CacheMismatchError, match="--force"):
+        run(folder, other, cache)
+    rep = run(folder, other, cache, force=True)
+    assert rep.unchanged == 0 and rep.embedded == len(FeatureCache(cache))
+    assert FeatureCache(cache).meta["spec_hash"] == other.spec.embedding_hash()
+    # and other preprocessing is another hash too
+    resized = Encoder(build_tiny_model(tmp_path / "r.onnx", resize=40), "cpu")
+    with pytest.raises(CacheMismatchError):
+        run(folder, resized, cache)
+
+
+def test_second_writer_fails_or_waits(folder, enc, tmp_path):
+    cache = tmp_path / "cache"
+    run(folder, enc, cache)
+    with CacheWriter(cache, enc.spec):
+        with pytest.raises(CacheLockedError, match="--lock-timeout"):
+            CacheWriter(cache, enc.spec)
+        with pytest.raises(CacheLockedError, match="after waiting"):
+            CacheWriter(cache, enc.spec, lock_timeout=0.3)
+        # Readers never need the lock.
+        assert len(FeatureCache(cache)) > 0
+    with CacheWriter(cache, enc.spec):  # released on exit
+        pass
+
+
+def _fake_pending_commit(cache: Path, renamed: int, manifest: bool) -> None:
+    """Put the folder in the state a crash leaves mid-commit: new files written, some renamed."""
+    emb = np.load(cache / "embeddings.npy")
+    rows = (cache / "index.jsonl").read_text().splitlines()
+    meta = json.loads((cache / "cache.json").read_text())
+    meta["count"] = len(rows) - 1
+    new = {
+        "embeddings.npy": emb[1:],
+        "index.jsonl": "\n".join(rows[1:]) + "\n",
+        "failed.jsonl": "",
+        "cache.json": json.dumps(meta),
+    }
+    for name, content in new.items():
+        if name.endswith(".npy"):
+            np.save(open(cache / (name + NEW), "wb"), content)
+        else:
+            (cache / (name + NEW)).write_text(content)
+    if manifest:
+        (cache / MANIFEST).write_text(json.dumps({"files": list(DATA_FILES)}))
+    for name in DATA_FILES[:renamed]:
+        os.replace(cache / (name + NEW), cache / name)
+
+
+@pytest.mark.parametrize("renamed", [0, 1, 2, 4])
+def test_pending_manifest_is_redone(folder, enc, tmp_path, renamed):
+    cache = tmp_path / "cache"
+    run(folder, enc, cache)
+    n = len(FeatureCache(cache))
+    _fake_pending_commit(cache, renamed, manifest=True)
+    # A reader sees the new commit even before anyone finishes it...
+    fc = FeatureCache(cache)
+    assert len(fc) == fc.embeddings.shape[0] == n - 1
+    # ...and the next writer finishes the renames and cleans up.
+    with CacheWriter(cache, enc.spec) as w:
+        assert len(w.state.rows) == n - 1
+    assert not (cache / MANIFEST).exists()
+    assert not any((cache / (x + NEW)).exists() for x in DATA_FILES)
+    assert len(FeatureCache(cache)) == n - 1
+    run(folder, enc, cache)  # and a re-run embeds the missing row back
+    assert len(FeatureCache(cache)) == n
+
+
+def test_uncommitted_temp_files_are_discarded(folder, enc, tmp_path):
+    cache = tmp_path / "cache"
+    run(folder, enc, cache)
+    n = len(FeatureCache(cache))
+    _fake_pending_commit(cache, 0, manifest=False)
+    assert len(FeatureCache(cache)) == n
+    with CacheWriter(cache, enc.spec) as w:
+        assert len(w.state.rows) == n
+    assert sorted(p.name for p in cache.iterdir()) == sorted([*DATA_FILES, ".lock"])
+
+
+def test_damaged_cache_is_a_clear_error(folder, enc, tmp_path):
+    cache = tmp_path / "cache"
+    run(folder, enc, cache)
+    lines = (cache / "index.jsonl").read_text().splitlines()
+    (cache / "index.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(CacheError, match="disagree"):
+        FeatureCache(cache)
+    not_cache = tmp_path / "nc"
+    not_cache.mkdir()
+    (not_cache / "embeddings.npy").write_bytes(b"x")
+    with pytest.raises(CacheError, match="not a simx cache"):
+        run(folder, enc, not_cache)
+    shutil.rmtree(not_cache)
