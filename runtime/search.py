@@ -143,20 +143,29 @@ def text_model_path(model: str | os.PathLike[str]) -> Path:
     """
     from .session import models_dir, resolve_model_path
 
+    from .session import read_spec
+
     p = Path(model)
     if p.suffix == ".onnx" and p.stem.endswith(TEXT_SUFFIX) and p.is_file():
         return p
     try:
         image = resolve_model_path(model)
-        cand = image.with_name(image.stem + TEXT_SUFFIX + ".onnx")
     except ModelFileError:
-        cand = models_dir() / f"{p.stem}{TEXT_SUFFIX}.onnx"
-    if not cand.is_file():
-        raise ModelFileError(
-            f"no text tower {cand} for {model}; export it with "
-            "`simx export openclip --model ... --pretrained ... --text`"
-        )
-    return cand
+        cands = [models_dir() / f"{p.stem}{TEXT_SUFFIX}.onnx"]
+    else:
+        cands = [image.with_name(image.stem + TEXT_SUFFIX + ".onnx")]
+        # An int8/fp16 image file (<id>-int8.onnx) pairs with the fp32 <id>-text.onnx.
+        try:
+            cands.append(image.with_name(read_spec(image).id + TEXT_SUFFIX + ".onnx"))
+        except ModelFileError:
+            pass
+    for cand in cands:
+        if cand.is_file():
+            return cand
+    raise ModelFileError(
+        f"no text tower {cands[0]} for {model}; export it with "
+        "`simx export openclip --model ... --pretrained ... --text`"
+    )
 
 
 class TextEncoder:

@@ -1,0 +1,238 @@
+"""The OpenCLIP text tower as a verified, self-describing ONNX file: ``<image-id>-text.onnx``.
+
+Why a separate file: most users only embed images, and the text tower of ViT-H-14 is
+another 1.4 GB. ``simx search --text`` finds it beside the image model.
+
+The graph maps ``input_ids`` int64 [batch, context_length] (the tokenizer's output,
+dynamic batch) to ``text_embeddings`` float32 [batch, dim], unnormalized, exactly
+``model.encode_text(ids, normalize=False)``; the spec says ``normalize=True`` so the
+runtime L2-normalizes, as for the image tower.
+
+The spec format is the image one (so every simx reader opens it); the text-specific
+facts live in ``spec.extra``: ``kind="text"``, ``context_length``, ``tokenizer``,
+``vocab_sha256`` and ``image_model`` (the paired image tower's id). ``image_size``
+and ``preprocess`` are the paired image model's, which keeps the spec valid and
+records the pairing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simx import registry
+from simx.errors import SimxError
+from simx.spec import METADATA_KEY, ModelSpec
+from simx.tokenizer import TOKENIZER_NAME, get_tokenizer
+
+TEXT_INPUT = "input_ids"
+TEXT_OUTPUT = "text_embeddings"
+# Distinct captions for parity: short, long (truncated), unicode, punctuation.
+PARITY_TEXTS = (
+    "a photo of a cat",
+    "a diagram",
+    "a dog sitting on a red sofa next to a window, in the afternoon light",
+    "Crème brûlée à la café — 東京 🐶",
+    "x " * 120,
+    "",
+    "!!! ??? ...",
+    "a photo of a cat.",
+)
+MIN_COSINE = 0.99999
+MAX_ABS_REL = 1e-4
+_PROTOBUF_LIMIT = 1_800_000_000  # bytes; above this the weights go to external data
+
+
+class TextExportError(SimxError):
+    """The text tower could not be exported or failed verification."""
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
+    """The full open_clip model (both towers) and the spec's weights string.
+
+    ``weights``: "pretrained" (open_clip downloads the tag), "random" (seeded, tests
+    and speed only) or a checkpoint path (its sha256 goes into the spec).
+    QuickGELU follows the registry, as for the image tower.
+    """
+    import open_clip
+    import torch
+
+    if entry.family != "openclip":
+        raise TextExportError(f"{entry.id} has no text tower (only OpenCLIP models do)")
+    name, tag = entry.variant, entry.pretrained
+    kw = {"force_quick_gelu": True} if entry.quick_gelu else {}
+    if weights == "random":
+        torch.manual_seed(0)
+        model = open_clip.create_model(name, pretrained=None, **kw)
+        label = "random"
+    elif weights == "pretrained":
+        model = open_clip.create_model(name, pretrained=tag, **kw)
+        label = "pretrained"
+    else:
+        if not os.path.isfile(weights):
+            raise TextExportError(f"checkpoint not found: {weights}")
+        model = open_clip.create_model(name, pretrained=None, **kw)
+        open_clip.load_checkpoint(model, weights)
+        label = "sha256:" + _sha256_file(weights)
+    return model.eval(), label
+
+
+class _TextTower:
+    """Wraps encode_text as a module whose only input is input_ids (for the exporter)."""
+
+    def __new__(cls, model: Any) -> Any:
+        import torch
+
+        class TextTower(torch.nn.Module):
+            def __init__(self, m: Any) -> None:
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids: "torch.Tensor") -> "torch.Tensor":
+                return self.m.encode_text(input_ids, normalize=False)
+
+        return TextTower(model).eval()
+
+
+def _context_length(model: Any) -> int:
+    n = getattr(model, "context_length", None)
+    if n is None:
+        n = int(model.positional_embedding.shape[0])
+    return int(n)
+
+
+def verify_text(onnx_path: Path, tower: Any, ids: np.ndarray) -> dict[str, float]:
+    """Parity of the ONNX text tower against torch on distinct captions.
+
+    Fails when: min cosine < 0.99999, max abs > 1e-4 * max|ref|, or distinct captions
+    get (near-)identical embeddings (a collapsed model passes parity trivially).
+    """
+    import onnxruntime as ort
+    import torch
+
+    with torch.no_grad():
+        ref = tower(torch.from_numpy(ids)).float().numpy()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run([TEXT_OUTPUT], {TEXT_INPUT: ids[i : i + 3]})[0]
+                          for i in range(0, len(ids), 3)])  # batches of 3 and 2: batch is dynamic
+    max_abs = float(np.abs(got - ref).max())
+    scale = float(np.abs(ref).max())
+    rn = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    gn = got / np.linalg.norm(got, axis=1, keepdims=True)
+    min_cos = float(np.min(np.sum(rn * gn, axis=1)))
+    sims = rn @ rn.T
+    distinct = float(np.max(sims[~np.eye(len(ids), dtype=bool)]))
+    if not (min_cos >= MIN_COSINE and max_abs <= MAX_ABS_REL * scale):
+        raise TextExportError(
+            f"text tower parity failed: min cosine {min_cos:.7f} (need >= {MIN_COSINE}), "
+            f"max abs {max_abs:.3g} (need <= {MAX_ABS_REL * scale:.3g})"
+        )
+    if distinct > 0.99999:
+        raise TextExportError(
+            f"distinct captions got the same text embedding (cosine {distinct:.6f}): "
+            "the model collapsed; parity would be meaningless"
+        )
+    return {"max_abs": max_abs, "max_ref": scale, "min_cosine": min_cos,
+            "max_cosine_between_texts": distinct, "n_texts": float(len(ids))}
+
+
+def export_text_tower(
+    entry: registry.ModelEntry,
+    *,
+    weights: str,
+    output_dir: Path,
+    opset: int = 18,
+    image_size: int | None = None,
+    model: Any = None,
+    weights_label: str | None = None,
+) -> Path:
+    """Export, verify and label ``entry``'s text tower; returns ``output_dir/<id>-text.onnx``.
+
+    ``model``/``weights_label`` let the image exporter pass the open_clip model it
+    already built (so both towers come from one load of the weights).
+    """
+    import onnx
+    import torch
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        model, weights_label = build_clip(entry, weights)
+    tower = _TextTower(model)
+    n_ctx = _context_length(model)
+    tok = get_tokenizer(n_ctx)
+    if int(model.vocab_size) != tok.vocab_size:
+        raise TextExportError(f"{entry.id}: text vocabulary of {model.vocab_size} tokens is not "
+                              f"CLIP's BPE ({tok.vocab_size}); simx cannot tokenize for it")
+    ids = tok(list(PARITY_TEXTS))
+    path = output_dir / f"{entry.id}-text.onnx"
+    tmp = output_dir / f".{entry.id}-text.onnx.tmp"
+    batch = torch.export.Dim("batch", min=1)
+    example = torch.from_numpy(ids[:2].copy())  # batch >= 2, or the batch axis gets fixed
+    try:
+        program = torch.onnx.export(
+            tower, (example,), dynamo=True, input_names=[TEXT_INPUT], output_names=[TEXT_OUTPUT],
+            dynamic_shapes={"input_ids": {0: batch}}, opset_version=opset, verbose=False,
+        )
+    except Exception as e:  # the exporter raises many types; keep the first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TextExportError(f"torch.onnx.export failed for {entry.id}'s text tower: {first}") from e
+    proto = program.model_proto
+    dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if not dim0.dim_param:
+        raise TextExportError(f"{entry.id}-text: the exported batch axis is fixed at {dim0.dim_value}")
+    external = proto.ByteSize() > _PROTOBUF_LIMIT
+    if external:
+        onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data")
+    else:
+        onnx.save_model(proto, str(tmp))
+    parity = verify_text(tmp, tower, ids)
+
+    p = entry.preprocess(image_size)
+    spec = ModelSpec(
+        id=f"{entry.id}-text",
+        family=entry.family,
+        variant=entry.variant,
+        source=entry.source,
+        weights=weights_label or weights,
+        image_size=p.crop,
+        dim=int(entry.dim),
+        normalize=True,
+        preprocess=p,
+        precision="fp32",
+        opset=opset,
+        input_name=TEXT_INPUT,
+        output_name=TEXT_OUTPUT,
+        parity=parity,
+        extra={
+            "kind": "text",
+            "image_model": entry.id,
+            "context_length": n_ctx,
+            "tokenizer": TOKENIZER_NAME,
+            "vocab_sha256": tok.vocab_sha256,
+            "quick_gelu": entry.quick_gelu,
+        },
+    )
+    if proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value not in (0, spec.dim):
+        raise TextExportError(f"{entry.id}-text: output dim differs from the registry's {spec.dim}")
+    final = onnx.load(str(tmp), load_external_data=False)
+    del final.metadata_props[:]
+    final.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
+    onnx.save_model(final, str(tmp))  # external data, if any, stays where it was written
+    os.replace(tmp, path)
+    return path
