@@ -63,29 +63,44 @@ def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
     """The full open_clip model (both towers) and the spec's weights string.
 
     ``weights``: "pretrained" (open_clip downloads the tag), "random" (seeded, tests
-    and speed only) or a checkpoint path (its sha256 goes into the spec).
-    QuickGELU follows the registry, as for the image tower.
+    and speed only) or a checkpoint path (its sha256 goes into the spec). Loading
+    follows the image exporter (``sources.py``): same seed, same QuickGELU rule, same
+    one-line errors when the hub is unreachable or a checkpoint does not fit.
     """
+    import contextlib
+
     import open_clip
     import torch
+
+    try:
+        from .sources import RANDOM_SEED, _hub_download, read_checkpoint
+    except ImportError:  # pragma: no cover - sources.py is part of simx.export
+        RANDOM_SEED, _hub_download, read_checkpoint = 0, None, None
 
     if entry.family != "openclip":
         raise TextExportError(f"{entry.id} has no text tower (only OpenCLIP models do)")
     name, tag = entry.variant, entry.pretrained
-    kw = {"force_quick_gelu": True} if entry.quick_gelu else {}
+    kw: dict[str, Any] = {"force_quick_gelu": entry.quick_gelu}
     if weights == "random":
-        torch.manual_seed(0)
+        torch.manual_seed(RANDOM_SEED)
         model = open_clip.create_model(name, pretrained=None, **kw)
         label = "random"
     elif weights == "pretrained":
-        model = open_clip.create_model(name, pretrained=tag, **kw)
+        ctx = _hub_download(f"{entry.id} (text)") if _hub_download else contextlib.nullcontext()
+        with ctx:
+            model = open_clip.create_model(name, pretrained=tag, require_pretrained=True, **kw)
         label = "pretrained"
     else:
         if not os.path.isfile(weights):
             raise TextExportError(f"checkpoint not found: {weights}")
+        digest = read_checkpoint(weights)[1] if read_checkpoint else _sha256_file(weights)
         model = open_clip.create_model(name, pretrained=None, **kw)
-        open_clip.load_checkpoint(model, weights)
-        label = "sha256:" + _sha256_file(weights)
+        try:
+            open_clip.load_checkpoint(model, str(weights))
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TextExportError(f"checkpoint {weights} does not fit {entry.id}: {first}") from None
+        label = "sha256:" + digest
     return model.eval(), label
 
 

@@ -60,15 +60,18 @@ def method_model_id(cfg: dict[str, Any], where: str = "config") -> str:
     if method not in METHODS:
         raise ConfigError(f"{where}: method {method!r} is not one simx runs; "
                           f"supported: {', '.join(METHODS)}")
-    if method == "dinov2":
-        variant = cfg.get("variant") or cfg.get("model")
-        if not variant:
-            raise ConfigError(f"{where}: method dinov2 needs variant (small, base, large, giant)")
-        return registry.dinov2(str(variant), bool(cfg.get("registers", False))).id
-    model, tag = cfg.get("model"), cfg.get("pretrained")
-    if not model or not tag:
-        raise ConfigError(f"{where}: method openclip needs model and pretrained")
-    return registry.openclip(str(model), str(tag)).id
+    try:
+        if method == "dinov2":
+            variant = cfg.get("variant") or cfg.get("model")
+            if not variant:
+                raise ConfigError(f"{where}: method dinov2 needs variant (small, base, large, giant)")
+            return registry.dinov2(str(variant), bool(cfg.get("registers", False))).id
+        model, tag = cfg.get("model"), cfg.get("pretrained")
+        if not model or not tag:
+            raise ConfigError(f"{where}: method openclip needs model and pretrained")
+        return registry.openclip(str(model), str(tag)).id
+    except registry.UnknownModelError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def load_method_config(path: str | os.PathLike[str]) -> dict[str, Any]:
