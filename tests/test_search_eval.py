@@ -200,6 +200,21 @@ def test_search_new_image_is_embedded_with_the_cache_model(photo_cache, photo_di
     assert code == 0 and out.startswith("image query:") and len(out.strip().splitlines()) == 3
 
 
+def test_search_faiss_index_matches_exact(photo_cache, photo_dir, tiny):
+    pytest.importorskip("faiss")
+    q = [str(photo_dir / "coffee.jpg"), str(photo_dir / "rocket.jpg")]
+    exact = search_cache(photo_cache, q, k=4, model=str(tiny))
+    code, out, err = run_cli("search", "--cache", photo_cache, *q, "-k", "4", "--index", "faiss",
+                             "-m", tiny, "--json")
+    assert code == 0, err
+    fast = json.loads(out)
+    assert (photo_cache / "faiss.index").is_file()
+    for a, b in zip(exact, fast):
+        assert [h["path"] for h in a["hits"]] == [h["path"] for h in b["hits"]]
+        np.testing.assert_allclose([h["score"] for h in a["hits"]],
+                                   [h["score"] for h in b["hits"]], atol=1e-5)
+
+
 def test_search_errors(photo_cache, tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("SIMX_MODELS_DIR", str(tmp_path))  # the cache's model is not there
     q = tmp_path / "new.jpg"
