@@ -187,7 +187,10 @@ def load_rgb(
 
     rgb: np.ndarray | None = None
     fmt = im.format or ""
-    if im.mode in _CV2_MODES.get(fmt, ()):
+    # A PNG cut short makes libpng print to stderr before OpenCV gives up; such files (no
+    # IEND at the end) go to Pillow, which fails them with its own one-line message.
+    use_cv2 = im.mode in _CV2_MODES.get(fmt, ()) and (fmt != "PNG" or b"IEND" in data[-64:])
+    if use_cv2:
         rgb = _decode_cv2(data)
         if rgb is None:
             raise ImageError(f"truncated or corrupt {fmt} file")
