@@ -1,0 +1,200 @@
+"""``export_model``: one registry entry -> one verified, self-describing ``.onnx`` file.
+
+Pipeline (each step in its own module):
+
+1. ``sources.build``: the torch module and its weights (pretrained / random / checkpoint);
+2. ``verify.probes`` + ``verify.torch_reference``: torch outputs on real photos and random
+   tensors, computed before export so the torch model can be freed early (giant models);
+3. ``to_onnx.export_onnx``: dynamo export with a symbolic batch axis;
+4. ``optimize.fuse_for_ort`` (graph fusions) and ``quantize.to_int8`` / ``to_fp16``
+   (precision), when those modules are present;
+5. write under a temp name, ``onnx.checker`` full check, onnxruntime parity against the
+   torch outputs, then the spec (with the measured parity) into ``metadata_props["simx"]``
+   and an atomic rename. Any failure leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from simx.errors import SimxError
+from simx.registry import ModelEntry
+from simx.spec import METADATA_KEY, ModelSpec
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def output_path(entry: ModelEntry, output_dir: Path, precision: str = "fp32") -> Path:
+    """``<dir>/<id>.onnx`` for fp32, ``<dir>/<id>-int8.onnx`` / ``<id>-fp16.onnx`` otherwise."""
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return Path(output_dir) / f"{entry.id}{suffix}.onnx"
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """Create the folder and prove a file can be written there, before any slow work."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".simx-write-test.", dir=output_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise SimxError(f"cannot write to output dir {output_dir}: {reason}") from None
+
+
+def _hook(module: str, name: str) -> Callable[..., Any] | None:
+    """``simx.export.<module>.<name>``, or None when that module is not installed yet."""
+    try:
+        mod = importlib.import_module(f"simx.export.{module}")
+    except ModuleNotFoundError as e:
+        if e.name == f"simx.export.{module}":
+            return None
+        raise
+    return getattr(mod, name, None)
+
+
+def _versions(family: str) -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    v = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    if family == "dinov2":
+        import timm
+
+        v["timm"] = timm.__version__
+    else:
+        import open_clip
+
+        v["open_clip"] = open_clip.__version__
+    return v
+
+
+def export_model(
+    entry: ModelEntry,
+    *,
+    weights: str = "pretrained",
+    output_dir: Path = Path("onnx_models"),
+    image_size: int = 224,
+    opset: int = 18,
+    precision: str = "fp32",
+    text: bool = False,
+) -> Path:
+    """Export ``entry``'s image tower to ``output_dir`` and return the file's path.
+
+    ``weights``: "pretrained" (timm / open_clip download), "random" (seeded; speed tests),
+    or a checkpoint path (recorded by sha256). ``precision``: fp32 (strict parity gate),
+    int8 or fp16 (their own file and gate). ``text``: also export the OpenCLIP text tower.
+    Raises SimxError with a one-line message on any failure; then no file is left behind.
+    """
+    from . import sources, to_onnx, verify
+
+    if precision not in PRECISIONS:
+        raise SimxError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if image_size <= 0 or image_size % entry.patch_size:
+        raise SimxError(
+            f"--image-size {image_size} is not a positive multiple of {entry.id}'s patch "
+            f"size {entry.patch_size}"
+        )
+    if text and entry.family != "openclip":
+        raise SimxError(f"{entry.id} has no text tower (only OpenCLIP models do)")
+    if weights not in ("pretrained", "random") and not Path(weights).is_file():
+        raise SimxError(
+            f"checkpoint not found: {weights} (--weights takes 'pretrained', 'random' or a file path)"
+        )
+    to_precision = None
+    if precision != "fp32":
+        to_precision = _hook("quantize", f"to_{precision}")
+        if to_precision is None:
+            raise SimxError(
+                f"--precision {precision} needs simx.export.quantize.to_{precision}, "
+                "which this installation lacks; export fp32 instead"
+            )
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir)
+    final = output_path(entry, output_dir, precision)
+
+    started = time.perf_counter()
+    built = sources.build(entry, weights, image_size)
+    batches = verify.probes(built.preprocess)
+    refs = verify.torch_reference(built.module, batches)
+    flops = verify.gflops(built.module, image_size)
+    model = to_onnx.export_onnx(built.module, image_size, opset, what=entry.id)
+    built.module = None  # type: ignore[assignment]  # free torch weights before ORT loads its copy
+    gc.collect()
+
+    fusions: dict[str, int] = {}
+    fuse = _hook("optimize", "fuse_for_ort")
+    if fuse is not None:
+        try:
+            model, fusions = fuse(model)
+        except SimxError:
+            raise
+        except Exception as e:
+            raise SimxError(f"graph optimisation of {entry.id} failed: {_first_line(e)}") from e
+    if to_precision is not None:
+        try:
+            model = to_precision(model)
+        except SimxError:
+            raise
+        except Exception as e:
+            raise SimxError(f"{precision} conversion of {entry.id} failed: {_first_line(e)}") from e
+
+    spec = ModelSpec(
+        id=entry.id,
+        family=entry.family,
+        variant=entry.variant,
+        source=entry.source,
+        weights=built.weights,
+        image_size=image_size,
+        dim=entry.dim,
+        normalize=built.normalize,
+        preprocess=built.preprocess,
+        precision=precision,
+        opset=opset,
+        input_name=to_onnx.INPUT_NAME,
+        output_name=to_onnx.OUTPUT_NAME,
+        gflops=flops,
+        fusions={k: int(v) for k, v in fusions.items()},
+        extra={**built.extra, "versions": _versions(entry.family)},
+    )
+    out_dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(out_dims) != 2 or out_dims[1].dim_value not in (0, entry.dim):
+        raise SimxError(f"{entry.id}: exported output shape does not end in the registry's dim {entry.dim}")
+
+    external = to_onnx.tensor_bytes(model) > to_onnx.EXTERNAL_DATA_THRESHOLD
+    with to_onnx.AtomicModelWriter(final, external) as writer:
+        # Provisional spec first: verification opens the file through the runtime's loader.
+        to_onnx.set_metadata(model, METADATA_KEY, spec.to_json())
+        tmp = writer.write(model)
+        verify.check_graph(tmp)
+        parity = verify.compare(tmp, batches, refs, precision, what=entry.id)
+        spec = replace(
+            spec,
+            parity={k: float(v) for k, v in parity.items()},
+            extra={**spec.extra, "export_seconds": round(time.perf_counter() - started, 1),
+                   "external_data": external},
+        )
+        to_onnx.set_metadata(model, METADATA_KEY, spec.to_json())
+        path = writer.commit(model)
+    del model
+    gc.collect()
+
+    if text:
+        export_text = _hook("text", "export_text_tower")
+        if export_text is None:
+            raise SimxError("--text needs simx.export.text, which this installation lacks")
+        export_text(entry, weights=weights, output_dir=output_dir, opset=opset)
+    return path
+
+
+def _first_line(e: BaseException) -> str:
+    t = str(e).strip()
+    return t.splitlines()[0][:300] if t else type(e).__name__

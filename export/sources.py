@@ -1,0 +1,417 @@
+"""Build the torch module for a registry entry and load its weights.
+
+One function per family returns a :class:`Built`: an ``nn.Module`` that maps float32
+pixels [B, 3, S, S] to the embedding the reference code produces, plus what the spec
+needs to know about it (weights label, preprocessing, output normalisation).
+
+Weights come from one of three places:
+
+* ``"pretrained"``: timm / open_clip download them as they normally do (Hugging Face
+  cache). With no network this fails at once, naming ``--weights PATH`` and
+  ``--weights random``, instead of letting huggingface_hub retry for a minute.
+* ``"random"``: the architecture with seeded random weights, for speed tests. DINOv2 is
+  built with LayerScale at 1.0: timm's 1e-5 makes every image collapse to one embedding.
+* a checkpoint path: official DINOv2 ``*_pretrain.pth``, timm state dicts, open_clip
+  ``.bin`` / ``.pt`` / ``.safetensors``. Recorded as ``sha256:<hex>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simx.errors import SimxError
+from simx.registry import ModelEntry
+from simx.spec import PreprocessSpec
+
+# DINOv2 checkpoints hold the position grid of their 518-px training resolution.
+DINOV2_GRID = 37
+RANDOM_SEED = 0
+
+
+class WeightsError(SimxError):
+    """A checkpoint that is missing, unreadable, or not for this architecture; or no hub."""
+
+
+@dataclass
+class Built:
+    """A torch module ready to export, and the facts about it the spec records."""
+
+    module: nn.Module
+    weights: str  # "pretrained" | "random" | "sha256:<hex>"
+    preprocess: PreprocessSpec
+    normalize: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- weights
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
+    """Load a state dict from a torch or safetensors file and return it with its sha256.
+
+    Only tensors are unpickled (``weights_only=True``): a checkpoint is data, not code.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(
+            f"checkpoint not found: {p} (--weights takes 'pretrained', 'random' or a file path)"
+        )
+    digest = sha256_file(p)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(p), device="cpu")
+        else:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch / safetensors raise many types for a bad file
+        raise WeightsError(f"cannot read checkpoint {p}: {_first_line(e)}") from None
+    for key in ("state_dict", "model", "teacher"):  # common training-checkpoint wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(
+        isinstance(v, torch.Tensor) for v in obj.values()
+    ):
+        raise WeightsError(f"cannot read checkpoint {p}: it does not hold a state dict of tensors")
+    for prefix in ("module.", "backbone."):
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj, digest
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connect.
+
+    huggingface_hub retries a dead endpoint with back-off for about 45 s before giving
+    up; a 3 s probe lets simx fail at once (or use the local cache) instead.
+    """
+    try:
+        from huggingface_hub import constants
+
+        url = urlparse(constants.ENDPOINT)
+    except Exception:  # pragma: no cover - huggingface_hub always there with timm
+        url = urlparse("https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """Silence open_clip's root-logger warnings (e.g. "initialized randomly", which is the
+    point of --weights random); library code doesn't print."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@contextlib.contextmanager
+def _hub_download(what: str) -> Iterator[None]:
+    """Run a timm / open_clip pretrained download; any failure becomes one clear line.
+
+    When the hub is unreachable the download runs in huggingface_hub's offline mode, so a
+    cached file still loads and a missing one fails immediately.
+    """
+    offline_patch = None
+    try:
+        from huggingface_hub import constants
+
+        if not constants.HF_HUB_OFFLINE and not _hub_reachable():
+            offline_patch = constants
+            constants.HF_HUB_OFFLINE = True
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        yield
+    except SimxError:
+        raise
+    except Exception as e:
+        raise WeightsError(
+            f"could not get the pretrained weights of {what} ({_first_line(e)}); without "
+            "network access use --weights PATH (a local checkpoint) or --weights random"
+        ) from None
+    finally:
+        if offline_patch is not None:
+            offline_patch.HF_HUB_OFFLINE = False
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, src: str) -> None:
+    """load_state_dict(strict) with a one-line error that says the checkpoint doesn't fit."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else _first_line(e)
+        raise WeightsError(f"checkpoint {src} does not fit {what}: {detail[:300]}") from None
+
+
+# --------------------------------------------------------------------------- DINOv2
+def bake_pos_embed(
+    patch_pos: torch.Tensor, grid: int, *, antialias: bool, offset: float
+) -> torch.Tensor:
+    """Resize a [1, M*M, D] patch position grid to [1, grid*grid, D] the official way.
+
+    This is ``DinoVisionTransformer.interpolate_pos_encoding`` from facebookresearch/dinov2,
+    done once at export time instead of on every forward: non-register hub models use
+    ``scale_factor=(g + 0.1) / M`` without antialias, register models ``size=(g, g)``
+    with antialias. The result is bit-identical to the official forward and the graph has
+    no Resize node. timm resamples differently when it loads official checkpoints, so the
+    position grid is always taken at its original size and resized here.
+    """
+    n, dim = patch_pos.shape[1], patch_pos.shape[2]
+    m = math.isqrt(n)
+    if m * m != n:
+        raise WeightsError(f"position embedding has {n} patch positions, not a square grid")
+    if m == grid:  # the official forward returns pos_embed unchanged here
+        return patch_pos
+    kwargs: dict[str, Any] = {}
+    if offset:
+        s = float(grid + offset) / m
+        kwargs["scale_factor"] = (s, s)
+    else:
+        kwargs["size"] = (grid, grid)
+    p = F.interpolate(
+        patch_pos.float().reshape(1, m, m, dim).permute(0, 3, 1, 2),
+        mode="bicubic",
+        antialias=antialias,
+        **kwargs,
+    )
+    assert p.shape[-2:] == (grid, grid), p.shape
+    return p.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(patch_pos.dtype)
+
+
+def official_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official DINOv2 key layout -> timm's, as timm's ``_convert_dinov2`` does.
+
+    Register models become timm ``no_embed_class`` models: the class position is folded
+    into ``cls_token`` (the same single add the official forward does) and ``pos_embed``
+    keeps the patch grid only. SwiGLU ``w12`` / ``w3`` become ``fc1`` / ``fc2``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    state = dict(state)
+    state.pop("mask_token", None)
+    if "register_tokens" in state:
+        out["reg_token"] = state.pop("register_tokens")
+        out["cls_token"] = state.pop("cls_token") + state["pos_embed"][:, 0]
+        out["pos_embed"] = state.pop("pos_embed")[:, 1:]
+    for k, v in state.items():
+        k = k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")
+        out[k] = v
+    return out
+
+
+def _timm_dinov2(name: str, image_size: int, **kw: Any) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, num_classes=0, img_size=image_size, init_values=1.0, **kw)
+
+
+def build_dinov2(entry: ModelEntry, weights: str, image_size: int) -> Built:
+    """DINOv2 backbone whose output is the LayerNorm'd CLS token, as the hub model returns.
+
+    Weights are obtained at the native 518-px grid (37x37), then the position grid is
+    resized to ``image_size`` with the official interpolation and baked in.
+    """
+    name = entry.source_name
+    grid = image_size // entry.patch_size
+    native = DINOV2_GRID * entry.patch_size
+    if weights == "random":
+        torch.manual_seed(RANDOM_SEED)
+        state = _timm_dinov2(name, native).state_dict()
+        label = "random"
+    elif weights == "pretrained":
+        with _hub_download(entry.id):
+            state = _timm_dinov2(name, native, pretrained=True).state_dict()
+        label = "pretrained"
+    else:
+        raw, digest = read_checkpoint(weights)
+        state = official_dinov2_to_timm(raw) if "mask_token" in raw else raw
+        label = f"sha256:{digest}"
+
+    if "pos_embed" not in state:
+        raise WeightsError(f"checkpoint {weights} does not fit {entry.id}: it has no pos_embed")
+    pos = state["pos_embed"]
+    # Register models (timm no_embed_class) hold only the patch grid; others lead with
+    # the class position, which is not resized.
+    prefix = 0 if entry.registers else 1
+    if pos.ndim != 3 or pos.shape[1] <= prefix:
+        raise WeightsError(f"checkpoint {weights} does not fit {entry.id}: pos_embed {tuple(pos.shape)}")
+    baked = bake_pos_embed(
+        pos[:, prefix:],
+        grid,
+        antialias=entry.registers,
+        offset=0.0 if entry.registers else 0.1,
+    )
+    state = dict(state)
+    state["pos_embed"] = torch.cat([pos[:, :prefix], baked], dim=1)
+
+    with torch.device("meta"):
+        model = _timm_dinov2(name, image_size)
+    model = model.to_empty(device="cpu")
+    _load_strict(model, state, entry.id, str(weights))
+    model.eval()
+    return Built(
+        module=model,
+        weights=label,
+        preprocess=entry.preprocess(image_size),
+        # The CLS token is LayerNorm'd, not unit length; retrieval compares by cosine,
+        # so the runtime L2-normalizes it (the file's output stays the official one).
+        normalize=True,
+        extra={
+            "output": "LayerNorm'd CLS token (official hub forward); runtime L2-normalizes",
+            "pos_embed": f"37x37 -> {grid}x{grid} "
+            + ("size, antialias" if entry.registers else "scale (g+0.1)/37, no antialias"),
+        },
+    )
+
+
+# --------------------------------------------------------------------------- OpenCLIP
+class OpenClipImage(nn.Module):
+    """``encode_image(x)`` (not normalized) of an open_clip model, keeping only the visual tower."""
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.visual(pixel_values)
+
+
+def openclip_preprocess(model: str, tag: str, image_size: int) -> dict[str, Any]:
+    """open_clip's own PreprocessCfg for ``model``/``tag`` at ``image_size``, as a dict.
+
+    Built the way ``open_clip.create_model`` builds it (defaults, then the tag's
+    pretrained config, then the visual tower's size) but without touching any weights,
+    so random-weight exports describe the same preprocessing as real ones.
+    """
+    from dataclasses import asdict
+
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfg = asdict(PreprocessCfg())
+    tag_cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not tag_cfg:
+        raise SimxError(f"open_clip {open_clip.__version__} has no pretrained tag {tag!r} for {model}")
+    cfg = merge_preprocess_dict(cfg, tag_cfg)
+    cfg["size"] = image_size
+    return cfg
+
+
+def preprocess_from_openclip(cfg: dict[str, Any]) -> PreprocessSpec:
+    size = cfg["size"]
+    if isinstance(size, (tuple, list)):
+        if size[0] != size[1]:
+            raise SimxError(f"open_clip preprocess size {size} is not square")
+        size = size[0]
+    return PreprocessSpec(
+        resize=int(size),
+        crop=int(size),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        resize_mode=cfg["resize_mode"],
+        interpolation=cfg["interpolation"],
+    )
+
+
+def build_openclip(entry: ModelEntry, weights: str, image_size: int) -> Built:
+    """The visual tower of an open_clip model: ``encode_image`` without normalisation."""
+    import open_clip
+
+    model_name, tag = entry.variant, entry.pretrained
+    assert tag is not None
+    common: dict[str, Any] = dict(
+        force_quick_gelu=entry.quick_gelu,
+        force_image_size=image_size,
+        pretrained_image=False,
+        pretrained_text=False,
+    )
+    if weights == "random":
+        torch.manual_seed(RANDOM_SEED)
+        with _quiet_logging():
+            model = open_clip.create_model(model_name, pretrained=None, **common)
+        label = "random"
+    elif weights == "pretrained":
+        with _hub_download(entry.id):
+            model = open_clip.create_model(
+                model_name, pretrained=tag, require_pretrained=True, **common
+            )
+        label = "pretrained"
+    else:
+        # Read it ourselves first: a clear error for a missing or unreadable file, and the
+        # digest. open_clip then loads it with its own key conversions and pos resizing.
+        _, digest = read_checkpoint(weights)
+        with _quiet_logging():
+            model = open_clip.create_model(model_name, pretrained=None, **common)
+        try:
+            open_clip.load_checkpoint(model, str(weights))
+        except Exception as e:
+            raise WeightsError(
+                f"checkpoint {weights} does not fit {entry.id}: {_first_line(e)}"
+            ) from None
+        label = f"sha256:{digest}"
+
+    pre = preprocess_from_openclip(openclip_preprocess(model_name, tag, image_size))
+    ours = entry.preprocess(image_size)
+    if pre != ours:
+        raise SimxError(
+            f"registry preprocessing for {entry.id} ({ours}) differs from open_clip's ({pre})"
+        )
+    module = OpenClipImage(model.visual).eval()
+    del model
+    return Built(
+        module=module,
+        weights=label,
+        preprocess=pre,
+        normalize=True,  # encode_image is not L2-normalized; the runtime does it
+        extra={"output": "encode_image (not normalized); runtime L2-normalizes",
+               "quick_gelu": entry.quick_gelu},
+    )
+
+
+def build(entry: ModelEntry, weights: str, image_size: int) -> Built:
+    """The torch module for ``entry`` with the requested weights, in eval mode."""
+    if image_size <= 0 or image_size % entry.patch_size:
+        raise SimxError(
+            f"--image-size {image_size} is not a positive multiple of {entry.id}'s patch "
+            f"size {entry.patch_size}"
+        )
+    if entry.family == "dinov2":
+        built = build_dinov2(entry, weights, image_size)
+    elif entry.family == "openclip":
+        built = build_openclip(entry, weights, image_size)
+    else:  # pragma: no cover - the registry only has these two
+        raise SimxError(f"unknown model family {entry.family!r}")
+    for p in built.module.parameters():
+        p.requires_grad_(False)
+    return built

@@ -1,0 +1,250 @@
+"""torch -> ONNX with a symbolic batch axis, and the atomic writer for the result.
+
+The dynamo exporter given a batch-1 example silently fixes the batch at 1, so the
+example batch is 2 and the exported graph is checked for a symbolic dim 0.
+
+Files over protobuf's 2 GB limit (DINOv2-giant, ViT-H-14) keep their weights in
+``<name>.onnx.data`` next to the model. Both files are written under temporary names in
+the output folder, fsynced, and renamed into place only after verification, so a failed
+or interrupted export leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import onnx
+import torch
+from torch import nn
+
+from simx.errors import SimxError
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "embeddings"
+EXAMPLE_BATCH = 2
+# protobuf refuses to serialise a message of 2 GiB or more; leave room for the graph.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 64 * 2**20
+
+
+class ExportError(SimxError):
+    """torch.onnx.export failed, or produced a graph simx cannot use."""
+
+
+class _Named(nn.Module):
+    """Gives the exported graph's input its public name (``pixel_values``)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.module(pixel_values)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def export_onnx(module: nn.Module, image_size: int, opset: int, what: str = "model") -> onnx.ModelProto:
+    """Export ``module`` (pixels [B, 3, S, S] -> [B, D]) with the dynamo exporter."""
+    example = torch.randn(EXAMPLE_BATCH, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(
+                _Named(module).eval(),
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={INPUT_NAME: {0: batch}},
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as e:  # the exporter raises many types; keep the first line
+        raise ExportError(f"torch.onnx.export failed for {what}: {_first_line(e)}") from e
+    model = program.model_proto
+    del program
+    assert_symbolic_batch(model, what)
+    return model
+
+
+def assert_symbolic_batch(model: onnx.ModelProto, what: str = "model") -> None:
+    """Fail unless the input's and output's dim 0 are symbolic (the batch is dynamic)."""
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        if not values:
+            raise ExportError(f"{what}: exported graph has no {kind}")
+        dims = values[0].type.tensor_type.shape.dim
+        if not dims or not dims[0].dim_param or dims[0].HasField("dim_value"):
+            fixed = dims[0].dim_value if dims else "?"
+            raise ExportError(f"{what}: exported {kind} batch axis is fixed at {fixed}, not symbolic")
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of initializer data in ``model`` (what decides external data)."""
+    total = 0
+    for t in model.graph.initializer:
+        if t.HasField("raw_data"):
+            total += len(t.raw_data)
+        else:
+            total += 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
+                len(t.int64_data) + len(t.double_data)
+            )
+    return total
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set one ``metadata_props`` entry, replacing an earlier one with the same key."""
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key != key]
+    del model.metadata_props[:]
+    for k, v in keep:
+        model.metadata_props.add(key=k, value=v)
+    model.metadata_props.add(key=key, value=value)
+
+
+def _initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Initializers of ``graph`` and of every subgraph inside its nodes."""
+    out = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            subgraphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+            for g in subgraphs:
+                out.extend(_initializers(g))
+    return out
+
+
+def _umask_mode() -> int:
+    """0o666 minus the process umask: what a plain open() would have given the file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync(path)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on a folder
+        pass
+
+
+class AtomicModelWriter:
+    """Write ``final`` (and ``final.data`` for external data) atomically.
+
+    Usage::
+
+        with AtomicModelWriter(path, external) as w:
+            tmp = w.write(model)        # loadable by onnx / onnxruntime under a temp name
+            ...verify tmp...
+            ...add metadata to model...
+            w.commit(model)             # write again, fsync, rename into place
+
+    Leaving the block without ``commit`` (an exception included) deletes the temp files.
+    The external-data location recorded in the committed ``.onnx`` is the final
+    ``<name>.onnx.data``, so the pair can be moved together.
+    """
+
+    def __init__(self, final: Path, external: bool) -> None:
+        self.final = Path(final)
+        self.external = external
+        self.final_data = self.final.with_name(self.final.name + ".data")
+        folder = self.final.parent
+        # Hidden temp names in the same folder (so the rename is atomic); the model's ends
+        # in .onnx so the runtime's loader accepts it during verification.
+        fd, name = tempfile.mkstemp(prefix=f".{self.final.stem}.", suffix=".tmp.onnx", dir=folder)
+        os.close(fd)
+        self.tmp = Path(name)
+        self.tmp_data: Path | None = None
+        if external:
+            fd, name = tempfile.mkstemp(prefix=f".{self.final.stem}.", suffix=".tmp.data", dir=folder)
+            os.close(fd)
+            self.tmp_data = Path(name)
+        mode = _umask_mode()  # mkstemp makes 0600 files; the model should be readable like any
+        for p in (self.tmp, self.tmp_data):
+            if p is not None:
+                os.chmod(p, mode)
+        self._data_written = False
+        self._committed = False
+
+    def __enter__(self) -> "AtomicModelWriter":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._committed:
+            self.discard()
+
+    def write(self, model: onnx.ModelProto) -> Path:
+        """Serialise ``model`` to the temp path; returns it.
+
+        With external data the tensors go to the temp data file the first time; the
+        model proto keeps references to it, so later writes (metadata) rewrite only the
+        small ``.onnx``.
+        """
+        if self.external and not self._data_written:
+            from onnx.external_data_helper import (
+                convert_model_to_external_data,
+                write_external_data_tensors,
+            )
+
+            assert self.tmp_data is not None
+            convert_model_to_external_data(
+                model, all_tensors_to_one_file=True, location=self.tmp_data.name, size_threshold=1024
+            )
+            write_external_data_tensors(model, str(self.tmp.parent))
+            self._data_written = True
+        try:
+            with open(self.tmp, "wb") as f:
+                f.write(model.SerializeToString())
+        except ValueError as e:  # protobuf: message too large
+            raise ExportError(f"cannot serialise {self.final.name}: {_first_line(e)}") from None
+        return self.tmp
+
+    def _point_data_at(self, model: onnx.ModelProto, location: str) -> None:
+        for t in _initializers(model.graph):
+            for entry in t.external_data:
+                if entry.key == "location":
+                    entry.value = location
+
+    def commit(self, model: onnx.ModelProto) -> Path:
+        """Write ``model`` a last time, fsync, and rename into place; returns the final path."""
+        if self.external:
+            assert self.tmp_data is not None
+            self._point_data_at(model, self.final_data.name)
+        self.write(model)
+        _fsync(self.tmp)
+        if self.external:
+            assert self.tmp_data is not None
+            _fsync(self.tmp_data)
+            os.replace(self.tmp_data, self.final_data)
+        os.replace(self.tmp, self.final)
+        if not self.external and self.final_data.exists():
+            # A stale .data from an earlier external-data export of the same name.
+            self.final_data.unlink()
+        _fsync_dir(self.final.parent)
+        self._committed = True
+        return self.final
+
+    def discard(self) -> None:
+        for p in (self.tmp, self.tmp_data):
+            if p is not None:
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
