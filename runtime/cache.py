@@ -169,19 +169,47 @@ def _pending_names(d: Path) -> list[str] | None:
     return [f for f in files if f in DATA_FILES]
 
 
-def _read_once(d: Path) -> CacheState:
+def _current_files(d: Path) -> dict[str, Path]:
+    """Where each data file's committed version is now: while a commit is half-renamed,
+    ``NAME.new`` (if still there) is the committed one."""
     pending = set(_pending_names(d) or ())
+    out = {}
+    for name in DATA_FILES:
+        new = d / (name + NEW)
+        out[name] = new if name in pending and new.exists() else d / name
+    return out
+
+
+def _identity(files: dict[str, Path]) -> tuple[tuple[str, int, int, int], ...]:
+    """Which file versions a read saw. Every commit replaces all four files by rename, so
+    a commit that overlaps a read changes at least one (path, inode, size, mtime)."""
+    out = []
+    for p in files.values():
+        try:
+            st = os.stat(p)
+            out.append((str(p), st.st_ino, st.st_size, st.st_mtime_ns))
+        except FileNotFoundError:
+            out.append((str(p), -1, -1, -1))
+    return tuple(out)
+
+
+class _Raced(Exception):
+    """A commit happened while we read; read again."""
+
+
+def _read_once(d: Path) -> CacheState:
+    files = _current_files(d)
+    before = _identity(files)
 
     def current(name: str) -> Path:
-        # While a commit is half-renamed, NAME.new (if still there) is the committed file.
-        if name in pending and (d / (name + NEW)).exists():
-            return d / (name + NEW)
-        return d / name
+        return files[name]
 
     meta_path = current(META)
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
+        if _identity(_current_files(d)) != before:
+            raise _Raced() from None  # a pending commit finished its renames meanwhile
         raise CacheError(f"{d} is not a simx feature cache (no {META})") from None
     except ValueError:
         raise CacheError(f"{meta_path} is not valid JSON; the cache is damaged") from None
@@ -197,7 +225,10 @@ def _read_once(d: Path) -> CacheState:
     emb = np.load(current(EMBEDDINGS), mmap_mode="r")
     if emb.dtype != np.float32 or emb.ndim != 2:
         raise CacheError(f"{d}: {EMBEDDINGS} is {emb.dtype} {emb.shape}, not float32 [N, D]")
+    if _identity(_current_files(d)) != before:
+        raise _Raced()
     return CacheState(meta, rows, failures, emb)
+
 
 
 def _consistent(s: CacheState) -> bool:
@@ -208,8 +239,9 @@ def _consistent(s: CacheState) -> bool:
 def read_state(d: str | os.PathLike[str], retries: int = 10) -> CacheState:
     """Read a consistent committed state without taking the lock.
 
-    A writer may commit while we read; the files then disagree (counts differ), and we
-    simply read again. Ten tries over ~1 s is far longer than a commit takes.
+    A writer may commit while we read. Then the files we saw changed under us (or their
+    row counts disagree), and we simply read again; ten tries over ~1 s is far longer
+    than a commit takes.
     """
     d = Path(d)
     if not d.is_dir():
@@ -219,7 +251,7 @@ def read_state(d: str | os.PathLike[str], retries: int = 10) -> CacheState:
             s = _read_once(d)
             if _consistent(s):
                 return s
-        except (FileNotFoundError, ValueError, KeyError):  # a file swapped mid-read
+        except (_Raced, FileNotFoundError, ValueError, KeyError):  # a commit overlapped the read
             pass
         time.sleep(0.02 * (attempt + 1))
     raise CacheError(f"{d}: the cache files disagree (row counts differ); the cache is damaged")
@@ -457,6 +489,7 @@ class CacheWriter:
         _write_bytes(d / (FAILED + NEW), _jsonl(_failure_dict(f) for f in failures))
         meta = make_meta(self.spec, n, len(failures))
         _write_bytes(d / (META + NEW), (json.dumps(meta, indent=2) + "\n").encode())
+        _fsync_dir(d)  # the .new names are durable before the manifest that names them
         crash_point("commit-written")
         # The commit point: the manifest appears atomically, after everything it names.
         _write_bytes(d / (MANIFEST + TMP), json.dumps({"files": list(DATA_FILES)}).encode())

@@ -25,6 +25,7 @@ from simx.cache import (  # noqa: E402
     CacheLockedError,
     CacheMismatchError,
     CacheWriter,
+    Row,
     FeatureCache,
     canonical_path,
 )
@@ -269,3 +270,43 @@ def test_damaged_cache_is_a_clear_error(folder, enc, tmp_path):
     with pytest.raises(CacheError, match="not a simx cache"):
         run(folder, enc, not_cache)
     shutil.rmtree(not_cache)
+
+
+def test_readers_never_see_a_mixed_state_while_a_writer_commits(tmp_path):
+    """Two alternating states with the same row count: a reader that mixed files from
+    both would pass a count check, so the reader must detect the overlapping commit."""
+    import threading
+    import time
+
+    from tiny_model import tiny_spec
+
+    spec = tiny_spec()
+    cache = tmp_path / "cache"
+    rows = {g: [Row(f"/img/{i:03d}.jpg", g, g) for i in range(50)] for g in (1, 2)}
+    stop = threading.Event()
+    commits = []
+
+    def writer() -> None:
+        with CacheWriter(cache, spec) as w:
+            g = 1
+            while not stop.is_set() or not commits:
+                w.commit(rows[g], [], np.full((50, spec.dim), g, np.float32))
+                commits.append(g)
+                g = 3 - g
+                time.sleep(0.002)  # real writers commit every 30 s; keep readers' retries finite
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        while not commits:
+            pass
+        for _ in range(200):
+            fc = FeatureCache(cache)
+            g = fc.rows[0].size
+            assert all(r.size == g for r in fc.rows)
+            assert (np.asarray(fc.embeddings) == g).all()
+            assert fc.meta["count"] == 50
+    finally:
+        stop.set()
+        t.join()
+    assert len(commits) > 5
