@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Per-image cost of the ways to decode and resize a photo to 256 -> crop 224, on this machine.
+
+Why: DESIGN.md ("Speed of an exact resize") asks to pick the preprocessing with figures,
+on 12-megapixel photos too. Each option's time is measured on the same two photos (a
+skimage photo upscaled to 1600x1200 and 4000x3000 with noise added, saved as JPEG q92),
+and its error against the reference (torchvision = Pillow full resize then crop) is
+measured too, in uint8 levels. Single thread (cv2.setNumThreads(1)), best CPU time of a
+few repeats, a few seconds in all.
+
+Options:
+* ``cv2 decode``: ``cv2.imdecode`` of the JPEG bytes (what ``simx.image.load_rgb`` runs);
+* ``pillow full + crop``: the reference: ``Image.fromarray``, ``resize`` to 341x256, crop;
+* ``simx exact``: ``simx.preprocess.resize_crop``: Pillow, only the crop's rows/columns
+  where the box is proven bit-exact (the short side), full on the other;
+* ``pillow box both (inexact)``: the box on both axes, proof or not;
+* ``simx fast``: ``fast=True``: box on both axes plus ``reducing_gap=3``;
+* ``cv2 INTER_AREA + crop``;
+* ``normalize (LUT)``: uint8 crop -> float32 [3, 224, 224].
+
+Writes benchmarks/results/resize_options.md. Usage: ``python3 benchmarks/resize_options.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from simx import sysinfo
+from simx.preprocess import (
+    FAST_REDUCING_GAP,
+    _center_crop_starts,
+    _fast_resize_crop,
+    normalize,
+    resize_crop,
+    resized_size,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RESIZE, CROP = 256, 224
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def photo(width: int, height: int) -> np.ndarray:
+    """A phone-like photo: skimage's chelsea upscaled with PIL, plus sensor-like noise."""
+    import skimage.data
+
+    big = Image.fromarray(skimage.data.chelsea()).resize((width, height), Image.BICUBIC)
+    noise = np.random.default_rng(0).integers(-6, 7, (height, width, 3), dtype=np.int16)
+    return np.clip(np.asarray(big).astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def best_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(CPU, wall) ms, each the best of ``repeats`` runs after one warm-up.
+
+    CPU time of this thread (everything here runs in the calling thread) is the figure to
+    read on a shared machine: other jobs stretch wall time, much less the CPU time.
+    """
+    fn()
+    cpu, wall = [], []
+    for _ in range(repeats):
+        c0, t0 = time.thread_time(), time.perf_counter()
+        fn()
+        cpu.append((time.thread_time() - c0) * 1e3)
+        wall.append((time.perf_counter() - t0) * 1e3)
+    return min(cpu), min(wall)
+
+
+def reference(rgb: np.ndarray) -> np.ndarray:
+    """torchvision's Resize(256, BICUBIC) + CenterCrop(224) on PIL, written out."""
+    h, w = rgb.shape[:2]
+    nh, nw = resized_size(h, w, RESIZE)
+    top, left = _center_crop_starts(nh, nw, CROP)
+    res = Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BICUBIC)
+    return np.asarray(res.crop((left, top, left + CROP, top + CROP)))
+
+
+def box_both(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    nh, nw = resized_size(h, w, RESIZE)
+    top, left = _center_crop_starts(nh, nw, CROP)
+    sy, sx = h / nh, w / nw
+    box = (left * sx, top * sy, (left + CROP) * sx, (top + CROP) * sy)
+    return np.asarray(Image.fromarray(rgb).resize((CROP, CROP), Image.Resampling.BICUBIC, box=box))
+
+
+def inter_area(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    nh, nw = resized_size(h, w, RESIZE)
+    top, left = _center_crop_starts(nh, nw, CROP)
+    return cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)[top:top + CROP, left:left + CROP]
+
+
+def main() -> None:
+    cv2.setNumThreads(1)
+    rows = []
+    for (w, h), repeats in (((1600, 1200), 7), ((4000, 3000), 3)):
+        rgb = photo(w, h)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, "JPEG", quality=92)
+        data = np.frombuffer(buf.getvalue(), np.uint8)
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+        decoded = cv2.imdecode(data, flags)
+        ref = reference(decoded)
+        crop_u8 = resize_crop(decoded, RESIZE, CROP)
+        options: list[tuple[str, Callable[[], object], np.ndarray | None]] = [
+            ("cv2 decode (JPEG q92)", lambda: cv2.imdecode(data, flags), None),
+            ("pillow full + crop (reference)", lambda: reference(decoded), ref),
+            ("simx exact (proven box)", lambda: resize_crop(decoded, RESIZE, CROP), crop_u8),
+            ("pillow box both (inexact)", lambda: box_both(decoded), box_both(decoded)),
+            (f"simx fast (box both + reducing_gap={FAST_REDUCING_GAP:g})",
+             lambda: _fast_resize_crop(decoded, RESIZE, CROP),
+             _fast_resize_crop(decoded, RESIZE, CROP)),
+            ("cv2 INTER_AREA + crop", lambda: inter_area(decoded), inter_area(decoded)),
+            ("normalize (LUT) 224x224", lambda: normalize(crop_u8, MEAN, STD), None),
+        ]
+        for name, fn, result in options:
+            cpu, wall = best_ms(fn, repeats)
+            if result is None:
+                err = "-"
+            else:
+                d = np.abs(result.astype(np.int16) - ref.astype(np.int16))
+                err = "bit-exact" if not d.any() else f"mean {d.mean():.3f}, max {d.max()}"
+            rows.append((f"{w}x{h}", name, cpu, wall, err))
+            print(f"{w}x{h}  {name:45s} cpu {cpu:7.1f} ms  wall {wall:7.1f} ms  {err}")
+
+    load = os.getloadavg()
+    lines = [
+        "# Resize options: per-image cost and error, 256 -> crop 224",
+        "",
+        f"Machine: {sysinfo.cpu_model()}, {os.cpu_count()} logical cores "
+        f"(physical: {sysinfo.physical_cores()}); one thread per measurement. "
+        f"Load average at the end of the run: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}. "
+        "The machine was shared with other jobs while this ran: the figures are best-of-N "
+        "thread CPU time (wall time alongside), still noisy by ten percent or more; "
+        "read ratios within one table.",
+        "",
+        "Photos: skimage `chelsea` upscaled with PIL and noise added, JPEG q92. Error: "
+        "uint8 levels against Pillow full resize + crop (= torchvision on PIL).",
+        "",
+        "| photo | option | CPU ms | wall ms | error vs reference |",
+        "|---|---|---:|---:|---|",
+    ]
+    lines += [f"| {p} | {n} | {b:.1f} | {m:.1f} | {e} |" for p, n, b, m, e in rows]
+    lines += [
+        "",
+        "Generated by `python3 benchmarks/resize_options.py`.",
+        "",
+    ]
+    out = ROOT / "benchmarks" / "results" / "resize_options.md"
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
