@@ -150,8 +150,11 @@ def text_model_path(model: str | os.PathLike[str]) -> Path:
         return p
     try:
         image = resolve_model_path(model)
-    except ModelFileError:
-        cands = [models_dir() / f"{p.stem}{TEXT_SUFFIX}.onnx"]
+    except ModelFileError:  # no image model: the text tower may still be there
+        if p.suffix == ".onnx":
+            cands = [p.with_name(p.stem + TEXT_SUFFIX + ".onnx")]
+        else:
+            cands = [models_dir() / f"{p.name}{TEXT_SUFFIX}.onnx"]
     else:
         cands = [image.with_name(image.stem + TEXT_SUFFIX + ".onnx")]
         # An int8/fp16 image file (<id>-int8.onnx) pairs with the fp32 <id>-text.onnx.

@@ -1,0 +1,166 @@
+"""The CLIP text tower: export parity, the runtime TextEncoder, and `simx search --text`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_model import build_tiny_model  # noqa: E402
+
+from simx import registry  # noqa: E402
+from simx.errors import ModelFileError  # noqa: E402
+
+pytest.importorskip("open_clip")
+
+CLIP_ID = "openclip-vit-b-32-laion2b_s34b_b79k"
+TEXTS = [
+    "a photo of a cat",
+    "a photo of a dog",
+    "Crème brûlée — 東京タワー 🐶",
+    "an astronaut " * 40,  # > 77 tokens: truncated with eot kept last
+    "",
+    "&amp; HTML &lt;entities&gt;   and   spaces!!",
+]
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory) -> Path:
+    reuse = os.environ.get("SIMX_TEST_EXPORTS")
+    return Path(reuse) if reuse else tmp_path_factory.mktemp("text_models")
+
+
+@pytest.fixture(scope="module")
+def torch_clip():
+    from simx.export.text import build_clip
+
+    model, label = build_clip(registry.get(CLIP_ID), "random")
+    assert label == "random"
+    return model
+
+
+@pytest.fixture(scope="module")
+def text_model(text_dir, torch_clip) -> Path:
+    from simx.export.text import export_text_tower
+
+    path = text_dir / f"{CLIP_ID}-text.onnx"
+    if os.environ.get("SIMX_TEST_EXPORTS") and path.exists():
+        return path
+    # The model built once for the module is the one exported (weights="random", seed 0).
+    return export_text_tower(registry.get(CLIP_ID), weights="random", output_dir=text_dir,
+                             model=torch_clip, weights_label="random")
+
+
+def test_text_file_spec_and_graph(text_model):
+    import onnx
+
+    from simx.session import read_spec
+
+    spec = read_spec(text_model)
+    assert spec.id == f"{CLIP_ID}-text" and spec.weights == "random" and spec.normalize
+    assert spec.extra["kind"] == "text" and spec.extra["image_model"] == CLIP_ID
+    assert spec.extra["context_length"] == 77 and spec.dim == 512
+    from simx.tokenizer import VOCAB_SHA256
+
+    assert spec.extra["vocab_sha256"] == VOCAB_SHA256
+    assert spec.parity["min_cosine"] >= 0.99999
+    assert spec.parity["max_abs"] <= 1e-4 * spec.parity["max_ref"]
+    assert spec.parity["max_cosine_between_texts"] < 0.999
+    m = onnx.load(str(text_model), load_external_data=False)
+    (inp,) = m.graph.input
+    assert inp.name == "input_ids" and inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_value == 77
+
+
+def test_text_encoder_matches_torch_end_to_end(text_model, torch_clip):
+    """Our tokenizer + ONNX text tower vs open_clip.tokenize + torch encode_text."""
+    import open_clip
+    import torch
+
+    from simx.search import TextEncoder
+
+    te = TextEncoder(text_model, provider="cpu")
+    got = te.embed(TEXTS, batch_size=4)
+    with torch.no_grad():
+        ref = torch_clip.encode_text(open_clip.tokenize(TEXTS), normalize=True).numpy()
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(got * ref, axis=1)
+    assert cos.min() >= 0.99999, cos
+    assert np.abs(got - ref).max() <= 1e-4
+    sims = got @ got.T
+    assert sims[~np.eye(len(TEXTS), dtype=bool)].max() < 0.999  # distinct texts differ
+
+
+def test_text_tower_found_beside_image_model(text_model, tmp_path, monkeypatch):
+    from simx.search import text_model_path
+
+    # Beside an image model file, found by file name or by the image spec's id.
+    d = tmp_path / "m"
+    d.mkdir()
+    os.symlink(text_model, d / text_model.name)
+    assert text_model_path(d / f"{CLIP_ID}.onnx") == d / text_model.name
+    img = build_tiny_model(d / f"{CLIP_ID}-int8.onnx", model_id=CLIP_ID, dim=512)
+    assert text_model_path(img) == d / text_model.name
+    monkeypatch.setenv("SIMX_MODELS_DIR", str(text_model.parent))
+    assert text_model_path(CLIP_ID) == text_model
+    assert text_model_path(text_model) == text_model
+    monkeypatch.setenv("SIMX_MODELS_DIR", str(tmp_path))
+    with pytest.raises(ModelFileError, match="--text"):
+        text_model_path("dinov2-small")
+
+
+def test_verify_text_rejects_a_different_model(text_model, torch_clip):
+    import copy
+
+    import torch
+
+    from simx.export.text import PARITY_TEXTS, TextExportError, _TextTower, verify_text
+    from simx.tokenizer import tokenize
+
+    model = copy.deepcopy(torch_clip)
+    with torch.no_grad():
+        model.text_projection.mul_(1.5).add_(0.01)
+    with pytest.raises(TextExportError, match="parity failed"):
+        verify_text(text_model, _TextTower(model), tokenize(list(PARITY_TEXTS)))
+
+
+def test_no_text_tower_for_dinov2(tmp_path):
+    from simx.export.text import TextExportError, export_text_tower
+
+    with pytest.raises(TextExportError, match="no text tower"):
+        export_text_tower(registry.get("dinov2-small"), weights="random", output_dir=tmp_path)
+
+
+def test_search_text_against_a_cache(text_model, tmp_path, photo_dir, monkeypatch):
+    """`simx search --text`: a 512-d stand-in image model named like ViT-B-32 fills the cache
+    (plumbing only: random towers put text and images in unrelated spaces)."""
+    from click.testing import CliRunner
+
+    from simx.cli import main
+    from simx.encoder import Encoder
+    from simx.indexer import embed_into_cache
+
+    models = tmp_path / "models"
+    models.mkdir()
+    image = build_tiny_model(models / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512)
+    os.symlink(text_model, models / text_model.name)
+    cache = tmp_path / "cache"
+    embed_into_cache([photo_dir], Encoder(image, provider="cpu"), cache, progress=False)
+    monkeypatch.setenv("SIMX_MODELS_DIR", str(models))
+    r = CliRunner().invoke(main, ["search", "--cache", str(cache), "--text", "a cat",
+                                  "--text", "a rocket", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert [x["kind"] for x in res] == ["text", "text"] and [len(x["hits"]) for x in res] == [3, 3]
+    assert all(-1.0 <= h["score"] <= 1.0 for x in res for h in x["hits"])
+    # Image and text queries together: one result list each, in order.
+    q = str(photo_dir / "coffee.jpg")
+    r = CliRunner().invoke(main, ["search", "--cache", str(cache), q, "--text", "coffee", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert [x["kind"] for x in json.loads(r.stdout)] == ["image", "text"]
