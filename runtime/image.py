@@ -54,6 +54,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # Formats and Pillow modes that cv2.imdecode reproduces exactly (tests prove each one).
 _CV2_MODES = {
     "JPEG": {"RGB", "L"},
+    "MPO": {"RGB", "L"},  # phone JPEGs with an MPF block: Pillow and OpenCV read frame 0
     "PNG": {"RGB", "RGBA", "L", "LA", "P", "PA", "1", "I;16", "I;16B", "I"},
 }
 
@@ -125,7 +126,7 @@ def _open_header(data: bytes, max_pixels: int | None) -> Image.Image:
                 Image.MAX_IMAGE_PIXELS = old
     except UnidentifiedImageError:
         raise ImageError("not an image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as e:  # plugins raise SyntaxError for bad headers
+    except Exception as e:  # plugins raise SyntaxError, struct.error, ... for bad headers
         raise ImageError(_short(e, "corrupt image header")) from None
 
 
@@ -201,7 +202,7 @@ def load_rgb(
             rgb = _decode_pil(im)
         except Image.DecompressionBombError:
             raise ImageError(f"image has {w * h} pixels, over Pillow's limit") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
+        except Exception as e:  # whatever a plugin raises on a corrupt body: one line
             raise ImageError(_short(e, f"corrupt {fmt or 'image'} file")) from None
     else:
         rgb = _to_rgb8(rgb)

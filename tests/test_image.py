@@ -64,6 +64,16 @@ def test_jpeg_variants_decode_like_pil(tmp_path, photos, opts):
         assert np.array_equal(load_rgb(p), pil_rgb(p)), (name, opts)
 
 
+def test_multi_picture_jpeg_reads_the_first_frame(tmp_path, photos):
+    """Phones write JPEGs with an MPF block, which Pillow opens as MPO: frame 0 is the photo."""
+    p = tmp_path / "phone.jpg"
+    Image.fromarray(photos["coffee"]).save(p, "MPO", save_all=True, quality=90,
+                                           append_images=[Image.fromarray(photos["rocket"])])
+    with Image.open(p) as im:
+        assert im.format == "MPO"
+    assert np.array_equal(load_rgb(p), pil_rgb(p))
+
+
 def _mode_images(a: np.ndarray) -> dict[str, Image.Image]:
     im = Image.fromarray(a)
     rgba = np.array(im.convert("RGBA"))
