@@ -15,11 +15,11 @@ filter from the box: ``scale = (in1 - in0) / out`` and ``center = in0 + (i + 0.5
 very same filter taps as the full one only if that scale and every center are bit-for-bit
 equal. :func:`_exact_axis` proves this per axis with exact rational arithmetic: it holds
 when ``in_size / out_size`` is a dyadic fraction and every value involved is exactly
-representable (then no operation rounds, on any compiler, with or without FMA). That is
-always the case for the short side when ``resize`` is a power of two times the crop's
-denominator (DINOv2: 256 -> 224 crops 7/8 of ``n/256``), and for the long side only by
-luck (6000x4000 yes, 4000x3000 no). An axis that fails the proof is resampled in full and
-sliced afterwards. On the proven axis the source is also sliced to the rows (or columns)
+representable (then no operation rounds, on any compiler, with or without FMA). For the
+short side that holds whenever ``resize`` is a power of two (DINOv2's 256: ``n/256``); for
+the long side only by luck (6000x4000 yes, 4000x3000 no). OpenCLIP's crop equals its
+resize, so its short side has nothing to save anyway. An axis that fails the proof is
+resampled in full and sliced afterwards (torchvision's arithmetic, Pillow's pixels). On the proven axis the source is also sliced to the rows (or columns)
 the filter reads, so Pillow neither copies nor touches the rest.
 
 Normalization is a per-channel 256-entry float32 lookup table built with the same float32
