@@ -252,7 +252,7 @@ def normalize(crop_u8: np.ndarray, mean: Sequence[float], std: Sequence[float],
     if out is None:
         out = np.empty((3, h, w), np.float32)
     for c in range(3):
-        np.take(lut[c], crop_u8[:, :, c], out=out[c])
+        np.take(lut[c], crop_u8[:, :, c], out=out[c], mode="clip")  # uint8: always in range
     return out
 
 
