@@ -194,6 +194,8 @@ def load_rgb(
     if use_cv2:
         rgb = _decode_cv2(data)
         if rgb is None:
+            if w * h >= 1 << 30:  # OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS)
+                raise ImageError(f"image has {w * h} pixels, over OpenCV's limit of {1 << 30}")
             raise ImageError(f"truncated or corrupt {fmt} file")
         if rgb.shape[:2] != (h, w):  # never seen; do not trust a disagreeing decoder
             rgb = None
