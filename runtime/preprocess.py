@@ -146,6 +146,20 @@ def _tune_pillow_memory() -> None:
 _tuned = False
 
 
+def _axis_plan(n: int, m: int, a: int, b: int) -> tuple[float, float, int, int, int, int]:
+    """How to get outputs [a, b) of an n -> m axis from Pillow, exactly.
+
+    Returns (box start, box end, source slice start, source slice end, Pillow's output
+    count, where output ``a`` lands in Pillow's result): the proven box when
+    :func:`_exact_axis` succeeds, else the full axis, to be sliced afterwards.
+    """
+    proven = _exact_axis(n, m, a, b)
+    if proven is not None:
+        in0, in1, first, last = proven
+        return in0, in1, first, last, b - a, 0
+    return 0.0, float(n), 0, n, m, a
+
+
 def resize_crop(rgb: np.ndarray, resize: int, crop: int) -> np.ndarray:
     """torchvision Resize(resize, BICUBIC) + CenterCrop(crop) on an HxWx3 uint8 array, exact.
 
@@ -167,21 +181,8 @@ def resize_crop(rgb: np.ndarray, resize: int, crop: int) -> np.ndarray:
         out[y0 - top : y1 - top, x0 - left : x1 - left] = rgb[y0:y1, x0:x1]
         return out
 
-    ey = _exact_axis(h, nh, y0, y1)
-    ex = _exact_axis(w, nw, x0, x1)
-    if ey is not None:
-        by0, by1, sy0, sy1 = ey
-        out_h, ry0 = y1 - y0, 0
-    else:
-        by0, by1, sy0, sy1 = 0.0, float(h), 0, h
-        out_h, ry0 = nh, y0
-    if ex is not None:
-        bx0, bx1, sx0, sx1 = ex
-        out_w, rx0 = x1 - x0, 0
-    else:
-        bx0, bx1, sx0, sx1 = 0.0, float(w), 0, w
-        out_w, rx0 = nw, x0
-
+    by0, by1, sy0, sy1, out_h, ry0 = _axis_plan(h, nh, y0, y1)
+    bx0, bx1, sx0, sx1, out_w, rx0 = _axis_plan(w, nw, x0, x1)
     _tune_pillow_memory()
     src = Image.fromarray(np.ascontiguousarray(rgb[sy0:sy1, sx0:sx1]))
     res = np.asarray(src.resize((out_w, out_h), _BICUBIC, box=(bx0, by0, bx1, by1)))
@@ -228,7 +229,9 @@ def _fast_resize_crop(rgb: np.ndarray, resize: int, crop: int) -> np.ndarray:
     box = (x0 * sx, y0 * sy, min(x1 * sx, w), min(y1 * sy, h))
     _tune_pillow_memory()
     im = Image.fromarray(rgb)
-    res = np.asarray(im.resize((x1 - x0, y1 - y0), _BICUBIC, box=box, reducing_gap=FAST_REDUCING_GAP))
+    res = np.asarray(
+        im.resize((x1 - x0, y1 - y0), _BICUBIC, box=box, reducing_gap=FAST_REDUCING_GAP)
+    )
     out[y0 - top : y1 - top, x0 - left : x1 - left] = res
     return out
 
