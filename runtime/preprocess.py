@@ -19,8 +19,9 @@ representable (then no operation rounds, on any compiler, with or without FMA). 
 short side that holds whenever ``resize`` is a power of two (DINOv2's 256: ``n/256``); for
 the long side only by luck (6000x4000 yes, 4000x3000 no). OpenCLIP's crop equals its
 resize, so its short side has nothing to save anyway. An axis that fails the proof is
-resampled in full and sliced afterwards (torchvision's arithmetic, Pillow's pixels). On the proven axis the source is also sliced to the rows (or columns)
-the filter reads, so Pillow neither copies nor touches the rest.
+resampled in full and sliced afterwards (torchvision's arithmetic, Pillow's pixels). On
+the proven axis the source is also sliced to the rows (or columns) the filter reads, so
+Pillow neither copies nor touches the rest.
 
 Normalization is a per-channel 256-entry float32 lookup table built with the same float32
 operations as ``ToTensor`` (``/ 255``) and ``Normalize`` (``(x - mean) / std``), so even the
