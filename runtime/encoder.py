@@ -215,3 +215,19 @@ class Encoder:
                 raise EmbedError(f"{_describe(items[i], i)}: {err}")
             out[batch.indices] = batch.embeddings
         return out
+
+    def embed_text(self, texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Text queries as L2-normalized float32 [N, D] in this model's embedding space.
+
+        Needs the OpenCLIP text tower exported beside the model (``<id>-text.onnx``, from
+        ``simx export openclip ... --text``); ``simx.search.TextEncoder`` does the work.
+        """
+        from .search import TextEncoder
+
+        if getattr(self, "_text", None) is None:
+            self._text = TextEncoder(self.path, provider="cuda" if self._session.on_gpu else "cpu",
+                                     threads=self.threads)
+        if self._text.dim != self.dim:
+            raise SimxError(f"text tower {self._text.path} gives {self._text.dim}-d vectors, "
+                            f"the image model {self.dim}-d")
+        return self._text.embed(texts, batch_size)
