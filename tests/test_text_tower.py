@@ -164,3 +164,20 @@ def test_search_text_against_a_cache(text_model, tmp_path, photo_dir, monkeypatc
     r = CliRunner().invoke(main, ["search", "--cache", str(cache), q, "--text", "coffee", "--json"])
     assert r.exit_code == 0, r.stderr
     assert [x["kind"] for x in json.loads(r.stdout)] == ["image", "text"]
+
+
+def test_encoder_embed_text(text_model, tmp_path):
+    """Encoder.embed_text finds the text tower beside the image model and agrees with TextEncoder."""
+    from simx.encoder import Encoder
+    from simx.search import TextEncoder
+
+    d = tmp_path / "m"
+    d.mkdir()
+    os.symlink(text_model, d / text_model.name)
+    image = build_tiny_model(d / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512)
+    enc = Encoder(image, provider="cpu")
+    got = enc.embed_text(["a cat", "a dog"])
+    assert got.shape == (2, 512) and got.dtype == np.float32
+    np.testing.assert_allclose(got, TextEncoder(text_model, provider="cpu").embed(["a cat", "a dog"]),
+                               atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
