@@ -114,3 +114,35 @@ def load_method_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if cfg.get("threads") is not None:
         out["threads"] = int(cfg["threads"])
     return out
+
+
+def apply_method_config(
+    path: str | os.PathLike[str] | None,
+    *,
+    model: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int | None = None,
+    provider: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """``simx embed`` options from ``--config`` and the command line; the command line wins.
+
+    Pass ``None`` for an option the user did not give (for ``--provider``, whose default
+    is "auto", check click's parameter source). Returns ``model``, ``cache_dir`` (Path),
+    ``batch_size``, ``provider`` (default "auto") and ``threads``; a missing model or
+    cache folder is an error that says where each can come from.
+    """
+    cfg = load_method_config(path) if path else {}
+    out = {
+        "model": model or cfg.get("model"),
+        "cache_dir": cache_dir or cfg.get("cache_dir"),
+        "batch_size": batch_size or cfg.get("batch_size"),
+        "provider": provider or cfg.get("provider") or "auto",
+        "threads": threads or cfg.get("threads"),
+    }
+    for key, flag in (("model", "--model"), ("cache_dir", "--cache")):
+        if not out[key]:
+            raise ConfigError(f"give {flag}" + (f" (or set {key} in {path})" if path else
+                                               " (or --config FILE with a sim-bench method config)"))
+    out["cache_dir"] = Path(out["cache_dir"])
+    return out

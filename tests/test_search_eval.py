@@ -335,3 +335,18 @@ def test_method_config_simx_keys(tmp_path):
     d = load_method_config(p)
     assert d["model_id"] == "dinov2-small-reg" and d["model"] == "/models/x.onnx"
     assert d["provider"] == "cuda" and d["batch_size"] is None
+
+
+def test_apply_method_config_command_line_wins(tmp_path):
+    from simx.methods import ConfigError, apply_method_config
+
+    cfg = CONFIGS / "dinov2.yaml"
+    o = apply_method_config(cfg)
+    assert o == {"model": "dinov2-base", "cache_dir": Path("artifacts/dinov2"), "batch_size": 16,
+                 "provider": "cpu", "threads": None}
+    o = apply_method_config(cfg, model="x.onnx", cache_dir=tmp_path, batch_size=2, provider="cuda")
+    assert (o["model"], o["cache_dir"], o["batch_size"], o["provider"]) == ("x.onnx", tmp_path, 2,
+                                                                            "cuda")
+    assert apply_method_config(None, model="m", cache_dir="c")["provider"] == "auto"
+    with pytest.raises(ConfigError, match="--cache"):
+        apply_method_config(None, model="m")
