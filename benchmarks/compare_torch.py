@@ -43,18 +43,18 @@ def host_slug(facts: dict[str, Any]) -> str:
 
 
 def torch_module(entry: registry.ModelEntry) -> Any:
-    """The torch module exactly as the exporter builds it, with random weights, in eval mode."""
+    """The torch module exactly as the exporter builds it (random weights, eval mode), and
+    the preprocessing the exporter records for it."""
     from simx.export import sources
 
-    model = sources.build_module(entry, weights="random")
-    return model.eval()
+    built = sources.build(entry, "random", entry.default_size)
+    return built.module.eval(), built.preprocess
 
 
-def torch_transform(entry: registry.ModelEntry) -> Callable[[Any], Any]:
-    """The reference eval transform users run today: PIL + torchvision."""
+def torch_transform(p: Any) -> Callable[[Any], Any]:
+    """The reference eval transform users run today: PIL + torchvision, from a PreprocessSpec."""
     from torchvision import transforms as T
 
-    p = entry.preprocess()
     return T.Compose([
         T.Resize(p.resize, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(p.crop),
@@ -91,10 +91,10 @@ def measure_model(
     from PIL import Image
 
     torch.set_num_threads(cores)
-    tmod = torch_module(entry)
-    tf = torch_transform(entry)
+    tmod, pre = torch_module(entry)
+    tf = torch_transform(pre)
     ms = open_model(onnx_path, provider="cpu", threads=cores)
-    gflops = ms.spec.gflops or bench.count_gflops(onnx_path)
+    gflops, gflops_source, _ = bench.model_gflops(onnx_path, ms.spec)
     from simx import Encoder
 
     enc = Encoder(onnx_path, provider="cpu", threads=cores)
@@ -145,12 +145,15 @@ def measure_model(
         row["simx_e2e"] = timed_stream("simx end-to-end", lambda ps: enc.embed(ps, batch_size=b),
                                        row["simx_model_only"]["img_s"])
         rows.append(row)
+    meta_gflops = ms.spec.gflops
     del tmod, ms, enc
     return {
         "id": entry.id,
         "source": entry.source,
         "weights": "random",
         "gflops_per_image": gflops,
+        "gflops_source": gflops_source,
+        "gflops_metadata": meta_gflops,
         "onnx_file_mb": round(onnx_path.stat().st_size / 2**20, 1),
         "rows": rows,
     }
@@ -206,7 +209,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     la, lb = f.get("load_average_1_5_15"), result.get("load_average_at_end")
     lines += [
         "",
-        "Efficiency = model GFLOP/s ÷ the same run's sgemm GFLOP/s (FLOPs: MatMul/Gemm/Conv, "
+        "Efficiency = model GFLOP/s ÷ the same run's sgemm GFLOP/s (FLOPs counted from the exported "
+        "ONNX graph: MatMul/Gemm/Conv/attention, "
         "multiply-add = 2). End-to-end = decode + preprocess + model on JPEG files: torch one "
         "step after another (PIL + torchvision), simx through `simx.Encoder` with decoding "
         "overlapped with inference.",

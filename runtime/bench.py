@@ -125,6 +125,21 @@ def count_gflops(path: str | os.PathLike[str]) -> float | None:
     return flops / 1e9 if flops else None
 
 
+def model_gflops(path: str | os.PathLike[str], spec: Any) -> tuple[float | None, str | None, float | None]:
+    """(GFLOP/image, where it came from, the graph count) for a model file.
+
+    The graph count is preferred: it is what onnxruntime runs. The metadata figure
+    (torch's FlopCounterMode at export) is the fallback where ``onnx`` is missing; it can
+    miss fused attention kernels (SDPA, nn.MultiheadAttention's fast path) and undercount.
+    """
+    g_graph = count_gflops(path)
+    if g_graph:
+        return g_graph, "graph", g_graph
+    if spec.gflops:
+        return float(spec.gflops), "metadata", None
+    return None, None, None
+
+
 # ----------------------------------------------------------------------------- timing
 def time_calls(
     call: Callable[[], Any], seconds: float, warmup: int, min_calls: int = 3
@@ -169,7 +184,8 @@ class BenchConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _model_block(ms: Any, gflops: float | None, gflops_source: str | None) -> dict[str, Any]:
+def _model_block(ms: Any, gflops: float | None, gflops_source: str | None,
+                 gflops_graph: float | None) -> dict[str, Any]:
     spec = ms.spec
     return {
         "id": spec.id,
@@ -185,6 +201,8 @@ def _model_block(ms: Any, gflops: float | None, gflops_source: str | None) -> di
         "file_mb": round(ms.path.stat().st_size / 2**20, 1),
         "gflops_per_image": gflops,
         "gflops_source": gflops_source,
+        "gflops_graph": gflops_graph,
+        "gflops_metadata": spec.gflops,
     }
 
 
@@ -262,11 +280,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
     spec = ms.spec
     s = spec.image_size
 
-    gflops, gsrc = spec.gflops, "metadata"
-    if not gflops:
-        gflops, gsrc = count_gflops(ms.path), "graph"
-        if gflops is None:
-            gsrc = None
+    say("counting GFLOP/image from the graph ...")
+    gflops, gsrc, g_graph = model_gflops(ms.path, spec)
 
     paths: list[Path] = []
     stages: dict[str, Any] | None = None
@@ -356,7 +371,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         "schema": SCHEMA,
         "timestamp": machine["timestamp"],
         "machine": machine,
-        "model": _model_block(ms, gflops, gsrc),
+        "model": _model_block(ms, gflops, gsrc, g_graph),
         "config": {
             "provider_requested": cfg.provider,
             "providers": list(ms.providers),
@@ -592,10 +607,17 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], max_regression: fl
     if extra:
         notes.append(f"batch sizes {extra} are not in the baseline and are not gated")
 
+    # Efficiency is only comparable when both runs divide by the same GFLOP/image (one may
+    # have counted the graph, the other read the metadata); else use the GFLOP-free rate.
+    same_flops = bm["gflops_per_image"] is not None and rm["gflops_per_image"] is not None and (
+        abs(bm["gflops_per_image"] / rm["gflops_per_image"] - 1) < 1e-6)
+    if not same_flops:
+        notes.append(f"GFLOP/image differs (baseline {bm['gflops_per_image']}, now "
+                     f"{rm['gflops_per_image']}): gating img/s per sgemm GFLOP/s instead")
     rows: list[GateRow] = []
     for b in sorted(brows):
         bo, ro = brows[b]["model_only"], rrows[b]["model_only"]
-        if bo["efficiency"] is not None and ro["efficiency"] is not None:
+        if same_flops and bo["efficiency"] is not None and ro["efficiency"] is not None:
             rows.append(GateRow(f"b={b} efficiency (model GFLOP/s / sgemm)",
                                 bo["efficiency"], ro["efficiency"], True))
         elif bo["img_s_per_sgemm_gflops"] is not None and ro["img_s_per_sgemm_gflops"] is not None:

@@ -222,3 +222,17 @@ def test_bench_with_images(tiny, photo_dir):
         e2e["img_s"] / r["results"][0]["model_only"]["img_s"])
     assert np.isfinite(e2e["sequential_ms_per_image"])
     assert "end-to-end" in bench.render(r) and "decode" in bench.render(r)
+
+
+def test_gate_with_different_gflops_sources(synthetic_result):
+    # One run counted the graph, the other read the metadata: efficiencies are not
+    # comparable, so the gate uses the GFLOP-free rate and says so.
+    base = copy.deepcopy(synthetic_result)
+    base["model"]["gflops_per_image"] *= 0.7
+    for row in base["results"]:
+        row["model_only"]["efficiency"] *= 0.7
+    rep = bench.compare(synthetic_result, base, 0.10)
+    assert rep.passed
+    assert any("GFLOP/image differs" in n for n in rep.notes)
+    assert all("per sgemm" in r.figure for r in rep.rows if r.gated)
+    assert not bench.compare(_with(synthetic_result, factor=0.5), base, 0.10).passed
