@@ -305,8 +305,13 @@ class FeatureCache:
 
 
 # ----------------------------------------------------------------------------- writing
-def make_meta(spec: Any, count: int, failed: int) -> dict[str, Any]:
-    """cache.json. Deterministic (no timestamps), so a re-run and a clean run agree byte for byte."""
+def make_meta(spec: Any, count: int, failed: int,
+              options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """cache.json. Deterministic (no timestamps), so a re-run and a clean run agree byte for byte.
+
+    ``options`` are the runtime choices that change the numbers without changing the model
+    (``fast`` resampling, ``exif_transpose``); a cache refuses rows made with others.
+    """
     from . import __version__
 
     p = spec.preprocess
@@ -322,10 +327,15 @@ def make_meta(spec: Any, count: int, failed: int) -> dict[str, Any]:
         "normalize": bool(spec.normalize),
         "preprocess": {"resize": p.resize, "crop": p.crop, "interpolation": p.interpolation,
                        "mean": list(p.mean), "std": list(p.std)},
+        "options": dict(sorted((options or {}).items())),
         "count": int(count),
         "failed": int(failed),
         "simx_version": __version__,
     }
+
+
+def _flags(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "default options"
 
 
 class CacheWriter:
@@ -345,9 +355,12 @@ class CacheWriter:
         *,
         force: bool = False,
         lock_timeout: float = 0.0,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.spec = spec
+        # None: keep the cache's own options (a writer that only rewrites rows).
+        self.options = None if options is None else dict(sorted(options.items()))
         if self.directory.exists() and not self.directory.is_dir():
             raise CacheError(f"cache path {self.directory} exists and is not a folder")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -446,6 +459,16 @@ class CacheWriter:
                 f"({want}), with other weights or preprocessing. Use another --cache, "
                 "or --force to rebuild it"
             )
+        if self.options is None:
+            self.options = dict(state.meta.get("options", {}))
+        elif state.meta.get("options", {}) != self.options:
+            if force:
+                return empty
+            raise CacheMismatchError(
+                f"cache {d} was made with {_flags(state.meta.get('options', {}))}, this run uses "
+                f"{_flags(self.options)} (e.g. --fast, --exif-transpose), which change the "
+                "embeddings. Use the same flags, another --cache, or --force to rebuild it"
+            )
         return state
 
     # -- commit --------------------------------------------------------------------------
@@ -487,7 +510,7 @@ class CacheWriter:
                 os.fsync(f.fileno())
         _write_bytes(d / (INDEX + NEW), _jsonl(asdict(r) for r in rows))
         _write_bytes(d / (FAILED + NEW), _jsonl(_failure_dict(f) for f in failures))
-        meta = make_meta(self.spec, n, len(failures))
+        meta = make_meta(self.spec, n, len(failures), self.options or {})
         _write_bytes(d / (META + NEW), (json.dumps(meta, indent=2) + "\n").encode())
         _fsync_dir(d)  # the .new names are durable before the manifest that names them
         crash_point("commit-written")

@@ -184,10 +184,12 @@ def embed_cmd(paths: tuple[Path, ...], model: str, cache_dir: Path, batch_size: 
               lock_timeout: float, commit_every: int, commit_seconds: float) -> None:
     """Embed the images under PATH... into a crash-safe feature cache.
 
-    Folders are walked recursively. A re-run embeds only new or changed files (size or
-    mtime), drops rows of deleted files and retries failed ones. Bad files never stop
-    the run: each gets one line in failed.jsonl. Kill it at any moment and re-run:
-    nothing committed is lost or embedded twice.
+    Folders are walked recursively. The cache mirrors PATH...: a re-run embeds only new
+    or changed files (size or mtime), drops rows of files no longer under PATH... and
+    retries failed ones. Bad files never stop the run: each gets one line in
+    failed.jsonl. Kill it at any moment and re-run: nothing committed is lost or
+    embedded twice. A second writer on the same cache fails at once (or waits, with
+    --lock-timeout); readers never wait.
 
     \b
     Exit codes:

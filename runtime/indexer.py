@@ -159,7 +159,9 @@ def embed_into_cache(
     """Bring the cache at ``cache_dir`` up to date with the image files under ``paths``."""
     cache_dir = Path(cache_dir)
     report = EmbedReport(cache_dir=cache_dir, providers=encoder.providers)
-    with CacheWriter(cache_dir, encoder.spec, force=force, lock_timeout=lock_timeout) as writer:
+    options = {"fast": bool(encoder.fast), "exif_transpose": bool(encoder.exif_transpose)}
+    with CacheWriter(cache_dir, encoder.spec, force=force, lock_timeout=lock_timeout,
+                     options=options) as writer:
         files, stat_failures = scan(paths)
         walked = set(files) | set(stat_failures)
         old_rows = {r.path: r for r in writer.state.rows}
@@ -239,7 +241,8 @@ def embed_into_cache(
         changed = (
             store.rows() != writer.state.rows
             or final_failures != writer.state.failures
-            or writer.state.meta != make_meta(encoder.spec, len(store.rows()), len(final_failures))
+            or writer.state.meta != make_meta(encoder.spec, len(store.rows()), len(final_failures),
+                                              options)
         )
         if changed:
             commit()

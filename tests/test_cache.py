@@ -184,6 +184,10 @@ def test_other_model_is_refused_unless_force(folder, enc, tmp_path):
     rep = run(folder, other, cache, force=True)
     assert rep.unchanged == 0 and rep.embedded == len(FeatureCache(cache))
     assert FeatureCache(cache).meta["spec_hash"] == other.spec.embedding_hash()
+    # --fast or --exif-transpose change the numbers too: refused unless --force
+    with pytest.raises(CacheMismatchError, match="fast=True"):
+        run(folder, Encoder(other.path, "cpu", fast=True), cache)
+    assert FeatureCache(cache).meta["options"] == {"exif_transpose": False, "fast": False}
     # and other preprocessing is another hash too
     resized = Encoder(build_tiny_model(tmp_path / "r.onnx", resize=40), "cpu")
     with pytest.raises(CacheMismatchError):
