@@ -603,6 +603,11 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], max_regression: fl
     if baseline["config"]["threads"] != result["config"]["threads"]:
         notes.append(f"threads: baseline {baseline['config']['threads'] or 'default'}, "
                      f"now {result['config']['threads'] or 'default'}")
+    bmach, rmach = baseline["machine"], result["machine"]
+    if (bmach["cpu_model"], bmach["logical_cores"]) != (rmach["cpu_model"], rmach["logical_cores"]):
+        notes.append(f"machine: baseline {bmach['cpu_model']} x{bmach['logical_cores']}, now "
+                     f"{rmach['cpu_model']} x{rmach['logical_cores']} (normalized figures travel "
+                     "between machines only roughly; record a baseline per machine type)")
     extra = sorted(set(rrows) - set(brows))
     if extra:
         notes.append(f"batch sizes {extra} are not in the baseline and are not gated")
