@@ -1,0 +1,159 @@
+"""Precision conversions: ONNX in, ONNX out. int8 for the CPU, fp16 for the GPU.
+
+Export calls these on the fused fp32 graph (``optimize.fuse_for_ort``) and gates the
+result against torch; nothing here measures accuracy or writes the final file.
+
+**int8** is onnxruntime's dynamic quantization of the weight MatMuls (and Gemms), signed
+int8 weights per output channel, uint8 activations quantized per batch at run time. Why
+this recipe, measured on this machine (``benchmarks/results/precision.md``):
+
+- it is 2-3x fp32 on an AVX512-VNNI CPU, because onnxruntime fuses
+  DynamicQuantizeLinear + MatMulInteger + scale into ``MatMulIntegerToFloat`` and runs the
+  u8 x s8 product on VNNI; uint8 *weights* (u8 x u8) are ~1.4x only;
+- per-channel weights keep the cosine to fp32 closer than per-tensor at the same speed;
+- ``reduce_range`` (7-bit weights, for CPUs without VNNI) costs accuracy and buys nothing
+  here;
+- the patch-embedding Conv stays float: it is one op on raw pixels, and ConvInteger
+  gains nothing measurable while it is the layer most sensitive to input scale;
+- attention's activation x activation products (inside MultiHeadAttention when fused)
+  stay float: there are no weights to pre-quantize and both sides would need quantizing
+  per batch.
+
+**fp16** converts weights and compute to float16 with float32 graph inputs and outputs
+(``keep_io_types``), so callers feed and read float32 as with the fp32 file. On the CPU
+provider onnxruntime casts the nodes it has no fp16 kernel for back to float32 itself,
+so the file runs (slowly) there for the accuracy gate; on CUDA everything runs in fp16.
+
+One onnxruntime bug is worked around here: on the CPU provider (1.32, default graph
+optimisation), a float16 ``Transpose`` that keeps the last axis feeding a ``MatMul`` with
+a constant weight segfaults at session creation (MatmulTransposeFusion + NchwcTransformer;
+disabling either avoids it). OpenCLIP's ``nn.MultiheadAttention`` has exactly that shape
+(seq-first transpose before the QKV projection), so ``to_fp16`` moves such transposes
+after their MatMul: the same arithmetic, the same op count, no crash.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import onnx
+
+#: Weight op types quantized to int8. Conv (patch embedding) deliberately left out.
+INT8_OP_TYPES = ("MatMul", "Gemm")
+
+#: protobuf cannot serialize a message over 2 GiB; above this, only path-based tools work.
+_PROTO_LIMIT = 2**31 - 2**26
+
+
+def _tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held by initializers in memory (raw or typed fields), roughly the proto size."""
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) or 4 * (len(t.float_data) + len(t.int32_data)) + 8 * len(t.int64_data)
+    return total
+
+
+def _check_in_memory(model: onnx.ModelProto) -> None:
+    """Both converters need the tensors themselves, not a pointer to a file elsewhere."""
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise ValueError(
+                f"initializer {t.name!r} is stored as external data that is not loaded; "
+                "load the model with onnx.load(..., load_external_data=True) first"
+            )
+
+
+def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """CPU int8: dynamic quantization of weight MatMuls, per-channel signed weights.
+
+    The input proto is not modified. Any size works: onnxruntime's quantizer goes through
+    files, which are written with external data in a temporary folder and loaded back
+    into memory.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _check_in_memory(model)
+    with tempfile.TemporaryDirectory(prefix="simx-int8.") as tmp:
+        out = Path(tmp) / "model-int8.onnx"
+        # quantize_dynamic copies a ModelProto (deepcopy + external-data save) before it
+        # touches it, so the caller's proto stays as it was.
+        quantize_dynamic(
+            model,
+            out,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            per_channel=True,
+            reduce_range=False,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        q = onnx.load(str(out), load_external_data=True)
+    # The quantizer rewrites the graph but keeps metadata_props and the io names; say
+    # nothing else here: export records precision and gate figures in its spec.
+    return q
+
+
+def _matmul_before_batch_transpose(model: onnx.ModelProto) -> int:
+    """Rewrite ``MatMul(Transpose(x, p), W)`` as ``Transpose(MatMul(x, W), p)`` in place,
+    where ``p`` keeps the last axis and ``W`` is a 2D initializer (so the MatMul only
+    touches the last axis and commutes with the transpose). Returns the number rewritten.
+    """
+    graph = model.graph
+    weights = {t.name for t in graph.initializer if len(t.dims) == 2}
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for name in n.input:
+            uses[name] = uses.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    done = 0
+    for mi, mm in enumerate(graph.node):
+        if mm.op_type != "MatMul" or mm.domain not in ("", "ai.onnx") or len(mm.input) != 2:
+            continue
+        a, w = mm.input
+        ti = producer.get(a)
+        if w not in weights or ti is None or uses.get(a) != 1 or a in outputs:
+            continue
+        tr = graph.node[ti]
+        if tr.op_type != "Transpose" or tr.domain not in ("", "ai.onnx"):
+            continue
+        perm = [list(x.ints) for x in tr.attribute if x.name == "perm"]
+        if not perm or not perm[0] or perm[0][-1] != len(perm[0]) - 1:
+            continue
+        x, y = tr.input[0], mm.output[0]
+        mid = f"{y}__before_transpose"
+        mm.input[0], mm.output[0] = x, mid
+        tr.input[0], tr.output[0] = mid, y
+        # Swap places so the node list stays topologically sorted.
+        mm_copy, tr_copy = onnx.NodeProto(), onnx.NodeProto()
+        mm_copy.CopyFrom(mm)
+        tr_copy.CopyFrom(tr)
+        graph.node[ti].CopyFrom(mm_copy)
+        graph.node[mi].CopyFrom(tr_copy)
+        producer[mid], producer[y] = ti, mi
+        stale = [v for v in graph.value_info if v.name == a]
+        for v in stale:
+            graph.value_info.remove(v)
+        done += 1
+    return done
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and compute, float32 inputs and outputs; the input proto is untouched.
+
+    Shape inference (which the converter uses to type intermediate values) needs a
+    serialized proto, so above protobuf's 2 GiB limit it is skipped: exports from torch
+    and from ``fuse_for_ort`` already carry value_info for their intermediate values.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    _check_in_memory(model)
+    small = _tensor_bytes(model) < _PROTO_LIMIT
+    # With shape inference on, the converter works on inference's copy; with it off it
+    # edits the proto in place, so copy first.
+    src = model if small else copy.deepcopy(model)
+    half = convert_float_to_float16(src, keep_io_types=True, disable_shape_infer=not small)
+    _matmul_before_batch_transpose(half)
+    return half
