@@ -125,10 +125,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_logging() -> Iterator[None]:
-    """Silence open_clip's root-logger warnings (e.g. "initialized randomly", which is the
-    point of --weights random); library code doesn't print."""
-    logging.disable(logging.WARNING)
+def _quiet_logging(level: int = logging.WARNING) -> Iterator[None]:
+    """Silence timm / open_clip / huggingface_hub log lines up to ``level``.
+
+    They log to the root logger ("initialized randomly", which is the point of --weights
+    random; "Failed to download", which simx reports itself as one line), and library
+    code doesn't print.
+    """
+    logging.disable(level)
     try:
         yield
     finally:
@@ -152,13 +156,15 @@ def _hub_download(what: str) -> Iterator[None]:
     except ImportError:  # pragma: no cover
         pass
     try:
-        yield
+        with _quiet_logging(logging.ERROR):
+            yield
     except SimxError:
         raise
     except Exception as e:
         raise WeightsError(
-            f"could not get the pretrained weights of {what} ({_first_line(e)}); without "
-            "network access use --weights PATH (a local checkpoint) or --weights random"
+            f"could not download the pretrained weights of {what} ({type(e).__name__}: "
+            f"{_first_line(e)[:120]}); without network use --weights PATH (a local "
+            "checkpoint) or --weights random"
         ) from None
     finally:
         if offline_patch is not None:
@@ -191,7 +197,7 @@ def bake_pos_embed(
     n, dim = patch_pos.shape[1], patch_pos.shape[2]
     m = math.isqrt(n)
     if m * m != n:
-        raise WeightsError(f"position embedding has {n} patch positions, not a square grid")
+        raise ValueError(f"pos_embed has {n} patch positions, not a square grid")
     if m == grid:  # the official forward returns pos_embed unchanged here
         return patch_pos
     kwargs: dict[str, Any] = {}
@@ -236,6 +242,24 @@ def _timm_dinov2(name: str, image_size: int, **kw: Any) -> nn.Module:
     return timm.create_model(name, num_classes=0, img_size=image_size, init_values=1.0, **kw)
 
 
+def _timm_pretrained_state(name: str, what: str) -> dict[str, torch.Tensor]:
+    """timm's pretrained weights for ``name`` (its Hugging Face hub copy, via timm's own
+    loader and cache) as a state dict at the native grid, without building a model first:
+    so an offline machine fails in seconds, and giant needs no extra model in memory."""
+    from timm.models import get_pretrained_cfg, load_state_dict_from_hf
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:  # pragma: no cover - every DINOv2 tag has one
+        with _hub_download(what):
+            return _timm_dinov2(name, DINOV2_GRID * 14, pretrained=True).state_dict()
+    with _hub_download(what):
+        if cfg.hf_hub_filename:
+            state = load_state_dict_from_hf(cfg.hf_hub_id, cfg.hf_hub_filename)
+        else:
+            state = load_state_dict_from_hf(cfg.hf_hub_id)
+    return official_dinov2_to_timm(state) if "mask_token" in state else dict(state)
+
+
 def build_dinov2(entry: ModelEntry, weights: str, image_size: int) -> Built:
     """DINOv2 backbone whose output is the LayerNorm'd CLS token, as the hub model returns.
 
@@ -250,8 +274,7 @@ def build_dinov2(entry: ModelEntry, weights: str, image_size: int) -> Built:
         state = _timm_dinov2(name, native).state_dict()
         label = "random"
     elif weights == "pretrained":
-        with _hub_download(entry.id):
-            state = _timm_dinov2(name, native, pretrained=True).state_dict()
+        state = _timm_pretrained_state(name, entry.id)
         label = "pretrained"
     else:
         raw, digest = read_checkpoint(weights)
@@ -266,12 +289,15 @@ def build_dinov2(entry: ModelEntry, weights: str, image_size: int) -> Built:
     prefix = 0 if entry.registers else 1
     if pos.ndim != 3 or pos.shape[1] <= prefix:
         raise WeightsError(f"checkpoint {weights} does not fit {entry.id}: pos_embed {tuple(pos.shape)}")
-    baked = bake_pos_embed(
-        pos[:, prefix:],
-        grid,
-        antialias=entry.registers,
-        offset=0.0 if entry.registers else 0.1,
-    )
+    try:
+        baked = bake_pos_embed(
+            pos[:, prefix:],
+            grid,
+            antialias=entry.registers,
+            offset=0.0 if entry.registers else 0.1,
+        )
+    except ValueError as e:  # e.g. a plain checkpoint for a register model
+        raise WeightsError(f"checkpoint {weights} does not fit {entry.id}: {e}") from None
     state = dict(state)
     state["pos_embed"] = torch.cat([pos[:, :prefix], baked], dim=1)
 

@@ -1,0 +1,434 @@
+"""The export stage: parity with torch, the embedded spec, checkpoints, and bad input.
+
+Models are exported once per session with random weights (conftest ``exported``); the
+hub is never reached. Giant models (external data) sit behind the ``slow`` marker.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from simx import registry
+from simx.cli import main as cli
+from simx.errors import SimxError
+from simx.export import api, sources, to_onnx, verify
+from simx.session import open_model
+from simx.spec import METADATA_KEY, ModelSpec
+
+SMALL = ("dinov2-small", "dinov2-small-reg", "openclip-vit-b-32-laion2b_s34b_b79k")
+# Five distinct colour photos of odd sizes for the batch-5 run.
+BATCH_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
+
+
+def _reference_pixels(photos: dict[str, np.ndarray], names: tuple[str, ...], pre) -> np.ndarray:
+    """PIL + torchvision preprocessing, the reference the export is judged by."""
+    from PIL import Image
+
+    tf = verify.reference_transform(pre)
+    return torch.stack([tf(Image.fromarray(photos[n]).convert("RGB")) for n in names]).numpy()
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def torch_models() -> dict[str, torch.nn.Module]:
+    """The torch modules the session exports came from (random weights are seeded)."""
+    return {
+        mid: sources.build(registry.get(mid), "random", 224).module for mid in SMALL
+    }
+
+
+# --------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("model_id", SMALL)
+def test_small_models_match_torch_at_batch_1_2_5(model_id, exported, torch_models, rgb_photos):
+    ms = open_model(exported[model_id], provider="cpu")
+    pixels = _reference_pixels(rgb_photos, BATCH_PHOTOS, ms.spec.preprocess)
+    module = torch_models[model_id]
+    with torch.no_grad():
+        ref = module(torch.from_numpy(pixels)).numpy()
+    outs = {}
+    for b in (1, 2, 5):
+        chunks = [
+            ms.session.run([ms.spec.output_name], {ms.spec.input_name: pixels[i : i + b]})[0]
+            for i in range(0, len(pixels), b)
+        ]
+        out = np.concatenate(chunks)
+        assert out.shape == (5, ms.spec.dim)
+        assert _cos(out, ref).min() >= 0.99999, (model_id, b)
+        assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max(), (model_id, b)
+        outs[b] = out
+    # The batch axis is real: batch 5 gives each image what batch 1 gives it.
+    np.testing.assert_allclose(outs[5], outs[1], atol=1e-5 * np.abs(ref).max(), rtol=0)
+    # Distinct photos, distinct embeddings: a collapsed model fails here.
+    n = ms.run(pixels)
+    sim = n @ n.T
+    np.fill_diagonal(sim, 0)
+    assert sim.max() < 0.98, sim.max()
+    # The runtime normalizes as the spec says.
+    np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_id", SMALL)
+def test_graph_has_symbolic_batch_and_no_resize(model_id, exported):
+    m = onnx.load(str(exported[model_id]), load_external_data=False)
+    dim0 = m.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.HasField("dim_value")
+    assert m.graph.input[0].name == "pixel_values"
+    assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 224, 224]
+    ops = {n.op_type for n in m.graph.node}
+    # The position embedding is baked in: no interpolation at run time.
+    assert "Resize" not in ops and "Upsample" not in ops
+
+
+def test_metadata_round_trips(exported):
+    for model_id, path in exported.items():
+        entry = registry.get(model_id)
+        m = onnx.load(str(path), load_external_data=False)
+        raw = {p.key: p.value for p in m.metadata_props}[METADATA_KEY]
+        spec = ModelSpec.from_json(raw)
+        assert ModelSpec.from_json(spec.to_json()) == spec
+        assert spec.to_json() == raw
+        assert (spec.id, spec.family, spec.source, spec.dim) == (
+            entry.id, entry.family, entry.source, entry.dim)
+        assert spec.weights == "random" and spec.precision == "fp32" and spec.opset == 18
+        assert spec.image_size == 224 and spec.input_name == "pixel_values"
+        assert spec.preprocess == entry.preprocess(224)
+        assert spec.normalize is True
+        assert spec.parity["min_cosine"] >= 0.99999
+        assert spec.parity["max_abs_rel"] <= 1e-4
+        assert spec.parity["max_pairwise_cosine"] < 0.98
+        assert spec.gflops and spec.gflops > 1
+        assert isinstance(spec.fusions, dict)
+
+
+def test_dinov2_preprocess_is_official_eval_transform(exported):
+    spec = open_model(exported["dinov2-small"], provider="cpu").spec
+    assert (spec.preprocess.resize, spec.preprocess.crop) == (256, 224)
+    assert spec.preprocess.mean == (0.485, 0.456, 0.406)
+
+
+# --------------------------------------------------------------------------- position grid
+def _official_interpolate_pos_encoding(
+    pos_embed: torch.Tensor, npatch: int, w: int, h: int, patch: int, offset: float, antialias: bool
+) -> torch.Tensor:
+    """facebookresearch/dinov2 ``DinoVisionTransformer.interpolate_pos_encoding``, as run
+    on every forward (pos_embed [1, 1 + M*M, D] with the class position first)."""
+    N = pos_embed.shape[1] - 1
+    if npatch == N and w == h:
+        return pos_embed
+    pos_embed = pos_embed.float()
+    class_pos_embed = pos_embed[:, 0]
+    patch_pos_embed = pos_embed[:, 1:]
+    dim = pos_embed.shape[-1]
+    w0, h0 = w // patch, h // patch
+    M = int(math.sqrt(N))
+    kwargs = {}
+    if offset:
+        kwargs["scale_factor"] = (float(w0 + offset) / M, float(h0 + offset) / M)
+    else:
+        kwargs["size"] = (w0, h0)
+    patch_pos_embed = F.interpolate(
+        patch_pos_embed.reshape(1, M, M, dim).permute(0, 3, 1, 2),
+        mode="bicubic", antialias=antialias, **kwargs)
+    assert (w0, h0) == patch_pos_embed.shape[-2:]
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
+
+
+@pytest.mark.parametrize("registers", [False, True])
+@pytest.mark.parametrize("grid", [8, 16, 37, 40])
+def test_baked_position_grid_is_bit_identical_to_official_forward(registers, grid):
+    torch.manual_seed(grid)
+    pos = torch.randn(1, 1 + 37 * 37, 32)
+    offset, antialias = (0.0, True) if registers else (0.1, False)
+    official = _official_interpolate_pos_encoding(
+        pos, grid * grid, grid * 14, grid * 14, 14, offset, antialias)
+    baked = sources.bake_pos_embed(pos[:, 1:], grid, antialias=antialias, offset=offset)
+    assert torch.equal(baked, official[:, 1:])
+    if grid != 37:
+        # timm's own resampling (size + antialias) differs for non-register models: the
+        # test above could fail.
+        timm_way = sources.bake_pos_embed(pos[:, 1:], grid, antialias=True, offset=0.0)
+        assert registers or not torch.equal(timm_way, official[:, 1:])
+
+
+# --------------------------------------------------------------------------- official checkpoint
+def _official_state(registers: bool) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
+    """A random DINOv2-S state dict in the official key format at 518 px, and a timm
+    module holding the same block weights (for the reference forward)."""
+    import timm
+
+    torch.manual_seed(11 + registers)
+    m = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0,
+                          img_size=518, init_values=1.0).eval()
+    sd = {k: v.clone() for k, v in m.state_dict().items()
+          if k not in ("cls_token", "pos_embed", "reg_token")}
+    d = 384
+    # Scales chosen so that photos stay distinct (pairwise cosine ~0.92) while a wrong
+    # interpolation of the grid still moves the output far beyond the parity tolerance.
+    sd["cls_token"] = torch.randn(1, 1, d) * 0.02
+    sd["pos_embed"] = torch.randn(1, 1 + 37 * 37, d) * 0.05
+    sd["mask_token"] = torch.zeros(1, d)
+    if registers:
+        sd["register_tokens"] = torch.randn(1, 4, d) * 0.02
+    return sd, m
+
+
+@torch.no_grad()
+def _official_forward(sd, blocks, x, registers: bool, offset=None, antialias=None) -> np.ndarray:
+    """The official hub forward (prepare_tokens_with_masks -> blocks -> norm -> CLS), with
+    the position grid interpolated at forward time."""
+    if offset is None:
+        offset, antialias = (0.0, True) if registers else (0.1, False)
+    B, _, w, h = x.shape
+    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=14)
+    t = t.flatten(2).transpose(1, 2)
+    t = torch.cat((sd["cls_token"].expand(B, -1, -1), t), dim=1)
+    t = t + _official_interpolate_pos_encoding(sd["pos_embed"], t.shape[1] - 1, w, h, 14,
+                                               offset, antialias)
+    if registers:
+        t = torch.cat((t[:, :1], sd["register_tokens"].expand(B, -1, -1), t[:, 1:]), dim=1)
+    for blk in blocks.blocks:
+        t = blk(t)
+    return blocks.norm(t)[:, 0].numpy()
+
+
+@pytest.mark.parametrize("registers", [False, True], ids=["plain", "reg"])
+def test_official_checkpoint_matches_official_forward(registers, tmp_path, rgb_photos):
+    sd, blocks = _official_state(registers)
+    ckpt = tmp_path / ("dinov2_vits14_reg4_pretrain.pth" if registers else "dinov2_vits14_pretrain.pth")
+    torch.save(sd, ckpt)
+    entry = registry.dinov2("small", registers)
+    out_dir = tmp_path / "out"
+    path = api.export_model(entry, weights=str(ckpt), output_dir=out_dir, image_size=112, opset=18)
+    ms = open_model(path, provider="cpu")
+    assert ms.spec.weights == "sha256:" + sources.sha256_file(ckpt)
+    assert ms.spec.image_size == 112 and ms.spec.preprocess.resize == 128
+
+    pixels = _reference_pixels(rgb_photos, BATCH_PHOTOS[:3], ms.spec.preprocess)
+    out = ms.session.run(None, {"pixel_values": pixels})[0]
+    ref = _official_forward(sd, blocks, torch.from_numpy(pixels), registers)
+    assert _cos(out, ref).min() >= 0.99999
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+    # The test can fail: the other interpolation (timm's / the other family's) is visibly off.
+    wrong = _official_forward(sd, blocks, torch.from_numpy(pixels), registers,
+                              offset=0.1 if registers else 0.0, antialias=not registers)
+    assert np.abs(wrong - ref).max() > 1e-3 * np.abs(ref).max()
+    assert _cos(wrong, ref).min() < 0.99999
+
+
+# --------------------------------------------------------------------------- atomic writes
+def test_external_data_is_written_atomically_and_loads(exported, tmp_path, rgb_photos):
+    model = onnx.load(str(exported["dinov2-small"]))
+    final = tmp_path / "dinov2-small.onnx"
+    with to_onnx.AtomicModelWriter(final, external=True) as w:
+        tmp = w.write(model)
+        assert not final.exists() and tmp.exists()
+        to_onnx.set_metadata(model, "note", "x")
+        path = w.commit(model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dinov2-small.onnx", "dinov2-small.onnx.data"]
+    stub = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in stub.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"dinov2-small.onnx.data"}
+    assert path.stat().st_size < 2_000_000  # weights are in the .data file
+    a = open_model(path, provider="cpu")
+    b = open_model(exported["dinov2-small"], provider="cpu")
+    x = _reference_pixels(rgb_photos, ("coffee",), a.spec.preprocess)
+    np.testing.assert_array_equal(a.run(x), b.run(x))
+
+
+def test_writer_leaves_nothing_on_failure(exported, tmp_path):
+    model = onnx.load(str(exported["openclip-vit-b-32-laion2b_s34b_b79k"]))
+    for external in (False, True):
+        with pytest.raises(RuntimeError):
+            with to_onnx.AtomicModelWriter(tmp_path / "m.onnx", external=external) as w:
+                w.write(model)
+                raise RuntimeError("verification failed")
+        assert list(tmp_path.iterdir()) == []
+
+
+class _Tiny(torch.nn.Module):
+    """A fast stand-in for a tower: patchify conv -> mean -> linear to the entry's dim."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 16, 14, stride=14)
+        self.fc = torch.nn.Linear(16, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_failed_verification_leaves_no_file(monkeypatch, tmp_path):
+    entry = registry.get("dinov2-small")
+
+    def tiny_build(e, weights, image_size):
+        return sources.Built(module=_Tiny(e.dim).eval(), weights="random",
+                             preprocess=e.preprocess(image_size), normalize=True)
+
+    monkeypatch.setattr(sources, "build", tiny_build)
+    monkeypatch.setitem(verify.GATES, "fp32", verify.Gate(1.1, 1e-4, True))  # unreachable
+    with pytest.raises(verify.VerificationError, match="min cosine"):
+        api.export_model(entry, weights="random", output_dir=tmp_path, image_size=56)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exported_batch_axis_must_be_symbolic():
+    x = onnx.helper.make_tensor_value_info("pixel_values", onnx.TensorProto.FLOAT, [1, 3, 14, 14])
+    y = onnx.helper.make_tensor_value_info("embeddings", onnx.TensorProto.FLOAT, [1, 3])
+    g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["pixel_values"], ["e"])],
+                               "g", [x], [y])
+    with pytest.raises(to_onnx.ExportError, match="fixed at 1"):
+        to_onnx.assert_symbolic_batch(onnx.helper.make_model(g))
+
+
+# --------------------------------------------------------------------------- bad input (CLI)
+def _one_line_error(result) -> str:
+    assert result.exit_code != 0
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("simx: error: ")
+    return lines[0]
+
+
+def _nothing_written(folder: Path) -> None:
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+@pytest.fixture()
+def checkpoints(tmp_path) -> dict[str, Path]:
+    """A corrupt file and a DINOv2-S-shaped checkpoint (the wrong architecture for others)."""
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 100)
+    small = {
+        "cls_token": torch.zeros(1, 1, 384),
+        "pos_embed": torch.zeros(1, 1 + 37 * 37, 384),
+        "mask_token": torch.zeros(1, 384),
+        "patch_embed.proj.weight": torch.zeros(384, 3, 14, 14),
+    }
+    wrong = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(small, wrong)
+    wrong_clip = tmp_path / "open_clip_model.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(small, str(wrong_clip))
+    return {"corrupt": corrupt, "wrong": wrong, "wrong_clip": wrong_clip}
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["dinov2", "--variant", "tiny"], "valid variants: base, giant, large, small"),
+        (["openclip", "--model", "ViT-X-1", "--pretrained", "openai"], "valid models: ViT-B-16"),
+        (["openclip", "--model", "ViT-H-14", "--pretrained", "openai"], "valid tags: laion2b_s32b_b79k"),
+        (["dinov2", "--variant", "small", "--weights", "/nonexistent/ckpt.pth"], "checkpoint not found"),
+        (["dinov2", "--variant", "small", "--weights", "{corrupt}"], "cannot read checkpoint"),
+        (["dinov2", "--variant", "base", "--weights", "{wrong}"], "does not fit dinov2-base"),
+        (["dinov2", "--variant", "small", "--registers", "--weights", "{wrong}"], "does not fit dinov2-small-reg"),
+        (["openclip", "--model", "ViT-B-32", "--pretrained", "openai", "--weights", "{wrong_clip}"],
+         "does not fit openclip-vit-b-32-openai"),
+        (["dinov2", "--variant", "small", "--weights", "random", "--image-size", "100"], "multiple"),
+    ],
+    ids=["variant", "model", "tag", "missing", "corrupt", "wrong-arch", "wrong-arch-reg",
+         "wrong-arch-clip", "image-size"],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(args, expect, checkpoints, tmp_path):
+    out = tmp_path / "out"
+    args = [a.format(**checkpoints) for a in args]
+    result = CliRunner().invoke(cli, ["export", *args, "--output-dir", str(out)])
+    line = _one_line_error(result)
+    assert expect in line, line
+    _nothing_written(out)
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(
+        cli, ["export", "dinov2", "--variant", "small", "--weights", "random",
+              "--output-dir", str(blocker / "models")])
+    assert "cannot write to output dir" in _one_line_error(result)
+    assert blocker.read_text() == "x"
+    if os.geteuid() != 0:  # root writes through permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        result = CliRunner().invoke(
+            cli, ["export", "dinov2", "--variant", "small", "--weights", "random",
+                  "--output-dir", str(ro)])
+        assert "cannot write to output dir" in _one_line_error(result)
+
+
+def test_precision_without_quantizer_is_clear(monkeypatch, tmp_path):
+    monkeypatch.setattr(api, "_hook", lambda module, name: None)
+    with pytest.raises(SimxError, match="--precision int8 needs"):
+        api.export_model(registry.get("dinov2-small"), weights="random", output_dir=tmp_path,
+                         precision="int8")
+    _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "env, args",
+    [
+        ({"HF_HUB_OFFLINE": "1"}, ["dinov2", "--variant", "small"]),
+        ({"HF_ENDPOINT": "http://127.0.0.1:9"}, ["openclip", "--model", "ViT-B-32",
+                                                  "--pretrained", "laion2b_s34b_b79k"]),
+    ],
+    ids=["offline", "unreachable"],
+)
+def test_hub_unreachable_fails_at_once_naming_the_alternatives(env, args, tmp_path):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    full_env.update(env, HF_HOME=str(tmp_path / "hf"))  # an empty cache: nothing to fall back on
+    out = tmp_path / "out"
+    started = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "simx.cli", "export", *args, "--output-dir", str(out)],
+        capture_output=True, text=True, env=full_env, timeout=300,
+    )
+    elapsed = time.monotonic() - started
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "--weights PATH" in lines[0] and "--weights random" in lines[0]
+    assert "pretrained weights" in lines[0]
+    _nothing_written(out)
+    print(f"hub failure reported after {elapsed:.1f}s")
+
+
+# --------------------------------------------------------------------------- giant models
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", ["dinov2-giant", "openclip-vit-h-14-laion2b_s32b_b79k"])
+def test_giant_models_export_with_external_data(model_id, tmp_path):
+    started = time.monotonic()
+    path = api.export_model(registry.get(model_id), weights="random", output_dir=tmp_path)
+    elapsed = time.monotonic() - started
+    data = path.with_name(path.name + ".data")
+    assert path.is_file() and data.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, data.name])
+    assert data.stat().st_size > 2**31
+    ms = open_model(path, provider="cpu")
+    assert ms.spec.extra["external_data"] is True
+    assert ms.spec.parity["min_cosine"] >= 0.99999
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    assert ms.run(x).shape == (2, ms.spec.dim)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"{model_id}: export {elapsed:.0f}s, peak RSS {peak_gb:.1f} GB, "
+          f".onnx {path.stat().st_size / 2**20:.1f} MiB, .data {data.stat().st_size / 2**30:.2f} GiB, "
+          f"parity {ms.spec.parity}")
