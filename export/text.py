@@ -17,7 +17,6 @@ records the pairing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -51,14 +50,6 @@ class TextExportError(SimxError):
     """The text tower could not be exported or failed verification."""
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
     """The full open_clip model (both towers) and the spec's weights string.
 
@@ -67,15 +58,10 @@ def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
     follows the image exporter (``sources.py``): same seed, same QuickGELU rule, same
     one-line errors when the hub is unreachable or a checkpoint does not fit.
     """
-    import contextlib
-
     import open_clip
     import torch
 
-    try:
-        from .sources import RANDOM_SEED, _hub_download, read_checkpoint
-    except ImportError:  # pragma: no cover - sources.py is part of simx.export
-        RANDOM_SEED, _hub_download, read_checkpoint = 0, None, None
+    from .sources import RANDOM_SEED, _first_line, _hub_download, read_checkpoint
 
     if entry.family != "openclip":
         raise TextExportError(f"{entry.id} has no text tower (only OpenCLIP models do)")
@@ -86,20 +72,17 @@ def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
         model = open_clip.create_model(name, pretrained=None, **kw)
         label = "random"
     elif weights == "pretrained":
-        ctx = _hub_download(f"{entry.id} (text)") if _hub_download else contextlib.nullcontext()
-        with ctx:
+        with _hub_download(f"{entry.id} (text)"):
             model = open_clip.create_model(name, pretrained=tag, require_pretrained=True, **kw)
         label = "pretrained"
     else:
-        if not os.path.isfile(weights):
-            raise TextExportError(f"checkpoint not found: {weights}")
-        digest = read_checkpoint(weights)[1] if read_checkpoint else _sha256_file(weights)
+        digest = read_checkpoint(weights)[1]  # clear errors for missing/unreadable files
         model = open_clip.create_model(name, pretrained=None, **kw)
         try:
             open_clip.load_checkpoint(model, str(weights))
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TextExportError(f"checkpoint {weights} does not fit {entry.id}: {first}") from None
+            raise TextExportError(f"checkpoint {weights} does not fit {entry.id}: "
+                                  f"{_first_line(e)}") from None
         label = "sha256:" + digest
     return model.eval(), label
 

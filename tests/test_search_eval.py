@@ -21,7 +21,7 @@ from tiny_model import build_tiny_model  # noqa: E402
 
 from simx.cli import main  # noqa: E402
 from simx.datasets import DatasetError, default_cache_dir, evaluate, load_dataset  # noqa: E402
-from simx.errors import ModelFileError, SimxError  # noqa: E402
+from simx.errors import SimxError  # noqa: E402
 from simx.search import SearchError, rank_all, search_cache, topk  # noqa: E402
 
 CLIP_ID = "openclip-vit-b-32-laion2b_s34b_b79k"

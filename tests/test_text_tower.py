@@ -181,3 +181,24 @@ def test_encoder_embed_text(text_model, tmp_path):
     np.testing.assert_allclose(got, TextEncoder(text_model, provider="cpu").embed(["a cat", "a dog"]),
                                atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_image_text_cosines_match_torch(exported, text_model, torch_clip, rgb_photos):
+    """Both towers in one space: simx image x text cosines equal open_clip's (same seed-0 weights)."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from simx.encoder import Encoder
+    from simx.search import TextEncoder
+
+    names = ["astronaut", "coffee", "chelsea"]
+    texts = ["an astronaut", "a cup of coffee", "a cat on a chair"]
+    got = Encoder(exported[CLIP_ID], provider="cpu").embed([rgb_photos[n] for n in names]) @ \
+        TextEncoder(text_model, provider="cpu").embed(texts).T
+    _, _, pre = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    with torch.no_grad():
+        x = torch.stack([pre(Image.fromarray(rgb_photos[n])) for n in names])
+        ref = (torch_clip.encode_image(x, normalize=True)
+               @ torch_clip.encode_text(open_clip.tokenize(texts), normalize=True).T).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4)
