@@ -200,61 +200,73 @@ class _Raced(Exception):
 def _read_once(d: Path) -> CacheState:
     files = _current_files(d)
     before = _identity(files)
-
-    def current(name: str) -> Path:
-        return files[name]
-
-    meta_path = current(META)
     try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
+        state = _parse(d, files)
+    except (OSError, ValueError, KeyError, TypeError) as e:
         if _identity(_current_files(d)) != before:
-            raise _Raced() from None  # a pending commit finished its renames meanwhile
-        raise CacheError(f"{d} is not a simx feature cache (no {META})") from None
-    except ValueError:
-        raise CacheError(f"{meta_path} is not valid JSON; the cache is damaged") from None
+            raise _Raced() from None  # a commit replaced a file while we read it
+        if isinstance(e, FileNotFoundError) and not files[META].exists():
+            raise CacheError(f"{d} is not a simx feature cache (no {META})") from None
+        raise CacheError(f"{d}: the cache is damaged ({type(e).__name__}: {e})") from None
+    if _identity(_current_files(d)) != before:
+        raise _Raced()
+    return state
+
+
+def _parse(d: Path, files: dict[str, Path]) -> CacheState:
+    try:
+        meta = json.loads(files[META].read_text())
+    except json.JSONDecodeError:
+        raise CacheError(f"{files[META]} is not valid JSON; the cache is damaged") from None
     if meta.get("format") != FORMAT:
         raise CacheError(f"{d}: {META} is not a simx feature cache (format {meta.get('format')!r})")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise CacheError(f"{d}: cache format {meta['format_version']} is newer than this simx; upgrade")
-    rows = [Row(r["path"], int(r["size"]), int(r["mtime_ns"])) for r in _read_jsonl(current(INDEX))]
+    rows = [Row(r["path"], int(r["size"]), int(r["mtime_ns"])) for r in _read_jsonl(files[INDEX])]
     failures = [
         Failure(r["path"], r["error"], r.get("size"), r.get("mtime_ns"))
-        for r in _read_jsonl(current(FAILED))
+        for r in _read_jsonl(files[FAILED])
     ]
-    emb = np.load(current(EMBEDDINGS), mmap_mode="r")
+    emb = np.load(files[EMBEDDINGS], mmap_mode="r")
     if emb.dtype != np.float32 or emb.ndim != 2:
         raise CacheError(f"{d}: {EMBEDDINGS} is {emb.dtype} {emb.shape}, not float32 [N, D]")
-    if _identity(_current_files(d)) != before:
-        raise _Raced()
     return CacheState(meta, rows, failures, emb)
-
 
 
 def _consistent(s: CacheState) -> bool:
     n = int(s.meta.get("count", -1))
-    return len(s.rows) == n == s.embeddings.shape[0] and s.embeddings.shape[1] == int(s.meta["dim"])
+    dim = int(s.meta.get("dim", -1))
+    return len(s.rows) == n == s.embeddings.shape[0] and s.embeddings.shape[1] == dim
 
 
-def read_state(d: str | os.PathLike[str], retries: int = 10) -> CacheState:
+def read_state(d: str | os.PathLike[str], retries: int = 3,
+               race_timeout: float = 10.0) -> CacheState:
     """Read a consistent committed state without taking the lock.
 
-    A writer may commit while we read. Then the files we saw changed under us (or their
-    row counts disagree), and we simply read again; ten tries over ~1 s is far longer
-    than a commit takes.
+    A writer may commit while we read; then the files we saw change under us and we
+    read again, for up to ``race_timeout`` seconds (a commit takes milliseconds, and
+    writers commit every 30 s). Files that disagree although nothing changed while we
+    read them are damage, reported after ``retries`` reads.
     """
     d = Path(d)
     if not d.is_dir():
         raise CacheError(f"no simx feature cache at {d} (not a folder)")
-    for attempt in range(retries):
+    deadline = time.monotonic() + race_timeout
+    bad_reads = 0
+    while True:
         try:
             s = _read_once(d)
             if _consistent(s):
                 return s
-        except (_Raced, FileNotFoundError, ValueError, KeyError):  # a commit overlapped the read
-            pass
-        time.sleep(0.02 * (attempt + 1))
-    raise CacheError(f"{d}: the cache files disagree (row counts differ); the cache is damaged")
+            bad_reads += 1
+        except _Raced:  # a commit overlapped the read
+            if time.monotonic() > deadline:
+                raise CacheError(f"{d}: could not read a stable state for {race_timeout:g} s "
+                                 "(a writer commits continuously?)") from None
+        if bad_reads >= retries:
+            raise CacheError(f"{d}: the cache files disagree (row counts differ); "
+                             "the cache is damaged")
+        time.sleep(0.01)
 
 
 class FeatureCache:

@@ -21,17 +21,13 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import build_tiny_model  # noqa: E402
+from test_cache import assert_same_cache  # noqa: E402
+from tiny_model import build_tiny_model, tiny  # noqa: E402,F401 (fixture)
 
-from simx.cache import DATA_FILES, MANIFEST, NEW, FeatureCache, canonical_path  # noqa: E402
+from simx.cache import NEW, FeatureCache, canonical_path  # noqa: E402
 
 SUMMARY = re.compile(r"embedded (\d+), unchanged (\d+), removed (\d+), failed (\d+); "
                      r"([\d.]+) img/s; providers (\S+); cache (.+) \((\d+) rows\)")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
 
 
 def simx_embed(*args: object, env: dict[str, str] | None = None, timeout: float = 120,
@@ -49,24 +45,6 @@ def summary(out: str) -> dict[str, int]:
     assert m, out
     keys = ("embedded", "unchanged", "removed", "failed")
     return dict(zip(keys, map(int, m.groups()[:4])))
-
-
-def snapshot(cache: Path) -> dict[str, object]:
-    return {
-        "index": (cache / "index.jsonl").read_text(),
-        "failed": (cache / "failed.jsonl").read_text(),
-        "meta": (cache / "cache.json").read_text(),
-        "emb": np.load(cache / "embeddings.npy"),
-    }
-
-
-def assert_same_cache(a: Path, b: Path) -> None:
-    sa, sb = snapshot(a), snapshot(b)
-    for k in ("index", "failed", "meta"):
-        assert sa[k] == sb[k], k
-    np.testing.assert_array_equal(sa["emb"], sb["emb"])
-    leftovers = [n for n in (MANIFEST, *(x + NEW for x in DATA_FILES)) if (a / n).exists()]
-    assert not leftovers
 
 
 @pytest.fixture(scope="module")

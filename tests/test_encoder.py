@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import build_tiny_model  # noqa: E402
+from tiny_model import build_tiny_model, tiny, tiny_enc  # noqa: E402,F401 (fixtures)
 
 from simx import Encoder, ModelFileError, ProviderError  # noqa: E402
 from simx.encoder import EmbedError  # noqa: E402
@@ -18,13 +18,8 @@ from simx.image import load_rgb  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-test.onnx")
-
-
-@pytest.fixture(scope="module")
-def enc(tiny) -> Encoder:
-    return Encoder(tiny, provider="cpu", threads=1)
+def enc(tiny_enc) -> Encoder:
+    return tiny_enc
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,3 +92,17 @@ def build_tiny_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as a file (import this fixture into a test module to use it)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-test.onnx")
+
+
+@pytest.fixture(scope="module")
+def tiny_enc(tiny: Path):
+    """A CPU Encoder on the tiny model, one intra-op thread."""
+    from simx.encoder import Encoder
+
+    return Encoder(tiny, provider="cpu", threads=1)
