@@ -116,6 +116,8 @@ def test_bad_input_never_aborts(tiny, tmp_path, rgb_photos):
         # image by anyone (and opening it would block a naive reader forever).
         "fifo.jpg": lambda p: os.mkfifo(p),
     }
+    if os.geteuid() != 0:  # root reads a chmod-000 file, so this case only means something for users
+        bad["unreadable.jpg"] = lambda p: (p.write_bytes(jpeg), p.chmod(0))
     for name, make in bad.items():
         make(d / name)
     cache = tmp_path / "cache"
@@ -147,6 +149,7 @@ def test_exit_codes(tiny, tmp_path, rgb_photos):
     r = simx_embed(d, "--model", tiny, "--cache", cache)
     assert r.returncode == 0 and summary(r.stdout)["embedded"] == 1
     assert "CPUExecutionProvider" in r.stdout
+    assert r.stderr == "" and len(r.stdout.splitlines()) == 1  # no progress bar in a pipe
     not_onnx = tmp_path / "model.onnx"
     not_onnx.write_text("nope")
     r = simx_embed(d, "--model", not_onnx, "--cache", tmp_path / "c2")
