@@ -19,6 +19,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+# Tags whose open_clip PreprocessCfg normalizes with 0.5/0.5 instead of OpenAI's values
+# (a test checks every entry against open_clip.get_pretrained_cfg).
+_INCEPTION_NORM = {("ViT-L-14", "laion2b_s32b_b82k")}
 
 
 class UnknownModelError(SimxError, KeyError, ValueError):
@@ -109,8 +114,8 @@ def _openclip(model: str, tag: str, dim: int, params_m: float, patch: int) -> Mo
         default_size=224,
         pretrained=tag,
         quick_gelu=needs_quick_gelu(model, tag),
-        mean=OPENAI_MEAN,
-        std=OPENAI_STD,
+        mean=INCEPTION_MEAN if (model, tag) in _INCEPTION_NORM else OPENAI_MEAN,
+        std=INCEPTION_STD if (model, tag) in _INCEPTION_NORM else OPENAI_STD,
     )
 
 
