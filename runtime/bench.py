@@ -8,7 +8,9 @@ Why it looks the way it does:
   and the gate compares *efficiency* = the model's achieved GFLOP/s ÷ that rate, and
   for end-to-end runs the ratio end-to-end ÷ model-only. A slower or busier machine
   slows both sides, so the ratio moves only when simx itself gets worse. Raw img/s is
-  shown next to it but never gated.
+  shown next to it but never gated. The reference and the model alternate in short
+  rounds and efficiency is the median of the per-round ratios, so load that comes and
+  goes during the run hits both sides of each ratio.
 * **The reference uses every core**, whatever ``--threads`` says, so a run that uses
   fewer cores than before (a thread-setting regression) shows as lower efficiency.
 * **Warm-up excluded**, and latencies are per batch, so p50/p90/p99 say what one call
@@ -168,6 +170,30 @@ def latency_ms(lat: Sequence[float]) -> dict[str, float]:
     }
 
 
+def _interleaved(
+    call: Callable[[], Any], batch: int, cfg: "BenchConfig", sgemm_log: list[dict[str, Any]]
+) -> tuple[list[float], list[dict[str, float]]]:
+    """Alternate a short sgemm measurement with a slice of model calls, ``cfg.rounds`` times.
+
+    Returns every call's latency and, per round, the model's img/s and the sgemm GFLOP/s
+    measured just before it. Load on a shared machine changes over seconds; pairing each
+    slice with its own reference keeps the ratio honest when it does.
+    """
+    for _ in range(max(0, cfg.warmup)):
+        call()
+    lat: list[float] = []
+    rounds: list[dict[str, float]] = []
+    n = max(1, cfg.rounds)
+    for _ in range(n):
+        sg = sysinfo.sgemm_gflops(cfg.sgemm_n, repeats=cfg.sgemm_repeats)
+        sgemm_log.append(sg)
+        time.sleep(0.15)  # OpenBLAS workers spin ~0.1 s after a call; let them go idle
+        part = time_calls(call, cfg.seconds / n, warmup=0, min_calls=1)
+        lat += part
+        rounds.append({"sgemm_gflops": sg["gflops"], "img_s": batch * len(part) / sum(part)})
+    return lat, rounds
+
+
 @dataclass
 class BenchConfig:
     """What ``simx bench`` was asked to do."""
@@ -181,6 +207,8 @@ class BenchConfig:
     warmup: int = 2
     max_images: int = 256  # cap on distinct images decoded for the stage split
     sgemm_n: int = 2048
+    sgemm_repeats: int = 2  # timed sgemm calls per round (best of), after one warm-up
+    rounds: int = 5  # sgemm / model alternations per batch size
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -269,6 +297,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         raise SimxError(f"batch sizes must be positive integers, got {list(cfg.batch_sizes)}")
     if cfg.seconds <= 0:
         raise SimxError("--seconds must be positive")
+    if cfg.rounds < 1 or cfg.sgemm_n < 16:
+        raise SimxError("--rounds must be at least 1 and --sgemm-size at least 16")
 
     machine = sysinfo.machine_facts()
     say("cold start: import times in a fresh interpreter ...")
@@ -312,10 +342,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
             x = np.stack([tensors[i] for i in idx])
         else:
             x = rng.standard_normal((b, 3, s, s), dtype=np.float32)
-        say(f"batch {b}: reference sgemm ({cfg.sgemm_n}^2 float32, all cores), then model-only "
-            f"for {cfg.seconds:g} s ...")
-        sg.append(sysinfo.sgemm_gflops(cfg.sgemm_n))
-        lat = time_calls(lambda: ms.run(x), cfg.seconds, cfg.warmup)
+        say(f"batch {b}: {cfg.rounds} rounds of reference sgemm ({cfg.sgemm_n}^2 float32, all "
+            f"cores) then model-only, {cfg.seconds:g} s of model time in all ...")
+        lat, rounds = _interleaved(lambda: ms.run(x), b, cfg, sg)
         img_s = b * len(lat) / sum(lat)
         row: dict[str, Any] = {
             "batch_size": b,
@@ -326,6 +355,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
                 "ms_per_image": 1e3 / img_s,
                 "latency_ms": latency_ms(lat),
                 "gflops_s": img_s * gflops if gflops else None,
+                "rounds": rounds,
             },
             "end_to_end": None,
         }
@@ -351,20 +381,18 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
                 "overlap_speedup": seq / (1e3 / e2e),
             }
         results.append(row)
-    sg.append(sysinfo.sgemm_gflops(cfg.sgemm_n))
-
-    # The reference is the median of every sgemm sample, taken before each batch size and
-    # at the end. Median, not best: the model figure is a mean over seconds under whatever
-    # load the machine has, so the reference must be a typical figure under the same load;
-    # a lucky best-of burst would make a busy machine look like a simx regression.
+    # The reference figure is the median of every sgemm sample of the run. Efficiency is
+    # the median over rounds of (round's model GFLOP/s / round's sgemm GFLOP/s): each
+    # ratio compares two things measured seconds apart under the same load, and the
+    # median drops rounds where a burst hit only one side.
     samples = [g for x in sg for g in x["gflops_samples"]]
     ref = float(np.median(samples))
     on_gpu = bool(ms.on_gpu)
     for row in results:
         m = row["model_only"]
-        m["efficiency"] = (m["gflops_s"] / ref) if (m["gflops_s"] and not on_gpu) else None
-        # Gflop-independent normalized rate: what the gate uses when GFLOPs are unknown.
-        m["img_s_per_sgemm_gflops"] = None if on_gpu else m["img_s"] / ref
+        per = [r["img_s"] / r["sgemm_gflops"] for r in m["rounds"]]
+        m["img_s_per_sgemm_gflops"] = None if on_gpu else float(np.median(per))
+        m["efficiency"] = (m["img_s_per_sgemm_gflops"] * gflops) if (gflops and not on_gpu) else None
 
     machine["load_average_at_end"] = sysinfo.load_average()
     return {

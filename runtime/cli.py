@@ -239,13 +239,18 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed batches first.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every figure and the machine facts to this file.")
+@click.option("--rounds", type=int, default=5, show_default=True,
+              help="Alternations of reference sgemm and model per batch size.")
+@click.option("--sgemm-size", type=int, default=2048, show_default=True,
+              help="Matrix size of the numpy sgemm reference.")
 @click.option("--baseline", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="A JSON from an earlier --json run: exit 1 if a normalized figure regressed.")
 @click.option("--max-regression", type=float, default=0.10, show_default=True,
               help="Tolerated fall below the baseline (0.10 = 10%).")
 def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: Path | None,
               synthetic: bool, seconds: float, threads: int | None, warmup: int,
-              json_path: Path | None, baseline: Path | None, max_regression: float) -> None:
+              json_path: Path | None, rounds: int, sgemm_size: int, baseline: Path | None,
+              max_regression: float) -> None:
     """Measure throughput, latency and efficiency; optionally gate against a baseline.
 
     The gate compares efficiency (model GFLOP/s / numpy sgemm GFLOP/s, same run) and the
@@ -263,7 +268,8 @@ def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: P
         base = bench.load_result(baseline)
         bench.precheck(base, read_spec(model), batch_sizes, images is not None)
     cfg = bench.BenchConfig(model=model, provider=provider, batch_sizes=batch_sizes,
-                            images=images, seconds=seconds, threads=threads, warmup=warmup)
+                            images=images, seconds=seconds, threads=threads, warmup=warmup,
+                            rounds=rounds, sgemm_n=sgemm_size)
     result = bench.run_bench(cfg, log=lambda m: click.echo(m, err=True))
     click.echo(bench.render(result))
     if json_path is not None:

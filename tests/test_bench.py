@@ -69,7 +69,11 @@ def test_json_schema_of_a_real_run(synthetic_result, tmp_path):
         lat = mo["latency_ms"]
         assert mo["img_s"] > 0 and mo["images"] == mo["batches"] * row["batch_size"]
         assert lat["p50"] <= lat["p90"] <= lat["p99"]
-        assert mo["efficiency"] == pytest.approx(mo["gflops_s"] / r["reference"]["gflops"])
+        assert len(mo["rounds"]) == 5 and all(x["sgemm_gflops"] > 0 for x in mo["rounds"])
+        assert mo["efficiency"] == pytest.approx(
+            mo["img_s_per_sgemm_gflops"] * r["model"]["gflops_per_image"])
+        assert min(x["img_s"] / x["sgemm_gflops"] for x in mo["rounds"]) <= (
+            mo["img_s_per_sgemm_gflops"]) <= max(x["img_s"] / x["sgemm_gflops"] for x in mo["rounds"])
     # survives a JSON round trip and reads back as a baseline
     p = tmp_path / "run.json"
     bench.write_result(r, p)
@@ -187,7 +191,7 @@ def _write(d: dict, p: Path) -> Path:
 def test_cli_gate_exit_codes(tiny, synthetic_result, tmp_path):
     runner = CliRunner()
     args = ["bench", "--model", str(tiny), "--provider", "cpu", "--batch-sizes", "1,4",
-            "--seconds", "0.05", "--warmup", "1"]
+            "--seconds", "0.05", "--warmup", "1", "--sgemm-size", "128"]
     # A baseline no real run can reach (efficiency x1e6): exit 1 with the table.
     high = _write(_with(synthetic_result, factor=1e6), tmp_path / "high.json")
     res = runner.invoke(main, args + ["--baseline", str(high), "--json", str(tmp_path / "o.json")])
@@ -200,7 +204,7 @@ def test_cli_gate_exit_codes(tiny, synthetic_result, tmp_path):
     assert res.exit_code == 0, res.output
     assert "PASS" in res.output
     # Mismatched batch sizes: refused before the run, one line, exit 2.
-    res = runner.invoke(main, args[:-6] + ["--batch-sizes", "8", "--baseline", str(low)])
+    res = runner.invoke(main, args[:5] + ["--batch-sizes", "8", "--baseline", str(low)])
     assert res.exit_code == 2
     assert "lacks [1, 4]" in res.output
     res = runner.invoke(main, args + ["--images", str(tmp_path), "--synthetic"])
