@@ -82,6 +82,17 @@ def test_result_does_not_depend_on_batch_or_workers(tiny, paths):
         np.testing.assert_array_equal(got, ref)
 
 
+def test_dynamic_int8_runs_per_image_by_default(tmp_path, paths):
+    """Dynamic int8 quantizes activations per batch; per-image runs keep results batch-free."""
+    q = build_tiny_model(tmp_path / "q.onnx", dynamic_int8=True)
+    enc = Encoder(q, "cpu")
+    assert enc.per_image
+    ref = enc.embed(paths, batch_size=1)
+    np.testing.assert_array_equal(enc.embed(paths, batch_size=8), ref)
+    batched = Encoder(q, "cpu", per_image=False).embed(paths, batch_size=8)
+    assert np.abs(batched - ref).max() > 0  # what per_image protects against
+
+
 def test_bad_image_raises_in_embed_but_is_reported_by_iter_embed(enc, paths, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not a jpeg")

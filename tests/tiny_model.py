@@ -26,6 +26,7 @@ def tiny_spec(
     resize: int = 36,
     dim: int = 16,
     weights: str = "random",
+    precision: str = "fp32",
 ):
     """A ModelSpec for the tiny model; change ``weights`` or ``resize`` to get another hash."""
     from simx.spec import ModelSpec, PreprocessSpec
@@ -41,6 +42,7 @@ def tiny_spec(
         normalize=True,
         preprocess=PreprocessSpec(resize=resize, crop=image_size, mean=IMAGENET_MEAN,
                                   std=IMAGENET_STD),
+        precision=precision,
     )
 
 
@@ -55,8 +57,14 @@ def build_tiny_model(
     seed: int = 0,
     weights: str = "random",
     with_spec: bool = True,
+    dynamic_int8: bool = False,
 ) -> Path:
-    """Write the tiny model to ``path`` and return it."""
+    """Write the tiny model to ``path`` and return it.
+
+    ``dynamic_int8`` quantizes the pooled features per tensor at run time, as
+    onnxruntime's dynamic int8 quantization does: then an image's embedding depends on
+    its batch mates, which is what the Encoder's per-image mode exists for.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -72,6 +80,12 @@ def build_tiny_model(
         helper.make_node("Flatten", ["g"], ["f"], axis=1),
         helper.make_node("MatMul", ["f", "proj"], ["embeddings"]),
     ]
+    if dynamic_int8:
+        nodes[-1:] = [
+            helper.make_node("DynamicQuantizeLinear", ["f"], ["q", "q_scale", "q_zero"]),
+            helper.make_node("DequantizeLinear", ["q", "q_scale", "q_zero"], ["fq"]),
+            helper.make_node("MatMul", ["fq", "proj"], ["embeddings"]),
+        ]
     graph = helper.make_graph(
         nodes,
         "simx_tiny",
@@ -85,7 +99,8 @@ def build_tiny_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9  # old enough for any onnxruntime simx supports
     if with_spec:
-        spec = tiny_spec(model_id, image_size, resize, dim, weights)
+        spec = tiny_spec(model_id, image_size, resize, dim, weights,
+                         "int8" if dynamic_int8 else "fp32")
         helper.set_model_props(model, {"simx": spec.to_json()})
     onnx.checker.check_model(model)
     path = Path(path)
