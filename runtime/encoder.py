@@ -22,8 +22,9 @@ numbers whatever its batch mates (measured for DINOv2-S and the tiny test model,
 batch size or thread count), which is what lets an incremental cache equal a clean run
 exactly. int8 files are quantized *dynamically*: the activation scale is computed over
 the whole batch, so one bright image changes its neighbours' embeddings (max abs 0.14
-measured on a random-weight DINOv2-S int8, random inputs). For those files (``spec.precision == "int8"``) the Encoder
-runs the model one image at a time by default (``per_image``); decoding still overlaps.
+measured on a random-weight DINOv2-S int8, random inputs). For those files
+(``spec.precision == "int8"``) the Encoder runs the model one image at a time by
+default (``per_image``); decoding still overlaps.
 """
 
 from __future__ import annotations
