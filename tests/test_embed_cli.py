@@ -214,7 +214,7 @@ def test_kill_9_from_outside_mid_run(forty, tiny, clean_forty, tmp_path):
 def test_two_writers(forty, tiny, clean_forty, tmp_path):
     cache = tmp_path / "cache"
     args = (forty, "--model", tiny, "--cache", cache, "--batch-size", 4)
-    first = simx_embed(*args, env={"SIMX_TEST_DELAY": "0.1"}, wait=False)
+    first = simx_embed(*args, env={"SIMX_TEST_DELAY": "0.4"}, wait=False)  # >= 4 s
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # the lock file names its holder once taken
         if (cache / ".lock").exists() and (cache / ".lock").read_text().strip():
