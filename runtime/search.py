@@ -300,7 +300,11 @@ def search_cache(
             for q in (queries[i] for i in todo):
                 if not Path(q).is_file():
                     raise SearchError(f"query image not found: {q}")
-            enc = Encoder(cache_model(cache, model), provider=provider)
+            # Embed the way the cache's rows were embedded (same resampling, same EXIF rule).
+            opts = cache.meta.get("options", {}) or {}
+            enc = Encoder(cache_model(cache, model), provider=provider,
+                          fast=bool(opts.get("fast", False)),
+                          exif_transpose=bool(opts.get("exif_transpose", False)))
             if enc.dim != dim:
                 raise SearchError(f"model {enc.spec.id} gives {enc.dim}-d vectors, the cache "
                                   f"holds {dim}-d ones; pass the cache's own --model")
