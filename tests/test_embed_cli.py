@@ -229,3 +229,32 @@ def test_two_writers(forty, tiny, clean_forty, tmp_path):
     assert summary(out)["embedded"] == 40
     assert patient.returncode == 0 and summary(patient.stdout)["unchanged"] == 40
     assert_same_cache(cache, clean_forty)
+
+
+def test_progress_bar_on_a_terminal_only(forty, tiny, tmp_path):
+    """tqdm draws on stderr when it is a terminal (a pty here); pipes got none above."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real size
+    try:
+        p = subprocess.run([sys.executable, "-m", "simx.cli", "embed", str(forty), "--model",
+                            str(tiny), "--cache", str(tmp_path / "cache")],
+                           stdout=subprocess.PIPE, stderr=slave, text=True, timeout=120)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                b = os.read(master, 65536)
+            except OSError:  # EIO once the pty is drained and closed
+                break
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        os.close(master)
+    assert p.returncode == 0
+    drawn = b"".join(chunks).decode(errors="replace")
+    assert "simx embed" in drawn and "40/40" in drawn
