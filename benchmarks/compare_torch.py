@@ -10,8 +10,12 @@ For each model (random weights: speed does not depend on their values) and batch
 * **simx model-only**: the exported .onnx through ``simx.session`` on the same tensors.
 * **simx end-to-end**: ``simx.Encoder.embed`` on the same JPEG files (threaded decode
   overlapped with inference).
-* **efficiency**: model GFLOP/s ÷ numpy sgemm GFLOP/s measured in the same run (all cores,
-  median of samples taken before each measurement), so the figures travel between machines.
+* **efficiency**: model GFLOP/s ÷ numpy sgemm GFLOP/s measured in the same run (all cores),
+  so the figures travel between machines.
+
+The four variants alternate in ``--rounds`` rounds, each round after its own sgemm sample;
+img/s is images ÷ seconds over all rounds, efficiency the median over rounds of
+(round GFLOP/s ÷ that round's sgemm). Load that drifts during the run hits every variant.
 
 Writes ``benchmarks/results/compare_<cpu>-<cores>c.md`` and ``.json`` with the machine facts.
 Usage: ``python3 benchmarks/compare_torch.py [--seconds 10] [--batch-sizes 1,8]``.
@@ -68,9 +72,12 @@ class Reference:
 
     def __init__(self) -> None:
         self.samples: list[float] = []
+        self.last = 0.0
 
     def sample(self) -> None:
-        self.samples += sysinfo.sgemm_gflops(2048)["gflops_samples"]
+        sg = sysinfo.sgemm_gflops(2048, repeats=2)
+        self.samples += sg["gflops_samples"]
+        self.last = sg["gflops"]
 
     @property
     def gflops(self) -> float:
@@ -83,6 +90,7 @@ def measure_model(
     images: list[Path],
     batch_sizes: Sequence[int],
     seconds: float,
+    rounds: int,
     ref: Reference,
     cores: int,
     log: Callable[[str], None],
@@ -109,41 +117,63 @@ def measure_model(
                 x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths[i:i + b]])
                 tmod(x)
 
+    def torch_model(x: Any) -> Any:
+        with torch.inference_mode():
+            return tmod(x)
+
     rows = []
     for b in batch_sizes:
         idx = [i % len(images) for i in range(b)]
         xt = pixels[idx].contiguous()
         xn = xt.numpy().copy()
+        model_only = {"torch_model_only": lambda: torch_model(xt),
+                      "simx_model_only": lambda: ms.run(xn)}
+        streams = {"torch_e2e": lambda ps: torch_e2e(ps, b),
+                   "simx_e2e": lambda ps: enc.embed(ps, batch_size=b)}
+        for call in model_only.values():  # warm-up
+            call(), call()
+        for run in streams.values():
+            run([images[i % len(images)] for i in range(2 * b)])
+
+        # The four variants alternate in rounds, each round after its own sgemm sample,
+        # so load that drifts during the run hits torch and simx alike.
+        acc: dict[str, dict[str, list[float]]] = {
+            k: {"lat": [], "images": [], "secs": [], "ratio": []}
+            for k in (*model_only, *streams)
+        }
+        for r in range(rounds):
+            ref.sample()
+            sg = ref.last
+            time.sleep(0.3)  # BLAS / OpenMP workers spin briefly after a call
+            for name, call in model_only.items():
+                lat = bench.time_calls(call, seconds / rounds, warmup=0, min_calls=1)
+                acc[name]["lat"] += lat
+                acc[name]["images"].append(b * len(lat))
+                acc[name]["secs"].append(sum(lat))
+                acc[name]["ratio"].append(b * len(lat) / sum(lat) / sg)
+            for name, run in streams.items():
+                rate = acc[name.replace("e2e", "model_only")]["images"][-1] / (
+                    acc[name.replace("e2e", "model_only")]["secs"][-1])
+                n = max(2 * b, int(np.ceil(rate * seconds / rounds)))
+                paths = [images[(r * n + i) % len(images)] for i in range(n)]
+                t0 = time.perf_counter()
+                run(paths)
+                dt = time.perf_counter() - t0
+                acc[name]["images"].append(n)
+                acc[name]["secs"].append(dt)
+                acc[name]["ratio"].append(n / dt / sg)
         row: dict[str, Any] = {"batch_size": b}
-
-        def timed(name: str, call: Callable[[], Any]) -> dict[str, Any]:
-            ref.sample()
-            time.sleep(0.5)  # let BLAS / OpenMP spinning threads settle
-            lat = bench.time_calls(call, seconds, warmup=2)
-            img_s = b * len(lat) / sum(lat)
-            log(f"  {entry.id} b={b} {name}: {img_s:.2f} img/s")
-            return {"img_s": img_s, "batches": len(lat), "latency_ms": bench.latency_ms(lat)}
-
-        def timed_stream(name: str, run: Callable[[list[Path]], Any], rate: float) -> dict[str, Any]:
-            """One long stream of files (about ``seconds`` of work), so pipelining can show."""
-            n = max(2 * b, int(np.ceil(rate * seconds)))
-            paths = [images[i % len(images)] for i in range(n)]
-            ref.sample()
-            time.sleep(0.5)
-            run(paths[: 2 * b])  # warm-up
-            t0 = time.perf_counter()
-            run(paths)
-            img_s = n / (time.perf_counter() - t0)
-            log(f"  {entry.id} b={b} {name}: {img_s:.2f} img/s ({n} images)")
-            return {"img_s": img_s, "images": n}
-
-        with torch.inference_mode():
-            row["torch_model_only"] = timed("torch model-only", lambda: tmod(xt))
-        row["simx_model_only"] = timed("simx model-only", lambda: ms.run(xn))
-        row["torch_e2e"] = timed_stream("torch end-to-end", lambda ps: torch_e2e(ps, b),
-                                        row["torch_model_only"]["img_s"])
-        row["simx_e2e"] = timed_stream("simx end-to-end", lambda ps: enc.embed(ps, batch_size=b),
-                                       row["simx_model_only"]["img_s"])
+        for name, a in acc.items():
+            img_s = sum(a["images"]) / sum(a["secs"])
+            row[name] = {
+                "img_s": img_s,
+                "images": sum(a["images"]),
+                "img_s_per_sgemm_gflops": float(np.median(a["ratio"])),
+                "rounds_img_s": [i / t for i, t in zip(a["images"], a["secs"])],
+            }
+            if a["lat"]:
+                row[name]["latency_ms"] = bench.latency_ms(a["lat"])
+            log(f"  {entry.id} b={b} {name}: {img_s:.2f} img/s ({sum(a['images'])} images)")
         rows.append(row)
     meta_gflops = ms.spec.gflops
     del tmod, ms, enc
@@ -161,12 +191,12 @@ def measure_model(
 
 def finish(result: dict[str, Any]) -> None:
     """Add efficiency and ratios once the run's reference is known."""
-    ref = result["reference"]["gflops"]
     for m in result["models"]:
         g = m["gflops_per_image"]
         for r in m["rows"]:
             for k in ("torch_model_only", "simx_model_only", "torch_e2e", "simx_e2e"):
-                r[k]["efficiency"] = (r[k]["img_s"] * g / ref) if g else None
+                # median over rounds of (round img/s x GFLOP / that round's sgemm)
+                r[k]["efficiency"] = r[k]["img_s_per_sgemm_gflops"] * g if g else None
             r["simx_vs_torch_model_only"] = r["simx_model_only"]["img_s"] / r["torch_model_only"]["img_s"]
             r["simx_vs_torch_e2e"] = r["simx_e2e"]["img_s"] / r["torch_e2e"]["img_s"]
             r["simx_e2e_vs_model_only"] = r["simx_e2e"]["img_s"] / r["simx_model_only"]["img_s"]
@@ -182,14 +212,15 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"(python {f['python']}, torch {result['torch_version']}, onnxruntime {f['onnxruntime']}, "
         f"numpy {f['numpy']}, simx {f['simx']}); reference numpy sgemm "
         f"**{result['reference']['gflops']:.1f} GFLOP/s** (2048² float32, all cores, median of "
-        f"{len(result['reference']['samples'])} samples interleaved with the measurements).",
+        f"{len(result['reference']['samples'])} samples taken between the measurements).",
         "",
         "**Random weights** (the model hubs are unreachable here): speed does not depend on the "
         "weight values, so these figures hold for pretrained weights too.",
         "",
         f"Images: the {result['n_images']} JPEGs in `samples/`. Threads: torch "
         f"`set_num_threads({result['threads']})`, onnxruntime intra-op {result['threads']}. "
-        f"{result['seconds']:g} s per figure after warm-up, all in one process.",
+        f"{result['seconds']:g} s of model time per figure after warm-up, in {result['rounds']} "
+        "rounds alternating the four variants, all in one process.",
         "",
         "| model | batch | torch eager img/s | simx model-only img/s | simx / torch | "
         "torch end-to-end img/s | simx end-to-end img/s | simx e2e / model-only | "
@@ -209,9 +240,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     la, lb = f.get("load_average_1_5_15"), result.get("load_average_at_end")
     lines += [
         "",
-        "Efficiency = model GFLOP/s ÷ the same run's sgemm GFLOP/s (FLOPs counted from the exported "
-        "ONNX graph: MatMul/Gemm/Conv/attention, "
-        "multiply-add = 2). End-to-end = decode + preprocess + model on JPEG files: torch one "
+        "Efficiency = model GFLOP/s ÷ the same run's sgemm GFLOP/s, the median over rounds of "
+        "each round's ratio (FLOPs counted from the exported ONNX graph: MatMul/Gemm/Conv/"
+        "attention, multiply-add = 2; the same FLOPs for torch and simx). End-to-end = decode + preprocess + model on JPEG files: torch one "
         "step after another (PIL + torchvision), simx through `simx.Encoder` with decoding "
         "overlapped with inference.",
         "",
@@ -227,7 +258,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
     ap.add_argument("--batch-sizes", default="1,8")
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=10.0,
+                    help="Timed model seconds per variant and batch size (split over the rounds).")
+    ap.add_argument("--rounds", type=int, default=3, help="Alternations of the four variants.")
     ap.add_argument("--images", type=Path, default=ROOT / "samples")
     ap.add_argument("--models-dir", type=Path, default=None,
                     help="Reuse random-weight exports here (default: export into a temp dir).")
@@ -258,8 +291,8 @@ def main() -> None:
         if not path.exists():
             log(f"exporting {entry.id} with random weights into {models_dir} ...")
             path = Path(export_model(entry, weights="random", output_dir=models_dir))
-        out_models.append(measure_model(entry, path, images, batch_sizes, args.seconds, ref,
-                                        cores, log))
+        out_models.append(measure_model(entry, path, images, batch_sizes, args.seconds,
+                                        args.rounds, ref, cores, log))
     ref.sample()
 
     result = {
@@ -271,6 +304,7 @@ def main() -> None:
         "torch_version": torch.__version__,
         "threads": cores,
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "n_images": len(images),
         "images": [p.name for p in images],
         "reference": {"kind": "numpy sgemm 2048^2 float32, all cores, median",
