@@ -5,24 +5,32 @@ result against torch; nothing here measures accuracy or writes the final file.
 
 **int8** is onnxruntime's dynamic quantization of the weight MatMuls (and Gemms), signed
 int8 weights per output channel, uint8 activations quantized per batch at run time. Why
-this recipe, measured on this machine (``benchmarks/results/precision.md``):
+this recipe, measured on this machine (AMD EPYC with AVX512-VNNI, onnxruntime 1.32;
+``benchmarks/results/precision.md``; random weights, so cosines are indicative only):
 
-- it is 2-3x fp32 on an AVX512-VNNI CPU, because onnxruntime fuses
-  DynamicQuantizeLinear + MatMulInteger + scale into ``MatMulIntegerToFloat`` and runs the
-  u8 x s8 product on VNNI; uint8 *weights* (u8 x u8) are ~1.4x only;
-- per-channel weights keep the cosine to fp32 closer than per-tensor at the same speed;
-- ``reduce_range`` (7-bit weights, for CPUs without VNNI) costs accuracy and buys nothing
-  here;
-- the patch-embedding Conv stays float: it is one op on raw pixels, and ConvInteger
-  gains nothing measurable while it is the layer most sensitive to input scale;
-- attention's activation x activation products (inside MultiHeadAttention when fused)
-  stay float: there are no weights to pre-quantize and both sides would need quantizing
-  per batch.
+- 2-3x fp32 in single-thread CPU time at batch 8 (DINOv2-S ~2.0-2.4x, ViT-B-32 ~2.9x):
+  onnxruntime fuses DynamicQuantizeLinear + MatMulInteger + scale into
+  ``DynamicQuantizeMatMul`` and runs u8 x s8 on VNNI. uint8 *weights* (u8 x u8) reach only
+  ~1.4x;
+- per-channel weights: min cosine 0.9987 vs 0.9979 per-tensor (DINOv2-S), same speed;
+- ``reduce_range`` (7-bit weights, meant for CPUs without VNNI): lower cosine (0.9984),
+  no speed gain here;
+- static QDQ calibrated on real photos: same speed (1.95x vs 1.93x), cosine 0.9983: no
+  better, and it would need calibration data at export, so dynamic it is;
+- the patch-embedding Conv stays float: it is 1-2% of int8 run time in the profile, so
+  ConvInteger could gain at most that;
+- attention's activation x activation products stay float (inside MultiHeadAttention when
+  the graph is fused). Quantizing them too (unfused graph, ``MatMulConstBOnly=False``)
+  measured 2.38x vs 2.03x with cosine 0.9990 on random weights, but it quantizes softmax
+  probabilities to 8 bits per tensor, which peaked real attention maps may not survive;
+  it is not adopted without real-weight evidence.
 
 **fp16** converts weights and compute to float16 with float32 graph inputs and outputs
 (``keep_io_types``), so callers feed and read float32 as with the fp32 file. On the CPU
 provider onnxruntime casts the nodes it has no fp16 kernel for back to float32 itself,
-so the file runs (slowly) there for the accuracy gate; on CUDA everything runs in fp16.
+so the file runs there for the accuracy gate (no faster than fp32: x86 has no fp16
+GEMM in onnxruntime). On CUDA these ops have fp16 kernels; GPU speed is not measured
+here (no GPU was lent to this session).
 
 One onnxruntime bug is worked around here: on the CPU provider (1.32, default graph
 optimisation), a float16 ``Transpose`` that keeps the last axis feeding a ``MatMul`` with
