@@ -86,10 +86,18 @@ class Failure:
     mtime_ns: int | None = None
 
 
-def canonical_path(p: str | os.PathLike[str]) -> str:
-    """The key a file has in the cache: absolute, directories resolved, name kept."""
-    p = Path(os.path.abspath(os.fspath(p)))
-    return str(p.parent.resolve() / p.name)
+def canonical_path(p: str | os.PathLike[str], dirs: dict[str, str] | None = None) -> str:
+    """The key a file has in the cache: absolute, directories resolved, name kept.
+
+    ``dirs`` memoizes resolved folders during one walk (resolving costs a few syscalls
+    per path component, and a folder holds many files).
+    """
+    parent, name = os.path.split(os.path.abspath(os.fspath(p)))
+    if dirs is None:
+        return os.path.join(str(Path(parent).resolve()), name)
+    if parent not in dirs:
+        dirs[parent] = str(Path(parent).resolve())
+    return os.path.join(dirs[parent], name)
 
 
 # ----------------------------------------------------------------------------- test hook

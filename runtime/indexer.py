@@ -78,8 +78,9 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> tuple[dict[str, os.stat_res
 
     ok: dict[str, os.stat_result] = {}
     bad: dict[str, Failure] = {}
+    dirs: dict[str, str] = {}
     for p in find_images([Path(x) for x in paths]):
-        key = canonical_path(p)
+        key = canonical_path(p, dirs)
         if key in ok or key in bad:
             continue
         try:
