@@ -141,7 +141,8 @@ def export_model(
             raise SimxError(f"graph optimisation of {entry.id} failed: {_first_line(e)}") from e
     if to_precision is not None:
         try:
-            model = to_precision(model)
+            with sources.quiet_logging():  # onnxruntime.quantization logs advice to root
+                model = to_precision(model)
         except SimxError:
             raise
         except Exception as e:
@@ -174,7 +175,7 @@ def export_model(
         # Provisional spec first: verification opens the file through the runtime's loader.
         to_onnx.set_metadata(model, METADATA_KEY, spec.to_json())
         tmp = writer.write(model)
-        verify.check_graph(tmp)
+        verify.check_graph(tmp, what=f"{entry.id} ({precision})")
         parity = verify.compare(tmp, batches, refs, precision, what=entry.id)
         spec = replace(
             spec,

@@ -125,7 +125,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_logging(level: int = logging.WARNING) -> Iterator[None]:
+def quiet_logging(level: int = logging.WARNING) -> Iterator[None]:
     """Silence timm / open_clip / huggingface_hub log lines up to ``level``.
 
     They log to the root logger ("initialized randomly", which is the point of --weights
@@ -156,7 +156,7 @@ def _hub_download(what: str) -> Iterator[None]:
     except ImportError:  # pragma: no cover
         pass
     try:
-        with _quiet_logging(logging.ERROR):
+        with quiet_logging(logging.ERROR):
             yield
     except SimxError:
         raise
@@ -384,7 +384,7 @@ def build_openclip(entry: ModelEntry, weights: str, image_size: int) -> Built:
     )
     if weights == "random":
         torch.manual_seed(RANDOM_SEED)
-        with _quiet_logging():
+        with quiet_logging():
             model = open_clip.create_model(model_name, pretrained=None, **common)
         label = "random"
     elif weights == "pretrained":
@@ -397,7 +397,7 @@ def build_openclip(entry: ModelEntry, weights: str, image_size: int) -> Built:
         # Read it ourselves first: a clear error for a missing or unreadable file, and the
         # digest. open_clip then loads it with its own key conversions and pos resizing.
         _, digest = read_checkpoint(weights)
-        with _quiet_logging():
+        with quiet_logging():
             model = open_clip.create_model(model_name, pretrained=None, **common)
         try:
             open_clip.load_checkpoint(model, str(weights))

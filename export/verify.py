@@ -125,7 +125,7 @@ def gflops(module: nn.Module, image_size: int) -> float:
     return round(counter.get_total_flops() / 1e9, 3)
 
 
-def check_graph(path: Path) -> None:
+def check_graph(path: Path, what: str = "model") -> None:
     """onnx.checker's full check (types and shapes) on the file as written."""
     import onnx
 
@@ -133,7 +133,7 @@ def check_graph(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # ValidationError, InferenceError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VerificationError(f"{path.name}: onnx.checker rejected the graph: {first[:300]}") from None
+        raise VerificationError(f"{what}: onnx.checker rejected the graph: {first[:300]}") from None
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
