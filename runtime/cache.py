@@ -508,6 +508,9 @@ class CacheWriter:
             raise CacheError("the cache writer is closed")
         d = self.directory
         n, dim = len(rows), int(self.spec.dim)
+        # A commit interrupted in this process (Ctrl-C) may have left a manifest; finish it
+        # before overwriting any NAME.new it names.
+        self.recover()
         crash_point("commit-begin")
         emb_new = d / (EMBEDDINGS + NEW)
         if n == 0:

@@ -157,6 +157,7 @@ def export_openclip(model_name: str, pretrained: str, text: bool, **kw) -> None:
 
 # --------------------------------------------------------------------------- embed
 EXIT_PARTIAL = 1  # simx embed: the run finished, but some files could not be embedded
+EXIT_INTERRUPTED = 130  # simx embed: Ctrl-C; the work done so far is committed
 
 
 @main.command("embed")
@@ -196,6 +197,7 @@ def embed_cmd(paths: tuple[Path, ...], model: str, cache_dir: Path, batch_size: 
       0  every image was embedded
       1  the run finished, but some files failed (see failed.jsonl in the cache)
       2  usage, model or cache error (nothing more was done)
+      130  interrupted (Ctrl-C); the work done so far is committed
     """
     from .encoder import Encoder
     from .indexer import embed_into_cache
@@ -205,9 +207,13 @@ def embed_cmd(paths: tuple[Path, ...], model: str, cache_dir: Path, batch_size: 
         raise SimxError(f"no such file or folder: {', '.join(missing)}")
     enc = Encoder(model, provider=provider, threads=threads, exif_transpose=exif_transpose,
                   fast=fast)
-    report = embed_into_cache(paths, enc, cache_dir, batch_size=batch_size, force=force,
-                              lock_timeout=lock_timeout, commit_every=commit_every,
-                              commit_seconds=commit_seconds)
+    try:
+        report = embed_into_cache(paths, enc, cache_dir, batch_size=batch_size, force=force,
+                                  lock_timeout=lock_timeout, commit_every=commit_every,
+                                  commit_seconds=commit_seconds)
+    except KeyboardInterrupt:
+        click.echo("simx: interrupted; what was embedded is committed, re-run to finish", err=True)
+        click.get_current_context().exit(EXIT_INTERRUPTED)
     click.echo(report.summary())
     if report.failed:
         click.get_current_context().exit(EXIT_PARTIAL)

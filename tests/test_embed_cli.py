@@ -258,3 +258,22 @@ def test_progress_bar_on_a_terminal_only(forty, tiny, tmp_path):
     assert p.returncode == 0
     drawn = b"".join(chunks).decode(errors="replace")
     assert "simx embed" in drawn and "40/40" in drawn
+
+
+def test_ctrl_c_commits_what_is_done(forty, tiny, clean_forty, tmp_path):
+    cache = tmp_path / "cache"
+    args = (forty, "--model", tiny, "--cache", cache, "--batch-size", 4, "--commit-every", 8)
+    p = simx_embed(*args, env={"SIMX_TEST_DELAY": "0.2"}, wait=False)
+    deadline = time.monotonic() + 60
+    while not (cache / "cache.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # it is embedding once the first commit is there
+    time.sleep(0.3)  # between two periodic commits
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    committed = len(FeatureCache(cache))
+    assert 0 < committed < 40
+    r = simx_embed(*args)
+    assert r.returncode == 0 and summary(r.stdout)["embedded"] == 40 - committed
+    assert_same_cache(cache, clean_forty)
