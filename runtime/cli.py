@@ -162,9 +162,11 @@ EXIT_INTERRUPTED = 130  # simx embed: Ctrl-C; the work done so far is committed
 
 @main.command("embed")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "-m", required=True, help="An .onnx file, or a model id in $SIMX_MODELS_DIR.")
-@click.option("--cache", "cache_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--model", "-m", default=None, help="An .onnx file, or a model id in $SIMX_MODELS_DIR.")
+@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="The cache folder (created if missing).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A sim-bench method YAML (configs/methods/*.yaml); command-line options win.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per inference call [default: 8 on the CPU, 32 on a GPU].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -180,7 +182,9 @@ EXIT_INTERRUPTED = 130  # simx embed: Ctrl-C; the work done so far is committed
               help="Also commit every N images (0: time-based only).")
 @click.option("--commit-seconds", type=float, default=30.0, show_default=True,
               help="Commit at least this often during a long run.")
-def embed_cmd(paths: tuple[Path, ...], model: str, cache_dir: Path, batch_size: int | None,
+@click.pass_context
+def embed_cmd(ctx: click.Context, paths: tuple[Path, ...], model: str | None,
+              cache_dir: Path | None, config: Path | None, batch_size: int | None,
               threads: int | None, provider: str, force: bool, exif_transpose: bool, fast: bool,
               lock_timeout: float, commit_every: int, commit_seconds: float) -> None:
     """Embed the images under PATH... into a crash-safe feature cache.
@@ -199,9 +203,17 @@ def embed_cmd(paths: tuple[Path, ...], model: str, cache_dir: Path, batch_size: 
       2  usage, model or cache error (nothing more was done)
       130  interrupted (Ctrl-C); the work done so far is committed
     """
+    from click.core import ParameterSource
+
     from .encoder import Encoder
     from .indexer import embed_into_cache
+    from .methods import apply_method_config
 
+    given_provider = ctx.get_parameter_source("provider") != ParameterSource.DEFAULT
+    o = apply_method_config(config, model=model, cache_dir=cache_dir, batch_size=batch_size,
+                            provider=provider if given_provider else None, threads=threads)
+    model, cache_dir, batch_size, provider, threads = (
+        o["model"], o["cache_dir"], o["batch_size"], o["provider"], o["threads"])
     missing = [str(p) for p in paths if not (p.exists() or p.is_symlink())]
     if missing:
         raise SimxError(f"no such file or folder: {', '.join(missing)}")
@@ -213,10 +225,10 @@ def embed_cmd(paths: tuple[Path, ...], model: str, cache_dir: Path, batch_size: 
                                   commit_seconds=commit_seconds)
     except KeyboardInterrupt:
         click.echo("simx: interrupted; what was embedded is committed, re-run to finish", err=True)
-        click.get_current_context().exit(EXIT_INTERRUPTED)
+        ctx.exit(EXIT_INTERRUPTED)
     click.echo(report.summary())
     if report.failed:
-        click.get_current_context().exit(EXIT_PARTIAL)
+        ctx.exit(EXIT_PARTIAL)
 
 # --------------------------------------------------------------------------- bench
 # (bench helper: simx bench)

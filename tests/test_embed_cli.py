@@ -277,3 +277,32 @@ def test_ctrl_c_commits_what_is_done(forty, tiny, clean_forty, tmp_path):
     r = simx_embed(*args)
     assert r.returncode == 0 and summary(r.stdout)["embedded"] == 40 - committed
     assert_same_cache(cache, clean_forty)
+
+
+def test_sim_bench_method_config(tiny, tmp_path, rgb_photos):
+    """`simx embed --config` takes sim-bench's YAML keys; command-line options win."""
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, a in enumerate(list(rgb_photos.values())[:3]):
+        Image.fromarray(a[::4, ::4]).save(d / f"{i}.jpg")
+    cfg = tmp_path / "dinov2.yaml"
+    cfg.write_text(f"method: dinov2\nvariant: small\nbatch_size: 2\ndevice: cpu\n"
+                   f"normalize: true\ndistance: cosine\ncache_dir: {tmp_path / 'from_cfg'}\n"
+                   f"onnx: {tiny}\n")
+    r = simx_embed(d, "--config", cfg)
+    assert r.returncode == 0, r.stderr
+    assert summary(r.stdout)["embedded"] == 3
+    assert len(FeatureCache(tmp_path / "from_cfg")) == 3
+
+    r = simx_embed(d, "--config", cfg, "--cache", tmp_path / "from_cli")
+    assert r.returncode == 0, r.stderr
+    assert len(FeatureCache(tmp_path / "from_cli")) == 3
+
+    r = simx_embed(d, "--cache", tmp_path / "x")
+    assert r.returncode == 2 and "give --model" in r.stderr
+
+    cfg.write_text("method: dinov2\nvariant: small\nnormalize: false\n")
+    r = simx_embed(d, "--config", cfg, "--cache", tmp_path / "y")
+    assert r.returncode == 2 and "normalize: false is not supported" in r.stderr
