@@ -313,10 +313,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
     if cfg.rounds < 1 or cfg.sgemm_n < 16:
         raise SimxError("--rounds must be at least 1 and --sgemm-size at least 16")
 
+    read_spec(cfg.model)  # fails fast on a bad model; also brings the file into the OS cache
     machine = sysinfo.machine_facts()
     say("cold start: import times in a fresh interpreter ...")
     cold = sysinfo.cold_start()
-    read_spec(cfg.model)  # first touch of the file, so session creation is not disk-bound
     t0 = time.perf_counter()
     ms = open_model(cfg.model, provider=cfg.provider, threads=cfg.threads)
     cold["session_create_s"] = time.perf_counter() - t0
