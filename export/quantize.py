@@ -148,6 +148,43 @@ def _matmul_before_batch_transpose(model: onnx.ModelProto) -> int:
     return done
 
 
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Sort nodes topologically in place, keeping the existing order where it is valid.
+
+    The fp16 converter appends its graph-input Casts at the end of the node list, which
+    onnxruntime accepts but ``onnx.checker`` (and export's full check) rejects.
+    """
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    waiting = [0] * len(nodes)
+    consumers: dict[int, list[int]] = {}
+    for i, n in enumerate(nodes):
+        deps = {producer[x] for x in n.input if x in producer and producer[x] != i}
+        waiting[i] = len(deps)
+        for d in deps:
+            consumers.setdefault(d, []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for c in consumers.get(i, ()):
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, c)
+    if len(order) != len(nodes):
+        raise ValueError("graph has a cycle; cannot sort its nodes")
+    if order != list(range(len(nodes))):
+        copies = [onnx.NodeProto() for _ in nodes]
+        for c, i in zip(copies, order):
+            c.CopyFrom(nodes[i])
+        del graph.node[:]
+        graph.node.extend(copies)
+
+
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """fp16 weights and compute, float32 inputs and outputs; the input proto is untouched.
 
@@ -164,4 +201,5 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     src = model if small else copy.deepcopy(model)
     half = convert_float_to_float16(src, keep_io_types=True, disable_shape_infer=not small)
     _matmul_before_batch_transpose(half)
+    _toposort(half.graph)
     return half

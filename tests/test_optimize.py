@@ -77,6 +77,7 @@ def test_fusions_happened(case):
     assert counts.get("SkipLayerNormalization", 0) == 24, counts
     assert counts.get("BiasGelu", 0) == 12, counts
     assert counts == optimize.fused_op_counts(fused)
+    onnx.checker.check_model(fused, full_check=True)  # what export's verify step runs
     plain_ops = {n.op_type for n in case[1].graph.node}
     assert "Softmax" in plain_ops
     assert "Softmax" not in {n.op_type for n in fused.graph.node}, "attention left unfused"
@@ -104,6 +105,7 @@ def test_int8(case):
     ops = [n.op_type for n in q.graph.node]
     assert ops.count("MatMulInteger") >= 48
     assert "Conv" in ops and "ConvInteger" not in ops, "patch embedding must stay float"
+    onnx.checker.check_model(q, full_check=True)
     assert _min_cos(_run(q, x), ref) >= 0.99
 
 
@@ -117,6 +119,7 @@ def test_fp16(case):
     assert [o.type.tensor_type.elem_type for o in h.graph.output] == [f32]
     big = [t for t in h.graph.initializer if len(t.dims) == 2 and t.dims[0] * t.dims[1] >= 2**16]
     assert big and all(t.data_type == f16 for t in big), "weights not converted"
+    onnx.checker.check_model(h, full_check=True)  # needs nodes in topological order
     # Runs on the CPU provider (onnxruntime casts nodes without fp16 kernels itself).
     assert _min_cos(_run(h, x), ref) >= 0.999
 
@@ -143,6 +146,14 @@ def test_batch_transpose_moved_after_matmul():
     x = rng.standard_normal((3, 5, 8)).astype(np.float32)
     ref = _run(m, x)
     assert quantize._matmul_before_batch_transpose(m) == 1
+    assert [n.op_type for n in m.graph.node] == ["MatMul", "Transpose", "Relu"]
+    # And the sort that puts appended nodes back in order.
+    shuffled = [onnx.NodeProto() for _ in range(3)]
+    for dst, src in zip(shuffled, [m.graph.node[2], m.graph.node[0], m.graph.node[1]]):
+        dst.CopyFrom(src)
+    del m.graph.node[:]
+    m.graph.node.extend(shuffled)
+    quantize._toposort(m.graph)
     assert [n.op_type for n in m.graph.node] == ["MatMul", "Transpose", "Relu"]
     onnx.checker.check_model(m)
     np.testing.assert_allclose(_run(m, x), ref, rtol=1e-6, atol=1e-6)
