@@ -46,52 +46,149 @@ def _prod(xs: Iterable[int]) -> int:
     return int(math.prod(xs))
 
 
+# onnxruntime contrib ops (what graph fusion and quantization put in) that onnx's shape
+# inference does not know: how their first output's shape follows from their inputs.
+_SAME_SHAPE_OPS = {
+    "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization",
+    "BiasGelu", "FastGelu", "Gelu", "QuickGelu", "BiasAdd", "LayerNormalization",
+}
+_MATMUL_OPS = {"MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+               "DynamicQuantizeMatMul", "QLinearMatMul"}
+
+
+def _matmul_shape(a: list[int], b: list[int]) -> list[int] | None:
+    if len(a) < 2 or len(b) < 1:
+        return None
+    if len(b) == 1:
+        return a[:-1]
+    batch_a, batch_b = a[:-2], b[:-2]
+    n = max(len(batch_a), len(batch_b))
+    batch_a = [1] * (n - len(batch_a)) + batch_a
+    batch_b = [1] * (n - len(batch_b)) + batch_b
+    return [max(x, y) for x, y in zip(batch_a, batch_b)] + [a[-2], b[-1]]
+
+
+def _contrib_shape(node: Any, shape: Callable[[str], list[int] | None]) -> list[int] | None:
+    """Output 0's shape of a contrib op from its inputs' shapes (None if not derivable)."""
+    op = node.op_type
+    ins = [shape(x) if x else None for x in node.input]
+    q = ins[0] if ins else None
+    if q is None:
+        return None
+    if op in _SAME_SHAPE_OPS:
+        return q
+    if op in _MATMUL_OPS:
+        b_idx = 3 if op == "QLinearMatMul" else 1  # QLinearMatMul: a, a_scale, a_zp, b, ...
+        b = ins[b_idx] if len(ins) > b_idx else None
+        return _matmul_shape(q, b) if b is not None else None
+    if op == "MultiHeadAttention":
+        v = ins[2] if len(ins) > 2 else None
+        if len(q) == 3:
+            return [q[0], q[1], v[2]] if (v is not None and len(v) == 3) else q
+        if len(q) == 5:  # packed QKV [B, S, N, 3, H]
+            return [q[0], q[1], q[2] * q[4]]
+        return None
+    if op == "Attention":
+        w = ins[1] if len(ins) > 1 else None
+        return [q[0], q[1], w[1] // 3] if (w is not None and len(q) == 3) else None
+    return None
+
+
+def _shapes_at_batch_1(model: Any) -> dict[str, list[int | None]]:
+    """Every tensor's shape with the batch axis fixed at 1, contrib ops included.
+
+    onnx's shape inference stops at ops it does not know (the com.microsoft ones that
+    fusion and quantization add), so this fills their outputs in by rule and runs it
+    again until nothing changes. Large float initializers are emptied first: inference
+    reads only their dims, and re-running it on a 300 MB proto would take minutes.
+    """
+    from onnx import TensorProto, helper, shape_inference
+
+    for init in model.graph.initializer:
+        if init.data_type != TensorProto.INT64 and len(init.raw_data) > 4096:
+            init.raw_data = b""
+    init_names = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in init_names:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_value = 1
+
+    def collect(m: Any) -> dict[str, list[int | None]]:
+        out: dict[str, list[int | None]] = {}
+        for vi in itertools.chain(m.graph.input, m.graph.value_info, m.graph.output):
+            t = vi.type.tensor_type
+            if t.HasField("shape"):
+                sh = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+                old = out.get(vi.name)
+                # a graph output declared with a symbolic batch must not hide an inferred shape
+                if old is None or sum(x is None for x in sh) < sum(x is None for x in old):
+                    out[vi.name] = sh
+        for init in m.graph.initializer:
+            out[init.name] = list(init.dims)
+        return out
+
+    for _ in range(4 * len(model.graph.node) + 1):
+        model = shape_inference.infer_shapes(model, data_prop=True)
+        shapes = collect(model)
+
+        def known(name: str) -> list[int] | None:
+            sh = shapes.get(name)
+            return None if sh is None or any(d is None for d in sh) else sh  # type: ignore[return-value]
+
+        added = False
+        for node in model.graph.node:
+            if node.domain in ("", "ai.onnx") or not node.output or known(node.output[0]):
+                continue
+            sh = _contrib_shape(node, known)
+            if sh is None:
+                continue
+            outs = [node.output[0]]
+            if node.op_type.startswith("Skip") and len(node.output) > 3 and node.output[3]:
+                outs.append(node.output[3])  # the residual sum has the input's shape too
+            for name in outs:
+                for i, vi in enumerate(model.graph.value_info):
+                    if vi.name == name:
+                        del model.graph.value_info[i]
+                        break
+                model.graph.value_info.append(
+                    helper.make_tensor_value_info(name, TensorProto.FLOAT, sh))
+            added = True
+        if not added:
+            return shapes
+    return shapes
+
+
 def count_gflops(path: str | os.PathLike[str]) -> float | None:
     """GFLOP per image, counted from the graph at batch 1 (MatMul, Gemm, Conv, attention).
 
     Needs ``onnx`` (the export extra), which the runtime does not depend on: without it,
-    or when shape inference leaves a counted op's shapes unknown, the answer is None.
-    A multiply-add counts as 2 FLOPs. Elementwise ops, softmax and norms are left out:
-    they are a few percent of a ViT and not what a matmul reference measures.
+    or when a counted op's shapes stay unknown, the answer is None. A multiply-add counts
+    as 2 FLOPs. Elementwise ops, softmax and norms are left out: they are a few percent of
+    a ViT and not what a matmul reference measures. Fused (com.microsoft) attention and
+    quantized matmuls count as the float ops they replace.
     """
     try:
         import onnx
-        from onnx import shape_inference
     except ImportError:
         return None
     try:
         model = onnx.load(str(path), load_external_data=False)
-        init_names = {i.name for i in model.graph.initializer}
-        for inp in model.graph.input:
-            if inp.name in init_names:
-                continue
-            dims = inp.type.tensor_type.shape.dim
-            if len(dims):
-                dims[0].Clear()
-                dims[0].dim_value = 1
-        model = shape_inference.infer_shapes(model, data_prop=True)
+        shapes = _shapes_at_batch_1(model)
     except Exception:
         return None
 
-    shapes: dict[str, list[int | None]] = {}
-    for vi in itertools.chain(model.graph.input, model.graph.value_info, model.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    for init in model.graph.initializer:
-        shapes[init.name] = list(init.dims)
-
     def known(name: str) -> list[int] | None:
-        s = shapes.get(name)
-        return None if s is None or any(d is None for d in s) else s  # type: ignore[return-value]
+        sh = shapes.get(name)
+        return None if sh is None or any(d is None for d in sh) else sh  # type: ignore[return-value]
 
     flops = 0
     for node in model.graph.node:
         op = node.op_type
-        if op in ("MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat",
-                  "DynamicQuantizeMatMul", "QLinearMatMul"):
-            a_name = node.input[2] if op == "QLinearMatMul" else node.input[0]
-            a, out = known(a_name), known(node.output[0])
+        if op in _MATMUL_OPS:
+            a, out = known(node.input[0]), known(node.output[0])
             if a is None or out is None:
                 return None
             # FusedMatMul may transpose A; K is then its second-to-last dim.
@@ -111,19 +208,22 @@ def count_gflops(path: str | os.PathLike[str]) -> float | None:
                 return None
             flops += 2 * _prod(out) * _prod(w[1:])
         elif op in ("MultiHeadAttention", "Attention") and node.domain == "com.microsoft":
-            # Q·Kᵀ and A·V: 2 × (2·S·L·D) per batch element; projections are MatMuls
+            # Q·Kᵀ and A·V: 2 × (2·S·L·D) per batch element; the projections are MatMuls
             # elsewhere for MultiHeadAttention, inside the node for Attention.
-            q = known(node.input[0])
-            if q is None or len(q) != 3:
+            q, out = known(node.input[0]), known(node.output[0])
+            if q is None or out is None:
                 return None
-            b, s, d = q
+            b, s_len = out[0], out[1]
+            d = out[2]
+            k = known(node.input[1]) if (op == "MultiHeadAttention" and len(node.input) > 1
+                                         and node.input[1]) else None
+            l_len = k[1] if (k is not None and len(k) == 3) else s_len
             if op == "Attention":
                 w = known(node.input[1])
                 if w is None:
                     return None
-                flops += 2 * b * s * w[0] * w[1]
-                d = w[1] // 3
-            flops += 4 * b * s * s * d
+                flops += 2 * b * s_len * w[0] * w[1]
+            flops += 4 * b * s_len * l_len * d
     return flops / 1e9 if flops else None
 
 

@@ -242,3 +242,34 @@ def test_gate_with_different_gflops_sources(synthetic_result):
     assert any("GFLOP/image differs" in n for n in rep.notes)
     assert all("per sgemm" in r.figure for r in rep.rows if r.gated)
     assert not bench.compare(_with(synthetic_result, factor=0.5), base, 0.10).passed
+
+
+def test_gflops_through_fused_contrib_ops(tmp_path):
+    # The shape of a graph after onnxruntime fusion: onnx's own shape inference stops at
+    # com.microsoft ops, the counter must carry shapes through them.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    s, d, h = 5, 8, 32
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((d, h)).astype(np.float32), "w1")
+    bias = numpy_helper.from_array(np.zeros(h, np.float32), "bias")
+    w2 = numpy_helper.from_array(rng.standard_normal((h, d)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("BiasGelu", ["a", "bias"], ["g"], domain="com.microsoft"),
+        helper.make_node("MatMul", ["g", "w2"], ["m"]),
+        helper.make_node("MultiHeadAttention", ["m", "m", "m"], ["y"], domain="com.microsoft",
+                         num_heads=2),
+    ]
+    graph = helper.make_graph(
+        nodes, "fused",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", s, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", s, d])],
+        initializer=[w1, bias, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    path = tmp_path / "fused.onnx"
+    onnx.save(model, str(path))
+    expected = (2 * s * d * h + 2 * s * h * d + 4 * s * s * d) / 1e9
+    assert bench.count_gflops(path) == pytest.approx(expected)
