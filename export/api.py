@@ -138,7 +138,7 @@ def export_model(
         except SimxError:
             raise
         except Exception as e:
-            raise SimxError(f"graph optimisation of {entry.id} failed: {_first_line(e)}") from e
+            raise SimxError(f"graph optimisation of {entry.id} failed: {sources.first_line(e)}") from e
     if to_precision is not None:
         try:
             with sources.quiet_logging():  # onnxruntime.quantization logs advice to root
@@ -146,7 +146,7 @@ def export_model(
         except SimxError:
             raise
         except Exception as e:
-            raise SimxError(f"{precision} conversion of {entry.id} failed: {_first_line(e)}") from e
+            raise SimxError(f"{precision} conversion of {entry.id} failed: {sources.first_line(e)}") from e
 
     spec = ModelSpec(
         id=entry.id,
@@ -194,8 +194,3 @@ def export_model(
             raise SimxError("--text needs simx.export.text, which this installation lacks")
         export_text(entry, weights=weights, output_dir=output_dir, opset=opset)
     return path
-
-
-def _first_line(e: BaseException) -> str:
-    t = str(e).strip()
-    return t.splitlines()[0][:300] if t else type(e).__name__

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +66,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception as one short line, for the CLI's one-line errors."""
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+_first_line = first_line  # the name export/text.py imports
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
@@ -89,7 +94,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         else:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # torch / safetensors raise many types for a bad file
-        raise WeightsError(f"cannot read checkpoint {p}: {_first_line(e)}") from None
+        raise WeightsError(f"cannot read checkpoint {p}: {first_line(e)}") from None
     for key in ("state_dict", "model", "teacher"):  # common training-checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -163,7 +168,7 @@ def _hub_download(what: str) -> Iterator[None]:
     except Exception as e:
         raise WeightsError(
             f"could not download the pretrained weights of {what} ({type(e).__name__}: "
-            f"{_first_line(e)[:120]}); without network use --weights PATH (a local "
+            f"{first_line(e)[:120]}); without network use --weights PATH (a local "
             "checkpoint) or --weights random"
         ) from None
     finally:
@@ -177,7 +182,7 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, s
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-        detail = "; ".join(lines[1:3]) if len(lines) > 1 else _first_line(e)
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else first_line(e)
         raise WeightsError(f"checkpoint {src} does not fit {what}: {detail[:300]}") from None
 
 
@@ -231,6 +236,8 @@ def official_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.T
         out["cls_token"] = state.pop("cls_token") + state["pos_embed"][:, 0]
         out["pos_embed"] = state.pop("pos_embed")[:, 1:]
     for k, v in state.items():
+        # Training checkpoints built with block_chunks > 0 name blocks "blocks.<chunk>.<i>.".
+        k = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k)
         k = k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")
         out[k] = v
     return out
@@ -403,7 +410,7 @@ def build_openclip(entry: ModelEntry, weights: str, image_size: int) -> Built:
             open_clip.load_checkpoint(model, str(weights))
         except Exception as e:
             raise WeightsError(
-                f"checkpoint {weights} does not fit {entry.id}: {_first_line(e)}"
+                f"checkpoint {weights} does not fit {entry.id}: {first_line(e)}"
             ) from None
         label = f"sha256:{digest}"
 

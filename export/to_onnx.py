@@ -22,6 +22,8 @@ from torch import nn
 
 from simx.errors import SimxError
 
+from .sources import first_line
+
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "embeddings"
 EXAMPLE_BATCH = 2
@@ -44,11 +46,6 @@ class _Named(nn.Module):
         return self.module(pixel_values)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 def export_onnx(module: nn.Module, image_size: int, opset: int, what: str = "model") -> onnx.ModelProto:
     """Export ``module`` (pixels [B, 3, S, S] -> [B, D]) with the dynamo exporter."""
     example = torch.randn(EXAMPLE_BATCH, 3, image_size, image_size)
@@ -67,7 +64,7 @@ def export_onnx(module: nn.Module, image_size: int, opset: int, what: str = "mod
                 verbose=False,
             )
     except Exception as e:  # the exporter raises many types; keep the first line
-        raise ExportError(f"torch.onnx.export failed for {what}: {_first_line(e)}") from e
+        raise ExportError(f"torch.onnx.export failed for {what}: {first_line(e)}") from e
     model = program.model_proto
     del program
     assert_symbolic_batch(model, what)
@@ -213,7 +210,7 @@ class AtomicModelWriter:
             with open(self.tmp, "wb") as f:
                 f.write(model.SerializeToString())
         except ValueError as e:  # protobuf: message too large
-            raise ExportError(f"cannot serialise {self.final.name}: {_first_line(e)}") from None
+            raise ExportError(f"cannot serialise {self.final.name}: {first_line(e)}") from None
         return self.tmp
 
     def _point_data_at(self, model: onnx.ModelProto, location: str) -> None:

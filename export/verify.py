@@ -18,6 +18,7 @@ photos (cosine >= 0.99 / 0.999). Distinct photos must give distinct embeddings
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from torch import nn
 
 from simx.errors import SimxError
 from simx.spec import PreprocessSpec
+
+from .sources import first_line
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # batch 1: the first; batch 3: the rest
 RANDOM_SEED = 1234
@@ -132,8 +135,7 @@ def check_graph(path: Path, what: str = "model") -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # ValidationError, InferenceError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VerificationError(f"{what}: onnx.checker rejected the graph: {first[:300]}") from None
+        raise VerificationError(f"{what}: onnx.checker rejected the graph: {first_line(e)}") from None
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -165,7 +167,9 @@ def compare(
     from simx.session import open_model
 
     gate = GATES[precision]
-    ms = open_model(path, provider="cpu")
+    with warnings.catch_warnings():  # "fp16 on the CPU is slow": expected, CPU is the judge
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ms = open_model(path, provider="cpu")
     inp = ms.session.get_inputs()[0]
     in_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
     figures: dict[str, dict[str, float]] = {}

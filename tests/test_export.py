@@ -25,7 +25,7 @@ from simx import registry
 from simx.cli import main as cli
 from simx.errors import SimxError
 from simx.export import api, sources, to_onnx, verify
-from simx.session import open_model
+from simx.session import open_model, read_spec
 from simx.spec import METADATA_KEY, ModelSpec
 
 SMALL = ("dinov2-small", "dinov2-small-reg", "openclip-vit-b-32-laion2b_s34b_b79k")
@@ -295,12 +295,22 @@ def test_failed_verification_leaves_no_file(tiny_build, monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("precision", [
-    "int8",
-    pytest.param("fp16", marks=pytest.mark.xfail(
-        reason="quantize.to_fp16 leaves its input Cast nodes out of topological order, "
-               "which onnx.checker rejects", strict=False)),
-])
+def test_export_switches_to_external_data_above_the_threshold(tiny_build, monkeypatch, tmp_path,
+                                                             rgb_photos):
+    """The giant-model path (weights in <id>.onnx.data), exercised on a tiny tower."""
+    monkeypatch.setattr(to_onnx, "EXTERNAL_DATA_THRESHOLD", 1024)
+    path = api.export_model(registry.get("dinov2-small"), weights="random", output_dir=tmp_path,
+                            image_size=56)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dinov2-small.onnx", "dinov2-small.onnx.data"]
+    ms = open_model(path, provider="cpu")
+    assert ms.spec.extra["external_data"] is True
+    x = _reference_pixels(rgb_photos, ("coffee", "rocket"), ms.spec.preprocess)
+    with torch.no_grad():
+        ref = _Tiny(384)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ms.session.run(None, {"pixel_values": x})[0], ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
 def test_precision_writes_its_own_file(tiny_build, precision, tmp_path):
     pytest.importorskip("simx.export.quantize")
     entry = registry.get("dinov2-small")
@@ -308,7 +318,7 @@ def test_precision_writes_its_own_file(tiny_build, precision, tmp_path):
                             precision=precision)
     assert path == tmp_path / f"dinov2-small-{precision}.onnx"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
-    spec = open_model(path, provider="cpu").spec
+    spec = read_spec(path)
     assert spec.precision == precision and spec.id == "dinov2-small"
     assert spec.parity["photos_min_cosine"] >= verify.GATES[precision].min_cosine
 
