@@ -468,6 +468,46 @@ def test_hub_unreachable_fails_at_once_naming_the_alternatives(env, args, tmp_pa
     print(f"hub failure reported after {elapsed:.1f}s")
 
 
+def test_pretrained_loads_from_the_hugging_face_cache_offline(tmp_path, rgb_photos):
+    """``--weights pretrained`` with no network but the file in the HF cache: timm's hub
+    copy (timm key layout, 37x37 grid) is loaded and the grid resized the official way."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    m = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0,
+                          img_size=518, init_values=1.0).eval()
+    sd = {k: v.contiguous() for k, v in m.state_dict().items()}
+    sd["pos_embed"] = torch.randn_like(sd["pos_embed"]) * 0.05
+    repo = tmp_path / "hf" / "hub" / "models--timm--vit_small_patch14_dinov2.lvd142m"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(sd, str(repo / "snapshots" / commit / "model.safetensors"))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "simx.cli", "export", "dinov2", "--variant", "small",
+         "--image-size", "112", "--output-dir", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == ""
+    path = Path(r.stdout.strip())
+    assert path == out / "dinov2-small.onnx"
+    ms = open_model(path, provider="cpu")
+    assert ms.spec.weights == "pretrained"
+    x = _reference_pixels(rgb_photos, BATCH_PHOTOS[:3], ms.spec.preprocess)
+    # timm's non-register layout is the official one (class position first in pos_embed).
+    ref = _official_forward(sd, m, torch.from_numpy(x), registers=False)
+    out_ = ms.session.run(None, {"pixel_values": x})[0]
+    assert _cos(out_, ref).min() >= 0.99999
+    assert np.abs(out_ - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
 # --------------------------------------------------------------------------- giant models
 @pytest.mark.slow
 @pytest.mark.parametrize("model_id", ["dinov2-giant", "openclip-vit-h-14-laion2b_s32b_b79k"])
