@@ -119,12 +119,23 @@ def torch_reference(module: nn.Module, batches: list[Probe]) -> list[np.ndarray]
 
 @torch.no_grad()
 def gflops(module: nn.Module, image_size: int) -> float:
-    """Forward GFLOPs for one image (multiply-add = 2 FLOPs), counted by torch."""
+    """Forward GFLOPs for one image (multiply-add = 2 FLOPs), counted by torch.
+
+    Attention runs as plain matmuls while counting: the CPU flash-attention kernel and
+    nn.MultiheadAttention's fused fast path are invisible to FlopCounterMode (they would
+    drop the attention products, and OpenCLIP's q/k/v projections, from the count).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, 3, image_size, image_size)
-    with FlopCounterMode(display=False) as counter:
-        module(x)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            module(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return round(counter.get_total_flops() / 1e9, 3)
 
 

@@ -117,6 +117,21 @@ def test_metadata_round_trips(exported):
         assert isinstance(spec.fusions, dict)
 
 
+def _vit_gflops(tokens: int, d: int, layers: int, patch: int, grid: int, proj: int = 0) -> float:
+    """Multiply-adds x 2 of a plain ViT: q/k/v/out projections, MLP (4d), attention
+    products, patch embedding and an optional output projection."""
+    per_layer = 4 * d * d * tokens + 2 * d * 4 * d * tokens + 2 * tokens * tokens * d
+    return 2 * (layers * per_layer + d * 3 * patch * patch * grid * grid + d * proj) / 1e9
+
+
+@pytest.mark.parametrize("model_id, expected", [
+    ("dinov2-small", _vit_gflops(257, 384, 12, 14, 16)),
+    ("openclip-vit-b-32-laion2b_s34b_b79k", _vit_gflops(50, 768, 12, 32, 7, proj=512)),
+])
+def test_gflops_count_attention_too(model_id, expected, torch_models):
+    assert verify.gflops(torch_models[model_id], 224) == pytest.approx(expected, rel=0.002)
+
+
 def test_dinov2_preprocess_is_official_eval_transform(exported):
     spec = open_model(exported["dinov2-small"], provider="cpu").spec
     assert (spec.preprocess.resize, spec.preprocess.crop) == (256, 224)
