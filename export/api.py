@@ -29,6 +29,17 @@ from simx.registry import ModelEntry
 from simx.spec import METADATA_KEY, ModelSpec
 
 PRECISIONS = ("fp32", "fp16", "int8")
+MIN_OPSET = 18  # torch's dynamo exporter has no implementations below 18
+
+
+MAX_TESTED_OPSET = 23  # newest opset exported and run here (onnxruntime 1.32)
+
+
+def _max_opset() -> int:
+    """The newest opset this onnx knows, capped at the newest one tested."""
+    import onnx.defs
+
+    return min(onnx.defs.onnx_opset_version(), MAX_TESTED_OPSET)
 
 
 def output_path(entry: ModelEntry, output_dir: Path, precision: str = "fp32") -> Path:
@@ -56,7 +67,7 @@ def _hook(module: str, name: str) -> Callable[..., Any] | None:
     except ModuleNotFoundError as e:
         if e.name == f"simx.export.{module}":
             return None
-        raise
+        raise SimxError(f"simx.export.{module} needs {e.name}: pip install 'simx[export]'") from None
     return getattr(mod, name, None)
 
 
@@ -103,6 +114,10 @@ def export_model(
             f"--image-size {image_size} is not a positive multiple of {entry.id}'s patch "
             f"size {entry.patch_size}"
         )
+    max_opset = _max_opset()
+    if not MIN_OPSET <= opset <= max_opset:
+        # Below 18 torch's exporter converts after the fact and may silently keep 18.
+        raise SimxError(f"--opset {opset} is not supported; use {MIN_OPSET} to {max_opset}")
     if text and entry.family != "openclip":
         raise SimxError(f"{entry.id} has no text tower (only OpenCLIP models do)")
     if weights not in ("pretrained", "random") and not Path(weights).is_file():

@@ -416,9 +416,10 @@ def checkpoints(tmp_path) -> dict[str, Path]:
         (["openclip", "--model", "ViT-B-32", "--pretrained", "openai", "--weights", "{wrong_clip}"],
          "does not fit openclip-vit-b-32-openai"),
         (["dinov2", "--variant", "small", "--weights", "random", "--image-size", "100"], "multiple"),
+        (["dinov2", "--variant", "small", "--weights", "random", "--opset", "12"], "use 18 to"),
     ],
     ids=["variant", "model", "tag", "missing", "corrupt", "wrong-arch", "wrong-arch-reg",
-         "wrong-arch-clip", "image-size"],
+         "wrong-arch-clip", "image-size", "opset"],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(args, expect, checkpoints, tmp_path):
     out = tmp_path / "out"
