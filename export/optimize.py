@@ -11,11 +11,17 @@ the two reshapes around it into one, so its SDPA pattern never sees a 4D key. Th
 below recognises that form and emits the same ``MultiHeadAttention`` node onnxscript
 emits for DINOv2.
 
-What the fusions buy: on the CPU, nothing measurable at fp32 (see
-``benchmarks/results/precision.md``); on CUDA, fused attention and layer norms (and fp16
-kernels for them) are where the time goes. They are parity-safe (max abs difference
-about 1e-6 of the output's scale) and not slower on the CPU, so export applies them
-always.
+What the fusions buy, measured here (``benchmarks/results/precision.md``; onnxruntime 1.32,
+CPU provider, single thread, batch 8, round-robin against the plain export):
+
+- MultiHeadAttention + BiasGelu: parity-safe (max abs difference ~1e-6 of the output's
+  scale) and no measurable CPU change (DINOv2-S 1.00x, ViT-B-32 0.98x). On CUDA fused
+  attention is where the time goes, so these are always applied.
+- SkipLayerNormalization is *slower* on the CPU than the Add + LayerNormalization it
+  replaces: fp32 0.93x (DINOv2-S) and 0.96x (ViT-B-32); int8 2.04x -> 2.39x and
+  2.54x -> 2.82x over fp32 when it is left unfused. So by default it is undone after
+  onnxscript's pass (standard ``LayerNormalization`` stays, which every provider runs);
+  ``skip_layer_norm=True`` keeps it, for files meant for CUDA (fp16).
 """
 
 from __future__ import annotations
@@ -118,9 +124,43 @@ def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(c.items()))
 
 
-def fuse_for_ort(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Fuse attention, (skip) layer norm and GELU for onnxruntime; return the new model and
-    the fused-op counts (e.g. ``{"BiasGelu": 12, "MultiHeadAttention": 12, ...}``).
+def _unfuse_skip_layer_norm(model: onnx.ModelProto) -> int:
+    """Replace com.microsoft SkipLayerNormalization by Add (+ bias Add) + LayerNormalization,
+    in place; nodes whose mean / inv-std outputs are used stay fused. Returns the count."""
+    from onnx import helper
+
+    used = {x for n in model.graph.node for x in n.input} | {o.name for o in model.graph.output}
+    nodes: list[onnx.NodeProto] = []
+    done = 0
+    for n in model.graph.node:
+        outs = list(n.output) + [""] * (4 - len(n.output))
+        stats_used = any(o and o in used for o in outs[1:3])
+        if n.op_type != "SkipLayerNormalization" or n.domain != FUSED_DOMAIN or stats_used:
+            nodes.append(n)
+            continue
+        ins = list(n.input) + [""] * (5 - len(n.input))
+        x, skip, gamma, beta, bias = ins[:5]
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
+        total = outs[3] or f"{n.name or outs[0]}__sum"
+        if bias:
+            nodes.append(helper.make_node("Add", [x, bias], [f"{total}__biased"]))
+            x = f"{total}__biased"
+        nodes.append(helper.make_node("Add", [x, skip], [total]))
+        ln_inputs = [total, gamma] + ([beta] if beta else [])
+        nodes.append(helper.make_node("LayerNormalization", ln_inputs, [outs[0]], axis=-1, epsilon=eps))
+        done += 1
+    if done:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return done
+
+
+def fuse_for_ort(
+    model: onnx.ModelProto, *, skip_layer_norm: bool = False
+) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Fuse attention and GELU (and, with ``skip_layer_norm``, residual + layer norm) for
+    onnxruntime; return the new model and the fused-op counts, e.g.
+    ``{"BiasGelu": 12, "MultiHeadAttention": 12}`` (plus ``"SkipLayerNormalization": 24``).
 
     The input proto is not modified. Works in memory, so protos over 2 GB are fine as long
     as their tensors are loaded (they are never serialized here). Graph inputs, outputs,
@@ -140,6 +180,8 @@ def fuse_for_ort(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int
     _mha_3d_key_rule().apply_to_model(irm)
     irm, _ = optimize_for_ort(irm)
     out = ir.to_proto(irm)
+    if not skip_layer_norm:
+        _unfuse_skip_layer_norm(out)
     # optimize_for_ort's own counts name intermediate rules (sdpa, sdpa_via_mha, ...);
     # what the graph ends up with is what the metadata should say.
     return out, fused_op_counts(out)
