@@ -24,6 +24,7 @@ import math
 import os
 import re
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -87,7 +88,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         )
     digest = sha256_file(p)
     try:
-        if p.suffix == ".safetensors":
+        if is_torchscript(p):
+            # OpenAI's original CLIP .pt files are TorchScript archives, which torch.load
+            # refuses with weights_only; torch.jit.load runs no pickled Python either.
+            with warnings.catch_warnings():  # "torch.jit.load is deprecated"
+                warnings.simplefilter("ignore", FutureWarning)
+                obj = dict(torch.jit.load(str(p), map_location="cpu").state_dict())
+            for key in ("input_resolution", "context_length", "vocab_size"):
+                obj.pop(key, None)
+        elif p.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             obj: Any = load_file(str(p), device="cpu")
@@ -106,6 +115,16 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj, digest
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``constants.pkl``)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") for n in z.namelist())
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -406,8 +425,14 @@ def build_openclip(entry: ModelEntry, weights: str, image_size: int) -> Built:
         _, digest = read_checkpoint(weights)
         with quiet_logging():
             model = open_clip.create_model(model_name, pretrained=None, **common)
+        jit = is_torchscript(Path(weights))
         try:
-            open_clip.load_checkpoint(model, str(weights))
+            # TorchScript archives need weights_only=False, which torch routes to
+            # torch.jit.load (no arbitrary unpickling); everything else stays weights_only.
+            with warnings.catch_warnings():
+                if jit:  # torch's "dispatching to torch.jit.load" / "deprecated" notes
+                    warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+                open_clip.load_checkpoint(model, str(weights), weights_only=not jit)
         except Exception as e:
             raise WeightsError(
                 f"checkpoint {weights} does not fit {entry.id}: {first_line(e)}"

@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +247,44 @@ def test_official_checkpoint_matches_official_forward(registers, tmp_path, rgb_p
                               offset=0.1 if registers else 0.0, antialias=not registers)
     assert np.abs(wrong - ref).max() > 1e-3 * np.abs(ref).max()
     assert _cos(wrong, ref).min() < 0.99999
+
+
+def test_open_clip_checkpoint_file_loads_like_open_clip_does(tmp_path, rgb_photos):
+    """An open_clip checkpoint (a training-style .pt with 'state_dict' and 'module.'
+    prefixes) at a non-default size: the export equals open_clip's own loading of the file."""
+    import open_clip
+
+    torch.manual_seed(3)
+    src = open_clip.create_model("ViT-B-32", pretrained=None)
+    ckpt = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}},
+               ckpt)
+    entry = registry.get("openclip-vit-b-32-laion2b_s34b_b79k")
+    path = api.export_model(entry, weights=str(ckpt), output_dir=tmp_path / "out", image_size=64)
+    ms = open_model(path, provider="cpu")
+    assert ms.spec.weights == "sha256:" + sources.sha256_file(ckpt)
+    assert (ms.spec.image_size, ms.spec.preprocess.resize) == (64, 64)
+    ref_model = open_clip.create_model("ViT-B-32", pretrained=str(ckpt), force_image_size=64).eval()
+    x = _reference_pixels(rgb_photos, BATCH_PHOTOS[:3], ms.spec.preprocess)
+    with torch.no_grad():
+        ref = ref_model.encode_image(torch.from_numpy(x)).numpy()
+    out = ms.session.run(None, {"pixel_values": x})[0]
+    assert _cos(out, ref).min() >= 0.99999
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_torchscript_checkpoints_are_read(tmp_path):
+    """OpenAI's CLIP .pt files are TorchScript archives; read_checkpoint takes their weights."""
+    lin = torch.nn.Linear(3, 4)
+    path = tmp_path / "ViT-B-32.pt"
+    with pytest.warns(FutureWarning):  # torch.jit.script is deprecated, still what OpenAI shipped
+        torch.jit.script(lin).save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing leaks to the user's terminal
+        state, digest = sources.read_checkpoint(path)
+    assert sources.is_torchscript(path)
+    assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], lin.weight)
+    assert digest == sources.sha256_file(path)
 
 
 # --------------------------------------------------------------------------- atomic writes
