@@ -327,9 +327,15 @@ def build_dinov2(entry: ModelEntry, weights: str, image_size: int) -> Built:
     state = dict(state)
     state["pos_embed"] = torch.cat([pos[:, :prefix], baked], dim=1)
 
+    # Built on the meta device (no init time, no memory) and then filled from the state
+    # dict; a non-persistent buffer would stay uninitialised that way, so build for real then.
     with torch.device("meta"):
         model = _timm_dinov2(name, image_size)
-    model = model.to_empty(device="cpu")
+    persistent = set(model.state_dict())
+    if any(n not in persistent for n, _ in model.named_buffers()):  # pragma: no cover
+        model = _timm_dinov2(name, image_size)
+    else:
+        model = model.to_empty(device="cpu")
     _load_strict(model, state, entry.id, str(weights))
     model.eval()
     return Built(
