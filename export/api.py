@@ -207,5 +207,6 @@ def export_model(
         export_text = _hook("text", "export_text_tower")
         if export_text is None:
             raise SimxError("--text needs simx.export.text, which this installation lacks")
-        export_text(entry, weights=weights, output_dir=output_dir, opset=opset)
+        with sources.quiet_logging():  # open_clip's "initialized randomly" for --weights random
+            export_text(entry, weights=weights, output_dir=output_dir, opset=opset)
     return path
