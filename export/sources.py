@@ -107,13 +107,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     for key in ("state_dict", "model", "teacher"):  # common training-checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
+        if all(k.startswith("module.") for k in obj):  # DataParallel / DDP
+            obj = {k[len("module."):]: v for k, v in obj.items()}
+        if any(k.startswith("backbone.") for k in obj):  # DINOv2 training: backbone + heads
+            obj = {k[len("backbone."):]: v for k, v in obj.items() if k.startswith("backbone.")}
     if not isinstance(obj, dict) or not obj or not all(
         isinstance(v, torch.Tensor) for v in obj.values()
     ):
         raise WeightsError(f"cannot read checkpoint {p}: it does not hold a state dict of tensors")
-    for prefix in ("module.", "backbone."):
-        if all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj, digest
 
 
