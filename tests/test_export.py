@@ -287,6 +287,21 @@ def test_torchscript_checkpoints_are_read(tmp_path):
     assert digest == sources.sha256_file(path)
 
 
+def test_read_checkpoint_unwraps_training_checkpoints(tmp_path):
+    t = torch.ones(2)
+    dino = tmp_path / "dino_train.pth"
+    torch.save({"teacher": {"backbone.cls_token": t, "backbone.blocks.0.norm1.weight": t,
+                            "dino_head.mlp.0.weight": t}, "iteration": 5}, dino)
+    assert sorted(sources.read_checkpoint(dino)[0]) == ["blocks.0.norm1.weight", "cls_token"]
+    clip = tmp_path / "epoch_3.pt"
+    torch.save({"state_dict": {"module.visual.proj": t}, "epoch": 3}, clip)
+    assert list(sources.read_checkpoint(clip)[0]) == ["visual.proj"]
+    junk = tmp_path / "list.pt"
+    torch.save([1, 2], junk)
+    with pytest.raises(sources.WeightsError, match="does not hold a state dict"):
+        sources.read_checkpoint(junk)
+
+
 # --------------------------------------------------------------------------- atomic writes
 def test_external_data_is_written_atomically_and_loads(exported, tmp_path, rgb_photos):
     model = onnx.load(str(exported["dinov2-small"]))
