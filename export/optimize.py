@@ -108,8 +108,9 @@ def _mha_3d_key_rule():  # -> onnxscript RewriteRule (import kept lazy: onnxscri
     return _MHA3DKey.rule()
 
 
-def _check_in_memory(model: onnx.ModelProto) -> None:
-    """The rewriter works on tensors in memory; external data must be loaded first."""
+def require_loaded_data(model: onnx.ModelProto) -> None:
+    """The rewriter and the converters work on tensors in memory, not on pointers to files
+    elsewhere: external data must be loaded first (``onnx.load`` does by default)."""
     for t in model.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise ValueError(
@@ -171,7 +172,7 @@ def fuse_for_ort(
     from onnxscript import optimizer
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
-    _check_in_memory(model)
+    require_loaded_data(model)
     irm = ir.from_proto(model)
     # Same pre-optimisation optimize_for_ort starts with; the OpenCLIP rule needs its
     # folded reshapes and constant shapes.

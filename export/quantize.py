@@ -48,6 +48,8 @@ from pathlib import Path
 
 import onnx
 
+from .optimize import require_loaded_data
+
 #: Weight op types quantized to int8. Conv (patch embedding) deliberately left out.
 INT8_OP_TYPES = ("MatMul", "Gemm")
 
@@ -63,16 +65,6 @@ def _tensor_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def _check_in_memory(model: onnx.ModelProto) -> None:
-    """Both converters need the tensors themselves, not a pointer to a file elsewhere."""
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            raise ValueError(
-                f"initializer {t.name!r} is stored as external data that is not loaded; "
-                "load the model with onnx.load(..., load_external_data=True) first"
-            )
-
-
 def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """CPU int8: dynamic quantization of weight MatMuls, per-channel signed weights.
 
@@ -82,7 +74,7 @@ def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    _check_in_memory(model)
+    require_loaded_data(model)
     with tempfile.TemporaryDirectory(prefix="simx-int8.") as tmp:
         out = Path(tmp) / "model-int8.onnx"
         # quantize_dynamic copies a ModelProto (deepcopy + external-data save) before it
@@ -194,7 +186,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    _check_in_memory(model)
+    require_loaded_data(model)
     small = _tensor_bytes(model) < _PROTO_LIMIT
     # With shape inference on, the converter works on inference's copy; with it off it
     # edits the proto in place, so copy first.
