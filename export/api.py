@@ -97,8 +97,9 @@ def export_model(
     opset: int = 18,
     precision: str = "fp32",
     text: bool = False,
-) -> Path:
-    """Export ``entry``'s image tower to ``output_dir`` and return the file's path.
+) -> Path | list[Path]:
+    """Export ``entry``'s image tower to ``output_dir`` and return the file's path
+    (with ``text``: ``[image path, text path]``).
 
     ``weights``: "pretrained" (timm / open_clip download), "random" (seeded; speed tests),
     or a checkpoint path (recorded by sha256). ``precision``: fp32 (strict parity gate),
@@ -208,5 +209,6 @@ def export_model(
         if export_text is None:
             raise SimxError("--text needs simx.export.text, which this installation lacks")
         with sources.quiet_logging():  # open_clip's "initialized randomly" for --weights random
-            export_text(entry, weights=weights, output_dir=output_dir, opset=opset)
+            text_path = export_text(entry, weights=weights, output_dir=output_dir, opset=opset)
+        return [path, text_path]
     return path

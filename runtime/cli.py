@@ -79,7 +79,7 @@ def models_cmd(as_json: bool) -> None:
             f"{r['params_m']:.0f}M",
             f"{r['input_size']}px",
             "resize {resize} {interpolation} -> crop {crop}, {norm}".format(
-                norm="imagenet mean/std" if r["family"] == "dinov2" else "openai mean/std",
+                norm=_mean_std_name(r["preprocess"]["mean"]),
                 **r["preprocess"],
             )
             + (", QuickGELU" if r["quick_gelu"] else ""),
@@ -89,6 +89,12 @@ def models_cmd(as_json: bool) -> None:
     widths = [max(len(x) for x in col) for col in zip(head, *table)]
     for line in [head, tuple("-" * w for w in widths), *table]:
         click.echo("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip())
+
+
+def _mean_std_name(mean: list[float]) -> str:
+    names = {registry.IMAGENET_MEAN: "imagenet", registry.OPENAI_MEAN: "openai",
+             (0.5, 0.5, 0.5): "0.5"}
+    return f"{names.get(tuple(mean), 'custom')} mean/std"
 
 
 # --------------------------------------------------------------------------- export
@@ -127,8 +133,9 @@ def _run_export(entry: registry.ModelEntry, **kw) -> None:
             f"simx export needs the export extra ({e.name or e} is missing): "
             "pip install 'simx[export]'"
         ) from None
-    path = export_model(entry, **kw)
-    click.echo(str(path))
+    written = export_model(entry, **kw)  # a path, or [image, text] with --text
+    for path in written if isinstance(written, list) else [written]:
+        click.echo(str(path))
 
 
 @main.group("export")
