@@ -69,18 +69,21 @@ def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """CPU int8: dynamic quantization of weight MatMuls, per-channel signed weights.
 
     The input proto is not modified. Any size works: onnxruntime's quantizer goes through
-    files, which are written with external data in a temporary folder and loaded back
-    into memory.
+    files, written with external data in a temporary folder and loaded back into memory.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    import onnx_ir as ir
+
     require_loaded_data(model)
     with tempfile.TemporaryDirectory(prefix="simx-int8.") as tmp:
-        out = Path(tmp) / "model-int8.onnx"
-        # quantize_dynamic copies a ModelProto (deepcopy + external-data save) before it
-        # touches it, so the caller's proto stays as it was.
+        src, out = Path(tmp) / "model.onnx", Path(tmp) / "model-int8.onnx"
+        # Written through onnx_ir, which streams the caller's tensors to the external
+        # data file without copying the proto (quantize_dynamic given a proto would
+        # deepcopy it first: one more full copy of a giant model in memory).
+        ir.save(ir.from_proto(model), src, external_data="model.data")
         quantize_dynamic(
-            model,
+            src,
             out,
             op_types_to_quantize=list(INT8_OP_TYPES),
             per_channel=True,
