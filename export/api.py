@@ -7,7 +7,7 @@ Pipeline (each step in its own module):
    tensors, computed before export so the torch model can be freed early (giant models);
 3. ``to_onnx.export_onnx``: dynamo export with a symbolic batch axis;
 4. ``optimize.fuse_for_ort`` (graph fusions) and ``quantize.to_int8`` / ``to_fp16``
-   (precision), when those modules are present;
+   (precision);
 5. write under a temp name, ``onnx.checker`` full check, onnxruntime parity against the
    torch outputs, then the spec (with the measured parity) into ``metadata_props["simx"]``
    and an atomic rename. Any failure leaves no file behind.
@@ -16,13 +16,11 @@ Pipeline (each step in its own module):
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
 
 from simx.errors import SimxError
 from simx.registry import ModelEntry
@@ -60,17 +58,6 @@ def _check_output_dir(output_dir: Path) -> None:
         raise SimxError(f"cannot write to output dir {output_dir}: {reason}") from None
 
 
-def _hook(module: str, name: str) -> Callable[..., Any] | None:
-    """``simx.export.<module>.<name>``, or None when that module is not installed yet."""
-    try:
-        mod = importlib.import_module(f"simx.export.{module}")
-    except ModuleNotFoundError as e:
-        if e.name == f"simx.export.{module}":
-            return None
-        raise SimxError(f"simx.export.{module} needs {e.name}: pip install 'simx[export]'") from None
-    return getattr(mod, name, None)
-
-
 def _versions(family: str) -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -106,7 +93,7 @@ def export_model(
     int8 or fp16 (their own file and gate). ``text``: also export the OpenCLIP text tower.
     Raises SimxError with a one-line message on any failure; then no file is left behind.
     """
-    from . import sources, to_onnx, verify
+    from . import optimize, quantize, sources, to_onnx, verify
 
     if precision not in PRECISIONS:
         raise SimxError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -125,14 +112,7 @@ def export_model(
         raise SimxError(
             f"checkpoint not found: {weights} (--weights takes 'pretrained', 'random' or a file path)"
         )
-    to_precision = None
-    if precision != "fp32":
-        to_precision = _hook("quantize", f"to_{precision}")
-        if to_precision is None:
-            raise SimxError(
-                f"--precision {precision} needs simx.export.quantize.to_{precision}, "
-                "which this installation lacks; export fp32 instead"
-            )
+    to_precision = getattr(quantize, f"to_{precision}") if precision != "fp32" else None
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
     final = output_path(entry, output_dir, precision)
@@ -147,14 +127,14 @@ def export_model(
     gc.collect()
 
     fusions: dict[str, int] = {}
-    fuse = _hook("optimize", "fuse_for_ort")
-    if fuse is not None:
-        try:
-            model, fusions = fuse(model)
-        except SimxError:
-            raise
-        except Exception as e:
-            raise SimxError(f"graph optimisation of {entry.id} failed: {sources.first_line(e)}") from e
+    try:
+        # SkipLayerNormalization is slower than Add + LayerNormalization on ORT's CPU
+        # kernels (benchmarks/results/precision.md), so only the GPU (fp16) file keeps it.
+        model, fusions = optimize.fuse_for_ort(model, skip_layer_norm=(precision == "fp16"))
+    except SimxError:
+        raise
+    except Exception as e:
+        raise SimxError(f"graph optimisation of {entry.id} failed: {sources.first_line(e)}") from e
     if to_precision is not None:
         try:
             with sources.quiet_logging():  # onnxruntime.quantization logs advice to root
@@ -205,10 +185,9 @@ def export_model(
     gc.collect()
 
     if text:
-        export_text = _hook("text", "export_text_tower")
-        if export_text is None:
-            raise SimxError("--text needs simx.export.text, which this installation lacks")
+        from .text import export_text_tower
+
         with sources.quiet_logging():  # open_clip's "initialized randomly" for --weights random
-            text_path = export_text(entry, weights=weights, output_dir=output_dir, opset=opset)
+            text_path = export_text_tower(entry, weights=weights, output_dir=output_dir, opset=opset)
         return [path, text_path]
     return path
