@@ -89,3 +89,13 @@ def test_cuda_where_absent_is_an_error_not_a_fallback():
     assert pick_providers("auto") == ["CPUExecutionProvider"]
     with pytest.raises(ProviderError, match="unknown provider"):
         pick_providers("metal")
+
+
+@pytest.mark.gpu
+def test_cuda_session_matches_cpu(tmp_path):
+    """On a CUDA host (pytest -m gpu): the session really runs on CUDA and agrees with the CPU."""
+    path = _pool_model(tmp_path / "m.onnx", _meta())
+    gpu = open_model(path, provider="cuda")
+    assert gpu.providers[0] == "CUDAExecutionProvider" and gpu.on_gpu
+    x = np.random.default_rng(1).random((8, 3, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(gpu.run(x), open_model(path, provider="cpu").run(x), atol=1e-5)
