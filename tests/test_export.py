@@ -381,7 +381,6 @@ def test_export_switches_to_external_data_above_the_threshold(tiny_build, monkey
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
 def test_precision_writes_its_own_file(tiny_build, precision, tmp_path):
-    pytest.importorskip("simx.export.quantize")
     entry = registry.get("dinov2-small")
     path = api.export_model(entry, weights="random", output_dir=tmp_path, image_size=56,
                             precision=precision)
@@ -393,22 +392,20 @@ def test_precision_writes_its_own_file(tiny_build, precision, tmp_path):
 
 
 def test_text_flag_exports_the_text_tower_after_the_image(tiny_build, monkeypatch, tmp_path):
+    from simx.export import text
+
     calls = []
-    real_hook = api._hook
 
-    def hook(module, name):
-        if module == "text":
-            def export_text_tower(entry, *, weights, output_dir, opset):
-                assert (output_dir / f"{entry.id}.onnx").is_file()  # image tower first
-                calls.append((entry.id, weights, output_dir, opset))
-                return output_dir / f"{entry.id}-text.onnx"
-            return export_text_tower
-        return real_hook(module, name)
+    def export_text_tower(entry, *, weights, output_dir, opset):
+        assert (output_dir / f"{entry.id}.onnx").is_file()  # image tower first
+        calls.append((entry.id, weights, output_dir, opset))
+        return output_dir / f"{entry.id}-text.onnx"
 
-    monkeypatch.setattr(api, "_hook", hook)
+    monkeypatch.setattr(text, "export_text_tower", export_text_tower)
     entry = registry.get("openclip-vit-b-32-openai")
-    path = api.export_model(entry, weights="random", output_dir=tmp_path, image_size=64, text=True)
-    assert path == tmp_path / "openclip-vit-b-32-openai.onnx"
+    paths = api.export_model(entry, weights="random", output_dir=tmp_path, image_size=64, text=True)
+    assert paths == [tmp_path / "openclip-vit-b-32-openai.onnx",
+                     tmp_path / "openclip-vit-b-32-openai-text.onnx"]
     assert calls == [("openclip-vit-b-32-openai", "random", tmp_path, 18)]
     with pytest.raises(SimxError, match="no text tower"):
         api.export_model(registry.get("dinov2-small"), weights="random", output_dir=tmp_path,
@@ -500,14 +497,6 @@ def test_unwritable_output_dir(tmp_path):
             cli, ["export", "dinov2", "--variant", "small", "--weights", "random",
                   "--output-dir", str(ro)])
         assert "cannot write to output dir" in _one_line_error(result)
-
-
-def test_precision_without_quantizer_is_clear(monkeypatch, tmp_path):
-    monkeypatch.setattr(api, "_hook", lambda module, name: None)
-    with pytest.raises(SimxError, match="--precision int8 needs"):
-        api.export_model(registry.get("dinov2-small"), weights="random", output_dir=tmp_path,
-                         precision="int8")
-    _nothing_written(tmp_path)
 
 
 @pytest.mark.parametrize(
