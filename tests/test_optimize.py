@@ -11,15 +11,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("torch")
-pytest.importorskip("onnxscript")
-
-from simx import registry  # noqa: E402
-from simx.export import optimize, quantize  # noqa: E402
+from simx import registry
+from simx.export import optimize, quantize
 
 MODELS = ("dinov2-small", "openclip-vit-b-32-laion2b_s34b_b79k")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")

@@ -73,7 +73,7 @@ def test_quick_gelu_tags():
 @pytest.mark.parametrize("entry", OPENCLIP, ids=lambda e: e.id)
 def test_openclip_entries_agree_with_open_clip(entry):
     """Registry data vs open_clip's own model config and PreprocessCfg (no weights needed)."""
-    open_clip = pytest.importorskip("open_clip")
+    import open_clip
     from simx.export.sources import openclip_preprocess, preprocess_from_openclip
 
     cfg = open_clip.get_model_config(entry.variant)
@@ -92,8 +92,8 @@ def test_openclip_entries_agree_with_open_clip(entry):
 
 @pytest.mark.parametrize("entry", [e for e in DINOV2 if not e.registers], ids=lambda e: e.id)
 def test_dinov2_entries_agree_with_timm(entry):
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
+    import torch
+    import timm
     for e in (entry, registry.dinov2(entry.variant, registers=True)):
         assert timm.is_model(e.source_name.split(".")[0])
         with torch.device("meta"):  # no memory, no init time

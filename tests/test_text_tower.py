@@ -16,7 +16,6 @@ from tiny_model import build_tiny_model  # noqa: E402
 from simx import registry  # noqa: E402
 from simx.errors import ModelFileError  # noqa: E402
 
-pytest.importorskip("open_clip")
 
 CLIP_ID = "openclip-vit-b-32-laion2b_s34b_b79k"
 TEXTS = [
