@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from simx.errors import SimxError
+from simx.fsutil import fsync_dir, fsync_path
 
 from .sources import first_line
 
@@ -122,21 +123,6 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync(path)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on a folder
-        pass
-
-
 class AtomicModelWriter:
     """Write ``final`` (and ``final.data`` for external data) atomically.
 
@@ -225,16 +211,16 @@ class AtomicModelWriter:
             assert self.tmp_data is not None
             self._point_data_at(model, self.final_data.name)
         self.write(model)
-        _fsync(self.tmp)
+        fsync_path(self.tmp)
         if self.external:
             assert self.tmp_data is not None
-            _fsync(self.tmp_data)
+            fsync_path(self.tmp_data)
             os.replace(self.tmp_data, self.final_data)
         os.replace(self.tmp, self.final)
         if not self.external and self.final_data.exists():
             # A stale .data from an earlier external-data export of the same name.
             self.final_data.unlink()
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         self._committed = True
         return self.final
 

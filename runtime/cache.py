@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SimxError
+from .fsutil import fsync_path, write_bytes_durably
 
 FORMAT = "simx-feature-cache"
 FORMAT_VERSION = 1
@@ -119,21 +120,6 @@ def crash_point(name: str) -> None:
 
 
 # ----------------------------------------------------------------------------- file helpers
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _jsonl(objs: Iterable[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs).encode()
 
@@ -444,9 +430,9 @@ class CacheWriter:
             for name in names:
                 if (d / (name + NEW)).exists():
                     os.replace(d / (name + NEW), d / name)
-            _fsync_dir(d)
+            fsync_path(d)
             (d / MANIFEST).unlink(missing_ok=True)
-            _fsync_dir(d)
+            fsync_path(d)
         elif (d / MANIFEST).exists():
             (d / MANIFEST).unlink()
         for name in (*(n + NEW for n in DATA_FILES), MANIFEST + TMP):
@@ -531,23 +517,23 @@ class CacheWriter:
             del mm
             with open(emb_new, "rb+") as f:
                 os.fsync(f.fileno())
-        _write_bytes(d / (INDEX + NEW), _jsonl(asdict(r) for r in rows))
-        _write_bytes(d / (FAILED + NEW), _jsonl(_failure_dict(f) for f in failures))
+        write_bytes_durably(d / (INDEX + NEW), _jsonl(asdict(r) for r in rows))
+        write_bytes_durably(d / (FAILED + NEW), _jsonl(_failure_dict(f) for f in failures))
         meta = make_meta(self.spec, n, len(failures), self.options or {})
-        _write_bytes(d / (META + NEW), (json.dumps(meta, indent=2) + "\n").encode())
-        _fsync_dir(d)  # the .new names are durable before the manifest that names them
+        write_bytes_durably(d / (META + NEW), (json.dumps(meta, indent=2) + "\n").encode())
+        fsync_path(d)  # the .new names are durable before the manifest that names them
         crash_point("commit-written")
         # The commit point: the manifest appears atomically, after everything it names.
-        _write_bytes(d / (MANIFEST + TMP), json.dumps({"files": list(DATA_FILES)}).encode())
+        write_bytes_durably(d / (MANIFEST + TMP), json.dumps({"files": list(DATA_FILES)}).encode())
         os.replace(d / (MANIFEST + TMP), d / MANIFEST)
-        _fsync_dir(d)
+        fsync_path(d)
         crash_point("commit-manifest")
         for name in DATA_FILES:
             os.replace(d / (name + NEW), d / name)
             crash_point("commit-rename")
-        _fsync_dir(d)
+        fsync_path(d)
         (d / MANIFEST).unlink()
-        _fsync_dir(d)
+        fsync_path(d)
         crash_point("commit-done")
         self.state = CacheState(meta, list(rows), list(failures),
                                 np.load(d / EMBEDDINGS, mmap_mode="r"))
