@@ -74,6 +74,12 @@ def test_wrong_files_fail_with_one_line(tmp_path, make, message):
     assert "\n" not in str(info.value)
 
 
+def test_fp16_model_on_the_cpu_warns(tmp_path):
+    path = _pool_model(tmp_path / "m.onnx", _meta(precision="fp16"))
+    with pytest.warns(RuntimeWarning, match="fp16 model running on the CPU"):
+        open_model(path, provider="cpu")
+
+
 def test_missing_file():
     with pytest.raises(ModelFileError, match="not found"):
         open_model("/nonexistent/model.onnx")
