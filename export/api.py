@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from simx.errors import SimxError
+from simx.errors import SimxError, first_line
 from simx.registry import ModelEntry
 from simx.spec import METADATA_KEY, ModelSpec
 
@@ -134,7 +134,7 @@ def export_model(
     except SimxError:
         raise
     except Exception as e:
-        raise SimxError(f"graph optimisation of {entry.id} failed: {sources.first_line(e)}") from e
+        raise SimxError(f"graph optimisation of {entry.id} failed: {first_line(e)}") from e
     if to_precision is not None:
         try:
             with sources.quiet_logging():  # onnxruntime.quantization logs advice to root
@@ -142,7 +142,7 @@ def export_model(
         except SimxError:
             raise
         except Exception as e:
-            raise SimxError(f"{precision} conversion of {entry.id} failed: {sources.first_line(e)}") from e
+            raise SimxError(f"{precision} conversion of {entry.id} failed: {first_line(e)}") from e
 
     spec = ModelSpec(
         id=entry.id,

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simx.errors import SimxError
+from simx.errors import SimxError, first_line
 from simx.registry import ModelEntry
 from simx.spec import PreprocessSpec
 
@@ -67,13 +67,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def first_line(e: BaseException) -> str:
-    """An exception as one short line, for the CLI's one-line errors."""
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
-_first_line = first_line  # the name export/text.py imports
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from simx import registry
-from simx.errors import SimxError
+from simx.errors import SimxError, first_line
 from simx.spec import METADATA_KEY, ModelSpec
 from simx.tokenizer import TOKENIZER_NAME, get_tokenizer
 
@@ -61,7 +61,7 @@ def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
     import open_clip
     import torch
 
-    from .sources import RANDOM_SEED, _first_line, _hub_download, read_checkpoint
+    from .sources import RANDOM_SEED, _hub_download, read_checkpoint
 
     if entry.family != "openclip":
         raise TextExportError(f"{entry.id} has no text tower (only OpenCLIP models do)")
@@ -82,7 +82,7 @@ def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
             open_clip.load_checkpoint(model, str(weights))
         except Exception as e:
             raise TextExportError(f"checkpoint {weights} does not fit {entry.id}: "
-                                  f"{_first_line(e)}") from None
+                                  f"{first_line(e)}") from None
         label = "sha256:" + digest
     return model.eval(), label
 
@@ -187,8 +187,8 @@ def export_text_tower(
             dynamic_shapes={"input_ids": {0: batch}}, opset_version=opset, verbose=False,
         )
     except Exception as e:  # the exporter raises many types; keep the first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TextExportError(f"torch.onnx.export failed for {entry.id}'s text tower: {first}") from e
+        raise TextExportError(
+            f"torch.onnx.export failed for {entry.id}'s text tower: {first_line(e)}") from e
     proto = program.model_proto
     dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if not dim0.dim_param:

@@ -20,10 +20,9 @@ import onnx
 import torch
 from torch import nn
 
-from simx.errors import SimxError
+from simx.errors import SimxError, first_line
 from simx.fsutil import fsync_dir, fsync_path
 
-from .sources import first_line
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "embeddings"

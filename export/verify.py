@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from simx.errors import SimxError
+from simx.errors import SimxError, first_line
 from simx.spec import PreprocessSpec
 
-from .sources import first_line
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # batch 1: the first; batch 3: the rest
 RANDOM_SEED = 1234

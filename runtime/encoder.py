@@ -39,7 +39,7 @@ from typing import Union
 
 import numpy as np
 
-from .errors import SimxError
+from .errors import SimxError, first_line
 from .session import ModelSession, open_model
 from .spec import ModelSpec
 
@@ -60,10 +60,10 @@ def _describe(item: ImageInput, index: int) -> str:
 
 def _error_text(e: BaseException) -> str:
     """One line for failed.jsonl: simx's own messages as they are, others with their type."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, SimxError):
-        return msg or type(e).__name__
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    msg = first_line(e)
+    if isinstance(e, SimxError) or msg == type(e).__name__:
+        return msg
+    return f"{type(e).__name__}: {msg}"
 
 
 def default_workers(on_gpu: bool) -> int:

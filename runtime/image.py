@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import SimxError
+from .errors import SimxError, first_line
 
 MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 """Default pixel limit: Pillow's decompression-bomb limit (89,478,485 pixels)."""
@@ -131,8 +131,7 @@ def _open_header(data: bytes, max_pixels: int | None) -> Image.Image:
 
 
 def _short(e: BaseException, default: str) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return msg or default
+    return first_line(e, default)
 
 
 def _to_rgb8(a: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .errors import SimxError
+from .errors import SimxError, first_line
 
 SIMBENCH_KEYS = ("method", "variant", "model", "pretrained", "batch_size", "device", "normalize",
                  "distance", "cache_dir")
@@ -47,8 +47,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "syntax error"
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(e, 'syntax error')})") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a method config is a mapping of keys (method, variant, ...)")
     return doc

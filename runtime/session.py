@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelFileError, ProviderError
+from .errors import ModelFileError, ProviderError, first_line
 from .spec import ModelSpec, SpecError, read_spec_from_metadata
 
 DEFAULT_MODELS_DIR = "onnx_models"
@@ -161,8 +161,7 @@ def open_model(
     try:
         sess = ort.InferenceSession(str(path), sess_options=so, providers=chain)
     except Exception as e:  # onnxruntime raises its own exception types per failure
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelFileError(f"{path}: not a loadable ONNX model ({first})") from None
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
     try:
         spec = read_spec_from_metadata(sess.get_modelmeta().custom_metadata_map, where=str(path))
     except SpecError as e:
