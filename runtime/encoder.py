@@ -35,13 +35,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from .errors import SimxError, first_line
+from .image import load_rgb
+from .preprocess import preprocess
 from .session import ModelSession, open_model
 from .spec import ModelSpec
+
+if TYPE_CHECKING:
+    from .search import TextEncoder
 
 ImageInput = Union[str, os.PathLike, np.ndarray]
 
@@ -115,6 +120,7 @@ class Encoder:
         self.per_image = (self.spec.precision == "int8") if per_image is None else per_image
         self.workers = workers or default_workers(self._session.on_gpu)
         self.threads = threads
+        self._text: TextEncoder | None = None  # built on the first embed_text call
 
     # -- what the model is ---------------------------------------------------------------
     @property
@@ -144,9 +150,6 @@ class Encoder:
     # -- one image -----------------------------------------------------------------------
     def prepare(self, item: ImageInput) -> np.ndarray:
         """Decode (if a path) and preprocess one image into the model's float32 [3, S, S]."""
-        from .image import load_rgb
-        from .preprocess import preprocess
-
         if isinstance(item, np.ndarray):
             if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
                 raise EmbedError(
@@ -242,7 +245,7 @@ class Encoder:
         """
         from .search import TextEncoder
 
-        if getattr(self, "_text", None) is None:
+        if self._text is None:
             self._text = TextEncoder(self.path, provider="cuda" if self._session.on_gpu else "cpu",
                                      threads=self.threads)
         if self._text.dim != self.dim:
