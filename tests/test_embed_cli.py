@@ -194,13 +194,19 @@ def test_kill_9_at_every_commit_step(point, forty, tiny, clean_forty, tmp_path):
     assert_same_cache(cache, clean_forty)
 
 
-def test_kill_9_from_outside_mid_run(forty, tiny, clean_forty, tmp_path):
-    cache = tmp_path / "cache"
-    args = (forty, "--model", tiny, "--cache", cache, "--batch-size", 4, "--commit-every", 8)
-    p = simx_embed(*args, env={"SIMX_TEST_DELAY": "0.15"}, wait=False)
+def start_slow_run(args: tuple, cache: Path, delay: str) -> subprocess.Popen:
+    """Start `simx embed` slowed by ``delay`` s per image; return once its first commit is there."""
+    p = simx_embed(*args, env={"SIMX_TEST_DELAY": delay}, wait=False)
     deadline = time.monotonic() + 60
     while not (cache / "cache.json").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
+    return p
+
+
+def test_kill_9_from_outside_mid_run(forty, tiny, clean_forty, tmp_path):
+    cache = tmp_path / "cache"
+    args = (forty, "--model", tiny, "--cache", cache, "--batch-size", 4, "--commit-every", 8)
+    p = start_slow_run(args, cache, "0.15")
     os.kill(p.pid, signal.SIGKILL)
     p.communicate()
     assert p.returncode == -signal.SIGKILL
@@ -263,10 +269,7 @@ def test_progress_bar_on_a_terminal_only(forty, tiny, tmp_path):
 def test_ctrl_c_commits_what_is_done(forty, tiny, clean_forty, tmp_path):
     cache = tmp_path / "cache"
     args = (forty, "--model", tiny, "--cache", cache, "--batch-size", 4, "--commit-every", 8)
-    p = simx_embed(*args, env={"SIMX_TEST_DELAY": "0.2"}, wait=False)
-    deadline = time.monotonic() + 60
-    while not (cache / "cache.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)  # it is embedding once the first commit is there
+    p = start_slow_run(args, cache, "0.2")  # it is embedding once the first commit is there
     time.sleep(0.3)  # between two periodic commits
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
