@@ -231,6 +231,27 @@ def _hit_caption(rank: int, score: float | None, path: str, mark: str = "") -> s
     return f'{m}<span class="rank">#{rank}</span>{s}<span class="path">{esc(path)}</span>'
 
 
+def _under(path: object, root: str) -> str:
+    """``path`` relative to ``root`` when it lies under it: captions stay short, and the
+    full path is in the figure's title (a tooltip)."""
+    p = str(path)
+    r = root.rstrip(os.sep)
+    if r and p.startswith(r + os.sep):
+        return p[len(r) + 1:]
+    return p
+
+
+def _common_dir(paths: Sequence[str]) -> str:
+    """The deepest folder holding every path ('' when there is none worth showing)."""
+    if len(set(paths)) < 2:
+        return ""
+    try:
+        common = os.path.commonpath(paths)
+    except ValueError:  # mixed absolute and relative paths
+        return ""
+    return common if common not in ("", os.sep, ".") and common not in paths else ""
+
+
 # ----------------------------------------------------------------------------- search
 def _cache_meta(cache_dir: Path) -> tuple[dict[str, Any], int | None]:
     """cache.json through the cache reader (any format it knows), with its row count."""
@@ -258,6 +279,7 @@ def search_report(results: Sequence[dict[str, Any]], cache_dir: str | os.PathLik
     thumbs = Thumbnails(exif_transpose=bool(opts.get("exif_transpose", False)))
     model_id = meta.get("model_id", "unknown")
     weights = meta.get("weights", "unknown")
+    base = _common_dir([str(h["path"]) for res in results for h in res.get("hits") or []])
     body = [
         "<header><h1>simx search</h1>",
         meta_list([
@@ -270,6 +292,7 @@ def search_report(results: Sequence[dict[str, Any]], cache_dir: str | os.PathLik
             ("cache", str(cache_dir.resolve())),
             ("cache rows", rows if rows is not None else meta.get("count")),
             ("options", ", ".join(f"{a}={b}" for a, b in sorted(opts.items())) or "default"),
+            ("result paths under", base or None),
             ("queries", len(results)),
             ("top-k", k),
             ("index", index),
@@ -291,7 +314,7 @@ def search_report(results: Sequence[dict[str, Any]], cache_dir: str | os.PathLik
         hits = res.get("hits") or []
         items = "".join(
             "<li>" + figure(thumbs.get(str(h["path"]), hit_side),
-                            _hit_caption(int(h["rank"]), float(h["score"]), str(h["path"])),
+                            _hit_caption(int(h["rank"]), float(h["score"]), _under(h["path"], base)),
                             alt=f"result {h['rank']}", title=str(h["path"])) + "</li>"
             for h in hits)
         if not hits:
@@ -330,7 +353,7 @@ def svg_histogram(values: Sequence[float], edges: Sequence[float], *, xlabel: st
         parts.append(f'<rect x="{x + 2:.1f}" y="{top + ph - h:.1f}" width="{max(bw - 4, 1):.1f}" '
                      f'height="{h:.1f}" fill="#3b6fd4"/>')
         if c:
-            parts.append(f'<text x="{x + bw / 2:.1f}" y="{top + ph - h - 3:.1f}" '
+            parts.append(f'<text class="count" x="{x + bw / 2:.1f}" y="{top + ph - h - 3:.1f}" '
                          f'text-anchor="middle">{int(c)}</text>')
         lab = labels[i] if labels is not None else f"{edges[i]:.1f}"
         parts.append(f'<text x="{x + (bw / 2 if labels is not None else 0):.1f}" y="{top + ph + 14}" '
@@ -374,6 +397,7 @@ def eval_report(r: dict[str, Any], *, max_rows: int = EVAL_MAX_ROWS, query_side:
     order = sorted(range(len(per)), key=lambda i: (float(per[i]["score"]), i))
     shown = order[:max_rows] if max_rows > 0 else order
     scores = [float(q["score"]) for q in per]
+    root = str(r.get("root") or "")
     body = [
         f"<header><h1>simx eval: {esc(r.get('dataset', '?'))}</h1>",
         _metric_line(r),
@@ -398,14 +422,15 @@ def eval_report(r: dict[str, Any], *, max_rows: int = EVAL_MAX_ROWS, query_side:
     for i in shown:
         q = per[i]
         score = (f'{int(q["score"])} / 4' if ukbench else f'AP {float(q["score"]):.3f}')
+        n_pos = int(q.get("positives", 0))
         extra = "" if ukbench else (f' <span class="note">AP@10 {float(q.get("ap_at_10", 0.0)):.3f},'
-                                    f' {int(q.get("positives", 0))} positives</span>')
+                                    f' {n_pos} positive{"" if n_pos == 1 else "s"}</span>')
         cap = (f'<span class="qscore">{esc(score)}</span>{extra}'
-               f'<span class="path">group {esc(q.get("group"))}: {esc(q["query"])}</span>')
+               f'<span class="path">group {esc(q.get("group"))}: {esc(_under(q["query"], root))}</span>')
         head = figure(thumbs.get(str(q["query"]), query_side), cap, alt="query", title=str(q["query"]))
         items = "".join(
             "<li>" + figure(thumbs.get(str(h["path"]), hit_side),
-                            _hit_caption(int(h["rank"]), h.get("score"), str(h["path"]),
+                            _hit_caption(int(h["rank"]), h.get("score"), _under(h["path"], root),
                                          "\u2713" if h["correct"] else "\u2717"),
                             cls="ok" if h["correct"] else "bad", alt=f"result {h['rank']}",
                             title=str(h["path"])) + "</li>"
