@@ -289,9 +289,10 @@ def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: P
     if images is not None and synthetic:
         raise click.UsageError("--images and --synthetic exclude each other")
     if plot_path is not None:
-        from .plot import check_viz
+        from .plot import check_output, check_viz
 
         check_viz()  # before minutes of benchmarking, not after
+        check_output(plot_path, "--plot")
     base = None
     if baseline is not None:
         from .session import read_spec
@@ -342,6 +343,10 @@ def search_cmd(queries: tuple[Path, ...], cache_dir: Path, texts: tuple[str, ...
     """Find the K most similar cached images to each QUERY image or --text (cosine)."""
     from .search import search_cache
 
+    if html_path is not None:
+        from .report import check_output
+
+        check_output(html_path)
     results = search_cache(cache_dir, [str(q) for q in queries], list(texts), k=k, index=index,
                            model=model, provider=provider)
     if html_path is not None:
@@ -380,6 +385,10 @@ def eval_cmd(dataset: str, root: Path, model: str, cache_dir: Path | None, batch
     """Retrieval quality: UKBench N-S score, or Holidays mAP (INRIA protocol) and mAP@10."""
     from .datasets import evaluate
 
+    if html_path is not None:
+        from .report import check_output
+
+        check_output(html_path)
     r = evaluate(dataset, root, model, cache_dir=cache_dir, batch_size=batch_size,
                  provider=provider, threads=threads, detail=html_path is not None)
     if html_path is not None:

@@ -17,11 +17,14 @@ that results extended with more execution paths plot without changes here):
 
 from __future__ import annotations
 
+import io
+import math
 import os
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .errors import SimxError
+from .report import check_output, write_file
 
 
 class PlotError(SimxError):
@@ -37,8 +40,7 @@ def check_viz() -> None:
 
 
 def _short_provider(name: Any) -> str:
-    s = str(name or "?")
-    return s[: -len("ExecutionProvider")] if s.endswith("ExecutionProvider") else s
+    return str(name or "?").removesuffix("ExecutionProvider")
 
 
 def _rows_of(result: dict[str, Any]) -> Iterable[tuple[str, str, dict[str, Any]]]:
@@ -72,7 +74,7 @@ def _num(x: Any) -> float | None:
         v = float(x)
     except (TypeError, ValueError):
         return None
-    return v if v == v else None  # NaN -> None
+    return None if math.isnan(v) else v
 
 
 def bench_series(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -142,9 +144,7 @@ def plot_bench(results: Sequence[dict[str, Any]], out: str | os.PathLike[str],
     series = bench_series(results)
     if not any(v is not None for s in series for v in s["img_s"]):
         raise PlotError("nothing to plot: the benchmark result has no measured batch sizes")
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise PlotError(f"--plot {out}: folder {out.parent} does not exist")
+    check_output(out, "--plot")
     several_models = len({s["model"] for s in series}) > 1
     fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=dpi)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -186,13 +186,10 @@ def plot_bench(results: Sequence[dict[str, Any]], out: str | os.PathLike[str],
                   ha="center", va="center", transform=ax_e.transAxes, color="#666")
     fig.suptitle(_title(results), fontsize=10)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise PlotError(f"cannot write {out}: {e.strerror or e}") from None
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
+    write_file(out, buf.getvalue(), "--plot")
     return series

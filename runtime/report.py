@@ -29,7 +29,8 @@ import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .errors import SimxError, first_line
 
@@ -198,21 +199,31 @@ def random_banner(weights: object) -> str:
             "Export it with pretrained weights before judging neighbours.</small></div>")
 
 
-def write_page(path: str | os.PathLike[str], text: str) -> Path:
-    """Write atomically (temp file + rename), so a reader never sees half a page."""
+def check_output(path: str | os.PathLike[str], option: str = "--html") -> Path:
+    """Refuse an output path that cannot be written, before minutes of work, not after."""
     out = Path(path)
     if out.is_dir():
-        raise ReportError(f"--html {out}: is a folder; give a file name")
+        raise ReportError(f"{option} {out}: is a folder; give a file name")
     if not out.parent.is_dir():
-        raise ReportError(f"--html {out}: folder {out.parent} does not exist")
+        raise ReportError(f"{option} {out}: folder {out.parent} does not exist")
+    return out
+
+
+def write_file(path: str | os.PathLike[str], data: bytes, option: str = "--html") -> Path:
+    """Write atomically (temp file + rename), so a reader never sees half a page or plot."""
+    out = check_output(path, option)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, out)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise ReportError(f"cannot write {out}: {e.strerror or e}") from None
     return out
+
+
+def write_page(path: str | os.PathLike[str], text: str) -> Path:
+    return write_file(path, text.encode("utf-8"), "--html")
 
 
 def _now() -> str:

@@ -55,22 +55,19 @@ class Browser:
 
     def __init__(self, executable: str, width: int = 1280, height: int = 900) -> None:
         self._profile = tempfile.mkdtemp(prefix="simx-cdp-")
-        # The browser's ends are moved to fds >= 10 first, so that dup2 onto 3 and 4 in the
-        # child is never a no-op (which would leave them close-on-exec).
-        to_browser_r, self._to_browser = (_high_fd(fd) for fd in os.pipe())
-        self._from_browser, from_browser_w = (_high_fd(fd) for fd in os.pipe())
-
-        def child_fds() -> None:  # runs in the child: the pipe ends must be fds 3 and 4
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
-
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        # The browser wants its ends as fds 3 and 4: bash moves them there and execs it
+        # (no preexec_fn, unsafe in a process with threads; dash takes one-digit fds only).
+        # They are first put at fds >= 10, so that moving one never overwrites the other.
+        to_browser_r, from_browser_w = _high_fd(to_browser_r), _high_fd(from_browser_w)
+        move = (f'exec 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- '
+                f'{from_browser_w}>&-; exec "$0" "$@"')
         self.proc = subprocess.Popen(
-            [executable, *FLAGS, f"--user-data-dir={self._profile}",
+            ["/bin/bash", "-c", move, executable, *FLAGS, f"--user-data-dir={self._profile}",
              f"--window-size={width},{height}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            # close_fds would run after preexec_fn and close 3 and 4 again; Python's own fds
-            # are non-inheritable (PEP 446), so nothing else leaks without it.
-            preexec_fn=child_fds, close_fds=False,
+            pass_fds=(to_browser_r, from_browser_w),
         )
         os.close(to_browser_r)
         os.close(from_browser_w)
@@ -166,7 +163,7 @@ class Browser:
                 self._cv.wait(min(left, 0.5))
 
     # ------------------------------------------------------------------ page
-    def open(self, path: str | os.PathLike[str], timeout: float = 120.0) -> "PageLoad":
+    def open(self, path: str | os.PathLike[str], timeout: float = 120.0) -> PageLoad:
         """Load a local file and wait for its load event; returns what happened meanwhile."""
         since = len(self.events)
         t0 = time.perf_counter()
@@ -216,7 +213,7 @@ class Browser:
                 pass
         shutil.rmtree(self._profile, ignore_errors=True)
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:
