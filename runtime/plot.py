@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -46,14 +47,15 @@ def _short_provider(name: Any) -> str:
 def _rows_of(result: dict[str, Any]) -> Iterable[tuple[str, str, dict[str, Any]]]:
     """(provider, precision, row) for every measured row, wherever the result keeps it.
 
-    A row's own ``provider``/``precision`` win; else a ``paths`` entry's; else the run's
-    config and model blocks.
+    A row's own ``provider``/``precision`` win; else a ``paths`` entry's; else what the
+    run says it ran (``precision.ran``/``precision.provider``); else its config and model.
     """
     cfg = result.get("config") or {}
     model = result.get("model") or {}
-    run_provider = cfg.get("provider") or (cfg.get("providers") or [None])[0] \
-        or cfg.get("provider_requested")
-    run_precision = model.get("precision")
+    ran = result.get("precision") if isinstance(result.get("precision"), dict) else {}
+    run_provider = (ran.get("provider") or cfg.get("provider")
+                    or (cfg.get("providers") or [None])[0] or cfg.get("provider_requested"))
+    run_precision = ran.get("ran") or model.get("precision")
     groups: list[tuple[dict[str, Any], list[Any]]] = []
     paths = result.get("paths")
     if isinstance(paths, list) and all(isinstance(p, dict) for p in paths):
@@ -87,7 +89,7 @@ def bench_series(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             s = series.setdefault((model_id, prov, prec), {
                 "model": model_id, "provider": prov, "precision": prec,
                 "batch": [], "img_s": [], "e2e_img_s": [], "efficiency": [],
-                "e2e_efficiency": []})
+                "e2e_efficiency": [], "efficiency_precision": []})
             mo = row.get("model_only") or {}
             e2e = row.get("end_to_end") or {}
             s["batch"].append(int(row["batch_size"]))
@@ -95,6 +97,7 @@ def bench_series(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             s["e2e_img_s"].append(_num(e2e.get("img_s")) if isinstance(e2e, dict) else None)
             eff = _num(mo.get("efficiency"))
             s["efficiency"].append(eff)
+            s["efficiency_precision"].append(_num(mo.get("efficiency_precision")))
             # The end-to-end line on the efficiency panel: the same GFLOPs delivered through
             # decode and preprocess, i.e. efficiency x (end-to-end / model-only), per run.
             ratio = _num(e2e.get("ratio_to_model_only")) if isinstance(e2e, dict) else None
@@ -103,7 +106,8 @@ def bench_series(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for s in series.values():  # sort each series by batch size
         order = sorted(range(len(s["batch"])), key=s["batch"].__getitem__)
-        for key in ("batch", "img_s", "e2e_img_s", "efficiency", "e2e_efficiency"):
+        for key in ("batch", "img_s", "e2e_img_s", "efficiency", "e2e_efficiency",
+                    "efficiency_precision"):
             s[key] = [s[key][i] for i in order]
         out.append(s)
     return out
@@ -165,6 +169,10 @@ def plot_bench(results: Sequence[dict[str, Any]], out: str | os.PathLike[str],
         if any(v is not None for v in s["e2e_efficiency"]):
             ax_e.plot(s["batch"], _pct(s["e2e_efficiency"]), "s--", color=c,
                       label=f"{name}, end to end")
+        if any(v is not None for v in s["efficiency_precision"]):
+            any_eff = True  # against a GEMM in the path's own precision and provider
+            ax_e.plot(s["batch"], _pct(s["efficiency_precision"]), "^:", color=c,
+                      label=f"{name}, vs GEMM in {s['precision']} on {s['provider']}")
     batches = sorted({b for s in series for b in s["batch"]})
     for ax in (ax_t, ax_e):
         ax.set_xscale("log", base=2)
@@ -176,7 +184,7 @@ def plot_bench(results: Sequence[dict[str, Any]], out: str | os.PathLike[str],
     ax_t.set_ylim(bottom=0)
     ax_t.set_title("throughput")
     ax_t.legend(fontsize=8)
-    ax_e.set_ylabel("model GFLOP/s as % of reference GEMM")
+    ax_e.set_ylabel("model GFLOP/s as % of reference GEMM (fp32 numpy)")
     ax_e.set_title("efficiency against the reference GEMM")
     if any_eff:
         ax_e.set_ylim(bottom=0)
@@ -193,3 +201,27 @@ def plot_bench(results: Sequence[dict[str, Any]], out: str | os.PathLike[str],
         plt.close(fig)
     write_file(out, buf.getvalue(), "--plot")
     return series
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m simx.plot A.json B.json -o paths.png``: several ``simx bench --json``
+    results (other providers or precisions) in one figure."""
+    import argparse
+
+    from .bench import load_result
+
+    ap = argparse.ArgumentParser(prog="python -m simx.plot", description=main.__doc__)
+    ap.add_argument("results", nargs="+", help="simx bench --json files")
+    ap.add_argument("-o", "--output", required=True, help="the PNG to write")
+    args = ap.parse_args(argv)
+    try:
+        series = plot_bench([load_result(p) for p in args.results], args.output)
+    except SimxError as e:
+        print(f"simx: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: " + ", ".join(f"{s['provider']} {s['precision']}" for s in series))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import copy
 import io
 import json
 import os
@@ -45,6 +46,7 @@ HOSTILE = (
     "&lt;b&gt;not bold&lt;/b&gt;.jpg",
 )
 DAMAGED, DELETED = "coffee.jpg", "camera.png"
+ROOT = Path(__file__).resolve().parents[1]
 
 # In-page checks, run through DevTools (which the page's CSP does not restrict).
 JS_IMAGES = """Array.from(document.images).map(i => ({
@@ -342,6 +344,39 @@ def test_bench_series_one_line_per_path():
     assert got["CPU", "int8"]["efficiency"] == [0.7, 0.8]
     assert np.allclose(got["CPU", "int8"]["e2e_efficiency"], [0.63, 0.72])
     assert got["CUDA", "fp16"]["efficiency"] == [None, None]
+    # a run that says what it ran (provider and precision blocks, GEMM in its own precision)
+    ov = {"model": {"id": "m", "precision": "fp32"}, "config": {"providers": ["X"]},
+          "precision": {"ran": "bf16", "provider": "OpenVINOExecutionProvider"},
+          "results": [{**_bench_row(1, 40.0, 1.5),
+                       "model_only": {"img_s": 40.0, "efficiency": 1.5,
+                                      "efficiency_precision": 0.6}}]}
+    (s,) = bench_series([ov])
+    assert (s["provider"], s["precision"], s["efficiency_precision"]) == ("OpenVINO", "bf16", [0.6])
+
+
+def test_plot_module_merges_json_files(tmp_path):
+    from simx.plot import main as plot_main
+
+    # a committed real run, and the same run as if it had been an int8 path
+    a = json.loads((ROOT / "benchmarks/results/bench_dinov2-small_images_amd-epyc-2c.json")
+                   .read_text())
+    b = {**copy.deepcopy(a), "precision": {"ran": "int8", "provider": "CPUExecutionProvider"}}
+    for row in b["results"]:
+        row["model_only"]["img_s"] *= 2
+    for name, r in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(r))
+    out = tmp_path / "paths.png"
+    assert plot_main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(out)]) == 0
+    from PIL import Image
+
+    assert Image.open(out).format == "PNG"
+    from simx.plot import bench_series
+
+    fp32, int8 = bench_series([a, b])
+    assert (fp32["precision"], int8["precision"]) == ("fp32", "int8")
+    assert fp32["batch"] == int8["batch"] == [r["batch_size"] for r in a["results"]]
+    assert np.allclose(int8["img_s"], [2 * v for v in fp32["img_s"]])
+    assert plot_main([str(tmp_path / "missing.json"), "-o", str(out)]) == 2
 
 
 def test_bench_plot_cli(tiny, rgb_photos, tmp_path):
