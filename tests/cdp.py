@@ -183,8 +183,10 @@ class Browser:
 
     def screenshot(self, out: str | os.PathLike[str], full_page: bool = False,
                    max_height: int = 4000) -> Path:
-        """A PNG of the viewport (or the page, capped at ``max_height`` px) written to ``out``."""
-        params: dict[str, Any] = {"format": "png"}
+        """A PNG (or, for a .jpg name, a JPEG) of the viewport (or the page, capped at
+        ``max_height`` px) written to ``out``."""
+        jpeg = Path(out).suffix.lower() in (".jpg", ".jpeg")
+        params: dict[str, Any] = {"format": "jpeg", "quality": 85} if jpeg else {"format": "png"}
         if full_page:
             size = self.evaluate("[document.documentElement.scrollWidth,"
                                  " document.documentElement.scrollHeight]")

@@ -112,7 +112,7 @@ def corpus(tmp_path_factory, photos, tiny) -> dict:
 def _docs(browser: Browser, name: str) -> None:
     out = os.environ.get("SIMX_DOCS_DIR")
     if out:
-        browser.screenshot(Path(out) / name)
+        browser.screenshot(Path(out) / name, full_page=True, max_height=1400)
 
 
 def _static_checks(text: str) -> None:
@@ -187,7 +187,7 @@ def test_search_report_in_browser(browser, corpus, tmp_path):
         assert cap.startswith(f"#{h['rank']} {h['score']:.4f}") and title == h["path"]
         assert h["path"] == str(imgs / cap.split("\n", 1)[1])
     assert f"result paths under\n{imgs}" in body
-    _docs(browser, "search_report.png")
+    _docs(browser, "search_report.jpg")
 
 
 def test_search_report_pretrained_has_no_banner(corpus, tmp_path, monkeypatch):
@@ -248,7 +248,7 @@ def test_eval_reports_in_browser(browser, rgb_photos, tiny, tmp_path):
     counts = browser.evaluate("Array.from(document.querySelectorAll('svg text.count'))"
                               ".map(t => +t.textContent)")
     assert sum(counts) == n  # every query is in the histogram, not only the rows shown
-    _docs(browser, "eval_report.png")
+    _docs(browser, "eval_report.jpg")
 
     # Holidays: AP per query, the query left out of its own ranking, top 10 shown.
     hol = make_holidays(tmp_path / "hol", rgb_photos)
