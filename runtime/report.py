@@ -79,7 +79,9 @@ def make_thumbnail(path: str | os.PathLike[str], side: int, *, exif_transpose: b
     from .image import load_rgb
 
     try:
-        rgb = load_rgb(path, exif_transpose=exif_transpose)
+        rgb = _draft_jpeg(path, side, exif_transpose)
+        if rgb is None:
+            rgb = load_rgb(path, exif_transpose=exif_transpose)
     except SimxError as e:
         return Thumb(None, reason=first_line(e))
     except Exception as e:  # a decoder failure simx did not foresee: still one line, no crash
@@ -97,6 +99,32 @@ def make_thumbnail(path: str | os.PathLike[str], side: int, *, exif_transpose: b
     return Thumb(uri, int(rgb.shape[1]), int(rgb.shape[0]))
 
 
+def _draft_jpeg(path: str | os.PathLike[str], side: int, exif_transpose: bool) -> Any:
+    """A JPEG decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's ``draft``), or None.
+
+    Why: a 12 MP photo decodes in about 0.36 s in full and 0.075 s in draft here, and a
+    report of 100 queries x top-10 thumbnails up to 1100 distinct images. Only clean, large
+    JPEGs take this path; anything else (other formats, small or oversized images, any
+    error) returns None and goes through :func:`simx.image.load_rgb`, which also gives
+    the one-line reason when the file is bad.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from .image import MAX_PIXELS
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.format != "JPEG" or w * h > MAX_PIXELS or max(w, h) < 2 * side:
+                return None
+            im.draft("RGB", (max(1, w * side // max(w, h)), max(1, h * side // max(w, h))))
+            out = ImageOps.exif_transpose(im) if exif_transpose else im
+            return np.ascontiguousarray(np.asarray(out.convert("RGB")))
+    except Exception:  # any trouble: the exact decoder decides, and says why
+        return None
+
+
 @dataclass
 class Thumbnails:
     """Thumbnails made once per (path, side): a report shows the same image many times."""
@@ -109,6 +137,20 @@ class Thumbnails:
         if key not in self._memo:
             self._memo[key] = make_thumbnail(path, side, exif_transpose=self.exif_transpose)
         return self._memo[key]
+
+    def prefetch(self, keys: Iterable[tuple[str, int]], workers: int | None = None) -> None:
+        """Make the thumbnails of ``keys`` on all cores (decoders and resizers release
+        the GIL), so that building a page costs about 1/cores of the serial time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = list(dict.fromkeys(k for k in keys if k not in self._memo))
+        if not todo:
+            return
+        n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        with ThreadPoolExecutor(n, thread_name_prefix="simx-thumb") as pool:
+            made = pool.map(lambda k: make_thumbnail(k[0], k[1],
+                                                     exif_transpose=self.exif_transpose), todo)
+            self._memo.update(zip(todo, made))
 
     @property
     def failed(self) -> int:
@@ -291,6 +333,9 @@ def search_report(results: Sequence[dict[str, Any]], cache_dir: str | os.PathLik
     model_id = meta.get("model_id", "unknown")
     weights = meta.get("weights", "unknown")
     base = _common_dir([str(h["path"]) for res in results for h in res.get("hits") or []])
+    thumbs.prefetch([(str(r.get("query", "")), query_side) for r in results
+                     if r.get("kind") != "text"]
+                    + [(str(h["path"]), hit_side) for r in results for h in r.get("hits") or []])
     body = [
         "<header><h1>simx search</h1>",
         meta_list([
@@ -407,6 +452,8 @@ def eval_report(r: dict[str, Any], *, max_rows: int = EVAL_MAX_ROWS, query_side:
     thumbs = Thumbnails()
     order = sorted(range(len(per)), key=lambda i: (float(per[i]["score"]), i))
     shown = order[:max_rows] if max_rows > 0 else order
+    thumbs.prefetch([(str(per[i]["query"]), query_side) for i in shown]
+                    + [(str(h["path"]), hit_side) for i in shown for h in per[i].get("hits") or []])
     scores = [float(q["score"]) for q in per]
     root = str(r.get("root") or "")
     body = [

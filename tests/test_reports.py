@@ -315,6 +315,24 @@ def test_escape_and_thumbnails(photos, tmp_path):
     assert im.format == "JPEG" and im.size == (t.width, t.height)
     small = report.make_thumbnail(tmp_path / "hubble.jpg", 4000)
     assert (small.width, small.height) == photos["hubble_deep_field"].shape[1::-1]  # never enlarged
+    # A large JPEG takes the reduced-scale (draft) decode: same picture as the exact path.
+    import cv2
+
+    from simx.image import load_rgb
+
+    a = photos["astronaut"]
+    Image.fromarray(cv2.resize(a, (a.shape[1] * 2, a.shape[0] * 2))).save(tmp_path / "a.jpg",
+                                                                          quality=95)
+    assert report._draft_jpeg(tmp_path / "a.jpg", 256, False) is not None
+    assert report._draft_jpeg(tmp_path / "a.jpg", 4000, False) is None  # too small: exact path
+    t = report.make_thumbnail(tmp_path / "a.jpg", 256)
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(t.uri.split(",", 1)[1]))),
+                     dtype=np.float32)
+    exact = cv2.resize(load_rgb(tmp_path / "a.jpg"), (t.width, t.height),
+                       interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert np.abs(got - exact).mean() < 6  # JPEG q80 + DCT-domain scaling (3.4 measured)
+    assert np.abs(got - exact[:, ::-1]).mean() > 20  # a flip or a channel swap would show
+    assert np.abs(got - exact[..., ::-1]).mean() > 20
     (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
     bad = report.make_thumbnail(tmp_path / "junk.jpg", 256)
     assert bad.uri is None and "not an image" in bad.reason
@@ -412,5 +430,5 @@ def test_plot_without_matplotlib_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     from simx.plot import PlotError, check_viz
 
-    with pytest.raises(PlotError, match=r"simx\[viz\]"):
+    with pytest.raises(PlotError, match=r"\[viz\]"):
         check_viz()
