@@ -15,8 +15,10 @@ Why this shape:
   construction.
 * **A bad image never breaks the page.** A file that is gone, unreadable or corrupt
   gets a placeholder box with the one-line reason simx's decoder gives.
-* **What the model saw.** Thumbnails are decoded by :func:`simx.image.load_rgb`, with the
-  cache's own EXIF rule, so a report shows the pixels that were embedded.
+* **What the model saw.** Thumbnails follow the cache's own EXIF rule and simx's decoding
+  policy (:func:`simx.image.load_rgb`; large JPEGs are decoded at reduced scale first,
+  which looks the same at thumbnail size and is 3x faster), so a report shows the
+  pictures that were embedded.
 * **Random weights shout.** A model exported with ``--weights random`` gives neighbours
   that mean nothing; the page says so in a banner that cannot be missed.
 """
@@ -27,9 +29,10 @@ import base64
 import datetime as _dt
 import html
 import os
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .errors import SimxError, first_line
@@ -39,6 +42,9 @@ HIT_SIDE = 160  # px, long side of a result thumbnail (pages hold many of these)
 JPEG_QUALITY = 80
 EVAL_MAX_ROWS = 200  # queries shown in an eval report (the worst ones); the histogram has all
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+_DATA_URI = re.compile(r"data:image/(?:jpeg|png);base64,[A-Za-z0-9+/]*={0,2}")
 
 
 class ReportError(SimxError):
@@ -102,8 +108,9 @@ def make_thumbnail(path: str | os.PathLike[str], side: int, *, exif_transpose: b
 def _draft_jpeg(path: str | os.PathLike[str], side: int, exif_transpose: bool) -> Any:
     """A JPEG decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's ``draft``), or None.
 
-    Why: a 12 MP photo decodes in about 0.36 s in full and 0.075 s in draft here, and a
-    report of 100 queries x top-10 thumbnails up to 1100 distinct images. Only clean, large
+    Why: a 12 MP photo's thumbnail took 195 ms from a full decode and 64 ms from a draft
+    (benchmarks/results/report_scale_amd-epyc-2c.md), and a report of 100 queries x top-10
+    thumbnails up to 1100 distinct images. Only clean, large
     JPEGs take this path; anything else (other formats, small or oversized images, any
     error) returns None and goes through :func:`simx.image.load_rgb`, which also gives
     the one-line reason when the file is bad.
@@ -167,11 +174,12 @@ def figure(thumb: Thumb | None, caption: str, *, cls: str = "", alt: str = "",
     t = f' title="{esc(title)}"' if title else ""
     if thumb is None:
         pic = ""
-    elif thumb.uri is not None:
-        pic = (f'<img src="{thumb.uri}" width="{thumb.width}" height="{thumb.height}" '
+    elif thumb.uri is not None and _DATA_URI.fullmatch(thumb.uri):
+        pic = (f'<img src="{thumb.uri}" width="{int(thumb.width)}" height="{int(thumb.height)}" '
                f'alt="{esc(alt)}">')
-    else:
-        pic = f'<div class="ph"><b>no preview</b><span>{esc(thumb.reason)}</span></div>'
+    else:  # no image, or a URI that is not one of ours: never put it in an attribute
+        why = thumb.reason if thumb.uri is None else "not an image data URI"
+        pic = f'<div class="ph"><b>no preview</b><span>{esc(why)}</span></div>'
     return f"<figure{c}{t}>{pic}<figcaption>{caption}</figcaption></figure>"
 
 
@@ -349,6 +357,7 @@ def search_report(results: Sequence[dict[str, Any]], cache_dir: str | os.PathLik
             ("cache rows", rows if rows is not None else meta.get("count")),
             ("options", ", ".join(f"{a}={b}" for a, b in sorted(opts.items())) or "default"),
             ("result paths under", base or None),
+            ("previews missing", thumbs.failed or None),
             ("queries", len(results)),
             ("top-k", k),
             ("index", index),
@@ -467,6 +476,7 @@ def eval_report(r: dict[str, Any], *, max_rows: int = EVAL_MAX_ROWS, query_side:
             ("dataset root", r.get("root")),
             ("images / groups / queries", f"{r.get('images')} / {r.get('groups')} / {r.get('queries')}"),
             ("cache", r.get("cache")),
+            ("previews missing", thumbs.failed or None),
             ("generated", f"{_now()} by simx {_version()}"),
         ]),
         "</header>",

@@ -175,6 +175,7 @@ def test_search_report_in_browser(browser, corpus, tmp_path):
                               " return b && [b.innerText, parseFloat(getComputedStyle(b).fontSize)]; })()")
     assert banner and "RANDOM WEIGHTS" in banner[0] and banner[1] >= 24
     assert "tiny-test" in body and str(cache.resolve()) in body
+    assert "previews missing\n2" in body  # the damaged and the deleted file
     # ranks and scores as the search found them, in order
     first = json.loads(CliRunner().invoke(main, ["search", queries[0], "--cache", str(cache),
                                                  "-k", "3", "--json"]).output)[0]["hits"]
@@ -338,6 +339,10 @@ def test_escape_and_thumbnails(photos, tmp_path):
     assert bad.uri is None and "not an image" in bad.reason
     fig = report.figure(bad, "c")
     assert 'class="ph"' in fig and "<img" not in fig
+    # a Thumb built by other code with a URI that is not an image data URI never lands in src
+    evil = report.Thumb('javascript:alert(1)" onerror="alert(2)', 10, 10)
+    fig = report.figure(evil, "c")
+    assert "<img" not in fig and "javascript" not in fig and "not an image data URI" in fig
 
 
 # ----------------------------------------------------------------------------- bench plot
