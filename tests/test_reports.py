@@ -201,12 +201,20 @@ def test_search_report_pretrained_has_no_banner(corpus, tmp_path, monkeypatch):
     assert "a &lt;b&gt;cat&lt;/b&gt;" in text and "no results" in text
 
 
-def test_search_html_bad_path_is_one_line(corpus, tmp_path):
+def test_bad_output_paths_fail_first_in_one_line(corpus, tmp_path):
     r = CliRunner().invoke(main, ["search", str(corpus["imgs"] / "chelsea.jpg"), "--cache",
                                   str(corpus["cache"]), "--html", str(tmp_path / "no" / "x.html")])
     assert r.exit_code == 2
     errors = [line for line in r.output.splitlines() if line.startswith("simx: error")]
     assert len(errors) == 1 and "does not exist" in errors[0]
+    # eval and bench check the output before the work: nothing embedded, nothing measured
+    bad = str(tmp_path / "no" / "x")
+    r = CliRunner().invoke(main, ["eval", "--dataset", "ukbench", "--root", str(corpus["imgs"]),
+                                  "--model", str(corpus["tiny"]), "--cache", str(tmp_path / "c"),
+                                  "--html", bad + ".html"])
+    assert r.exit_code == 2 and "does not exist" in r.output and not (tmp_path / "c").exists()
+    r = CliRunner().invoke(main, ["bench", "--model", str(corpus["tiny"]), "--plot", bad + ".png"])
+    assert r.exit_code == 2 and "--plot" in r.output and "batch" not in r.output
 
 
 # ----------------------------------------------------------------------------- eval
