@@ -272,10 +272,12 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
               default=None, help="A JSON from an earlier --json run: exit 1 if a normalized figure regressed.")
 @click.option("--max-regression", type=float, default=0.10, show_default=True,
               help="Tolerated fall below the baseline (0.10 = 10%).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw throughput and efficiency against batch size into this PNG (simx[viz]).")
 def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: Path | None,
               synthetic: bool, seconds: float, threads: int | None, warmup: int,
               json_path: Path | None, rounds: int, sgemm_size: int, baseline: Path | None,
-              max_regression: float) -> None:
+              max_regression: float, plot_path: Path | None) -> None:
     """Measure throughput, latency and efficiency; optionally gate against a baseline.
 
     The gate compares efficiency (model GFLOP/s / numpy sgemm GFLOP/s, same run) and the
@@ -286,6 +288,11 @@ def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: P
 
     if images is not None and synthetic:
         raise click.UsageError("--images and --synthetic exclude each other")
+    if plot_path is not None:
+        from .plot import check_output, check_viz
+
+        check_viz()  # before minutes of benchmarking, not after
+        check_output(plot_path, "--plot")
     base = None
     if baseline is not None:
         from .session import read_spec
@@ -300,6 +307,11 @@ def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: P
     if json_path is not None:
         bench.write_result(result, json_path)
         click.echo(f"wrote {json_path}", err=True)
+    if plot_path is not None:
+        from .plot import plot_bench
+
+        plot_bench([result], plot_path)
+        click.echo(f"wrote {plot_path}", err=True)
     if base is not None:
         report = bench.compare(result, base, max_regression)
         click.echo("")
@@ -323,13 +335,25 @@ def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: P
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a self-contained HTML page with thumbnails of every result.")
 def search_cmd(queries: tuple[Path, ...], cache_dir: Path, texts: tuple[str, ...], k: int,
-               index: str, model: str | None, provider: str, as_json: bool) -> None:
+               index: str, model: str | None, provider: str, as_json: bool,
+               html_path: Path | None) -> None:
     """Find the K most similar cached images to each QUERY image or --text (cosine)."""
     from .search import search_cache
 
+    if html_path is not None:
+        from .report import check_output
+
+        check_output(html_path)
     results = search_cache(cache_dir, [str(q) for q in queries], list(texts), k=k, index=index,
                            model=model, provider=provider)
+    if html_path is not None:
+        from .report import write_search_report
+
+        write_search_report(html_path, results, cache_dir, k=k, index=index, model=model)
+        click.echo(f"wrote {html_path}", err=True)
     if as_json:
         click.echo(json.dumps(results, indent=2, ensure_ascii=False))
         return
@@ -351,13 +375,28 @@ def search_cmd(queries: tuple[Path, ...], cache_dir: Path, texts: tuple[str, ...
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write an HTML page: the metric, a histogram, and the worst queries' results.")
+@click.option("--html-rows", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Queries shown in the --html page, worst first (0: all).")
 def eval_cmd(dataset: str, root: Path, model: str, cache_dir: Path | None, batch_size: int | None,
-             threads: int | None, provider: str, as_json: bool) -> None:
+             threads: int | None, provider: str, as_json: bool, html_path: Path | None,
+             html_rows: int) -> None:
     """Retrieval quality: UKBench N-S score, or Holidays mAP (INRIA protocol) and mAP@10."""
     from .datasets import evaluate
 
+    if html_path is not None:
+        from .report import check_output
+
+        check_output(html_path)
     r = evaluate(dataset, root, model, cache_dir=cache_dir, batch_size=batch_size,
-                 provider=provider, threads=threads)
+                 provider=provider, threads=threads, detail=html_path is not None)
+    if html_path is not None:
+        from .report import write_eval_report
+
+        write_eval_report(html_path, r, max_rows=html_rows)
+        click.echo(f"wrote {html_path}", err=True)
+        r.pop("per_query", None)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return

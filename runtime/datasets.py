@@ -102,16 +102,19 @@ def evaluate(
     provider: str = "auto",
     threads: int | None = None,
     progress: bool | None = None,
+    detail: bool = False,
 ) -> dict[str, Any]:
     """Embed (or reuse) a dataset's features and score them with the dataset's protocol.
 
     Returns a JSON-ready dict: dataset, model, counts, the metrics, and how many
-    images were embedded now versus reused from the cache.
+    images were embedded now versus reused from the cache. ``detail=True`` adds
+    ``per_query`` (see :func:`per_query_detail`), which ``simx eval --html`` shows.
     """
     from .cache import CacheError, FeatureCache, canonical_path
     from .encoder import Encoder
     from .indexer import embed_into_cache
-    from .metrics import holidays_map, holidays_queries, ukbench_ns_score
+    from .metrics import (holidays_map, holidays_per_query, holidays_queries, ukbench_hits,
+                          ukbench_ns_score)
     from .search import rank_all, topk
 
     ds = load_dataset(dataset, root)
@@ -146,17 +149,30 @@ def evaluate(
     emb = np.asarray(cache.embeddings[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
 
     t1 = time.perf_counter()
+    per_query: list[dict[str, Any]] | None = None
     if ds.name == "ukbench":
-        idx, _ = topk(emb, emb, 4)
+        idx, val = topk(emb, emb, 4)
         metrics: dict[str, Any] = {"ns_score": ukbench_ns_score(idx, ds.groups, k=4)}
         n_queries = len(ds.paths)
+        if detail:
+            per_query = per_query_detail(ds, list(range(len(ds.paths))), idx, val,
+                                         [float(x) for x in ukbench_hits(idx, ds.groups, 4)])
     else:
         queries = holidays_queries(ds.groups)
         ranks = rank_all(emb[queries], emb)
         r = holidays_map(dict(zip(queries, ranks)), ds.groups, queries)
         metrics = {"map": r.map, "map_at_10": r.map_at_10, "skipped_queries": r.skipped}
         n_queries = r.n_queries
-    return {
+        if detail:
+            per = [p for p in holidays_per_query(dict(zip(queries, ranks)), ds.groups, queries)
+                   if p is not None]
+            top = np.stack([p.ranking[:10] for p in per]) if per else np.zeros((0, 0), np.int64)
+            val = np.einsum("qd,qkd->qk", emb[[p.query for p in per]], emb[top]) if per else top
+            per_query = per_query_detail(ds, [p.query for p in per], top, val,
+                                         [p.ap for p in per])
+            for d, p in zip(per_query, per):
+                d["ap_at_10"], d["positives"] = p.ap_at_k, p.n_positives
+    out: dict[str, Any] = {
         "dataset": ds.name,
         "root": str(ds.root),
         "model": enc.spec.id,
@@ -173,3 +189,24 @@ def evaluate(
         "embed_seconds": round(embed_s, 3),
         "score_seconds": round(time.perf_counter() - t1, 3),
     }
+    if per_query is not None:
+        out["per_query"] = per_query
+    return out
+
+
+def per_query_detail(ds: Dataset, queries: list[int], top: np.ndarray, scores: np.ndarray,
+                     query_scores: list[float]) -> list[dict[str, Any]]:
+    """One JSON-ready dict per query: its path, group, score under the protocol, and its
+    ranked results (path, cosine, correct = same group), for reports that show failures."""
+    groups = ds.groups
+    out = []
+    for q, rows, vals, score in zip(queries, top, scores, query_scores):
+        out.append({
+            "query": str(ds.paths[q]),
+            "group": int(groups[q]),
+            "score": float(score),
+            "hits": [{"rank": r + 1, "path": str(ds.paths[int(i)]), "score": float(v),
+                      "correct": bool(groups[int(i)] == groups[q])}
+                     for r, (i, v) in enumerate(zip(rows, vals))],
+        })
+    return out

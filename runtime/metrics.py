@@ -26,12 +26,17 @@ def ukbench_ns_score(rankings: Sequence[Sequence[int]] | np.ndarray, groups: Seq
     ``rankings[q]`` is query q's ranking over all images (q included);
     ``groups[i]`` is image i's group.
     """
+    hits = ukbench_hits(rankings, groups, k)
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def ukbench_hits(rankings: Sequence[Sequence[int]] | np.ndarray, groups: Sequence[int],
+                 k: int = 4) -> list[int]:
+    """Per query, how many of its top ``k`` share its group (the N-S score's terms), so a
+    report can show which queries fail."""
     groups = np.asarray(groups)
-    if len(rankings) == 0:
-        return 0.0
-    hits = [int(np.sum(groups[np.asarray(r[:k], dtype=np.int64)] == groups[q]))
+    return [int(np.sum(groups[np.asarray(r[:k], dtype=np.int64)] == groups[q]))
             for q, r in enumerate(rankings)]
-    return float(np.mean(hits))
 
 
 def ap_inria(tp_ranks: Sequence[int], n_positives: int) -> float:
@@ -103,23 +108,44 @@ def holidays_map(rankings: dict[int, Sequence[int]] | Sequence[Sequence[int]],
     defaults to the first image of each group. Positives are the other images of
     the query's group; a group with no other image is skipped and counted.
     """
-    groups = np.asarray(groups)
     if queries is None:
         queries = holidays_queries(groups)
-    aps: list[float] = []
-    aps_k: list[float] = []
-    skipped = 0
+    per = holidays_per_query(rankings, groups, queries, k)
+    aps = [p.ap for p in per if p is not None]
+    aps_k = [p.ap_at_k for p in per if p is not None]
+    skipped = sum(1 for p in per if p is None)
+    if not aps:
+        return HolidaysResult(map=0.0, map_at_10=0.0, n_queries=0, skipped=skipped)
+    return HolidaysResult(map=float(np.mean(aps)), map_at_10=float(np.mean(aps_k)),
+                          n_queries=len(aps), skipped=skipped)
+
+
+@dataclass(frozen=True)
+class QueryAP:
+    """One Holidays query: its AP (INRIA), AP@k (sim-bench), positives, ranking without it."""
+
+    query: int
+    ap: float
+    ap_at_k: float
+    n_positives: int
+    ranking: np.ndarray  # the database indices best first, the query removed
+
+
+def holidays_per_query(rankings: dict[int, Sequence[int]] | Sequence[Sequence[int]],
+                       groups: Sequence[int], queries: Sequence[int],
+                       k: int = 10) -> list[QueryAP | None]:
+    """Each query's AP terms of :func:`holidays_map` (None where its group has no other image),
+    so a report can list the queries that fail."""
+    groups = np.asarray(groups)
+    out: list[QueryAP | None] = []
     for q in queries:
         ranking = np.asarray(rankings[q], dtype=np.int64)
         ranking = ranking[ranking != q]
         n_pos = int(np.sum(groups == groups[q])) - 1
         if n_pos == 0:
-            skipped += 1
+            out.append(None)
             continue
         rel = groups[ranking] == groups[q]
-        aps.append(ap_inria(np.flatnonzero(rel).tolist(), n_pos))
-        aps_k.append(ap_at_k_simbench(rel, n_pos, k))
-    if not aps:
-        return HolidaysResult(map=0.0, map_at_10=0.0, n_queries=0, skipped=skipped)
-    return HolidaysResult(map=float(np.mean(aps)), map_at_10=float(np.mean(aps_k)),
-                          n_queries=len(aps), skipped=skipped)
+        out.append(QueryAP(int(q), ap_inria(np.flatnonzero(rel).tolist(), n_pos),
+                           ap_at_k_simbench(rel, n_pos, k), n_pos, ranking))
+    return out
