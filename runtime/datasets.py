@@ -113,7 +113,7 @@ def evaluate(
     from .cache import CacheError, FeatureCache, canonical_path
     from .encoder import Encoder
     from .indexer import embed_into_cache
-    from .metrics import (holidays_map, holidays_per_query, holidays_queries, ukbench_hits,
+    from .metrics import (holidays_per_query, holidays_queries, holidays_summary, ukbench_hits,
                           ukbench_ns_score)
     from .search import rank_all, topk
 
@@ -160,12 +160,12 @@ def evaluate(
     else:
         queries = holidays_queries(ds.groups)
         ranks = rank_all(emb[queries], emb)
-        r = holidays_map(dict(zip(queries, ranks)), ds.groups, queries)
+        per_all = holidays_per_query(dict(zip(queries, ranks)), ds.groups, queries)
+        r = holidays_summary(per_all)
         metrics = {"map": r.map, "map_at_10": r.map_at_10, "skipped_queries": r.skipped}
         n_queries = r.n_queries
         if detail:
-            per = [p for p in holidays_per_query(dict(zip(queries, ranks)), ds.groups, queries)
-                   if p is not None]
+            per = [p for p in per_all if p is not None]
             top = np.stack([p.ranking[:10] for p in per]) if per else np.zeros((0, 0), np.int64)
             val = np.einsum("qd,qkd->qk", emb[[p.query for p in per]], emb[top]) if per else top
             per_query = per_query_detail(ds, [p.query for p in per], top, val,

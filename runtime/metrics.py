@@ -110,7 +110,12 @@ def holidays_map(rankings: dict[int, Sequence[int]] | Sequence[Sequence[int]],
     """
     if queries is None:
         queries = holidays_queries(groups)
-    per = holidays_per_query(rankings, groups, queries, k)
+    return holidays_summary(holidays_per_query(rankings, groups, queries, k))
+
+
+def holidays_summary(per: Sequence[QueryAP | None]) -> HolidaysResult:
+    """The mAP figures of :func:`holidays_per_query`'s terms (None entries count as skipped),
+    so a caller that also reports per query computes the APs once."""
     aps = [p.ap for p in per if p is not None]
     aps_k = [p.ap_at_k for p in per if p is not None]
     skipped = sum(1 for p in per if p is None)
