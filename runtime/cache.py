@@ -28,10 +28,11 @@ One writer at a time: ``fcntl.flock`` on ``.lock`` (never deleted, which would r
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
+import shutil
 import signal
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -42,6 +43,11 @@ import numpy as np
 
 from .errors import SimxError
 from .fsutil import fsync_path, write_bytes_durably
+
+try:  # POSIX only; readers work without it (Windows), writers say why they cannot lock
+    import fcntl
+except ImportError:  # pragma: no cover - exercised by a subprocess test
+    fcntl = None  # type: ignore[assignment]
 
 FORMAT = "simx-feature-cache"
 FORMAT_VERSION = 1
@@ -68,13 +74,45 @@ class CacheMismatchError(CacheError):
     """The cache was made by another model or other preprocessing."""
 
 
+class CacheWriteError(CacheError):
+    """A commit failed on an OS error (full disk, file-size limit, read-only filesystem).
+
+    The previous commit is intact and the partial files of this one are removed."""
+
+
+DAMAGED_HINT = "re-run `simx embed` with --force to rebuild it"
+
+
+def damaged(where: object, why: str) -> CacheError:
+    """The one error for a cache whose files cannot be trusted."""
+    return CacheError(f"{where}: the cache is damaged ({why}); {DAMAGED_HINT}")
+
+
 @dataclass(frozen=True)
 class Row:
-    """One embedded file, and the stat that tells a re-run whether it changed."""
+    """One embedded file, and the stat that tells a re-run whether it changed.
+
+    Size and mtime miss an in-place edit that restores the mtime (``touch -r``,
+    ``exiftool -P``); the inode change time cannot be set by user space, and the inode
+    number changes when a file is replaced by rename. Rows written before these were
+    recorded (``None``) compare on size and mtime only.
+    """
 
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int | None = None
+    ino: int | None = None
+
+    @classmethod
+    def of(cls, path: str, st: os.stat_result) -> "Row":
+        return cls(path, int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino))
+
+    def matches(self, st: os.stat_result) -> bool:
+        """Whether the file with stat ``st`` is still the one this row was embedded from."""
+        return (self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
+                and (self.ctime_ns is None or self.ctime_ns == st.st_ctime_ns)
+                and (self.ino is None or self.ino == st.st_ino))
 
 
 @dataclass(frozen=True)
@@ -120,6 +158,29 @@ def crash_point(name: str) -> None:
 
 
 # ----------------------------------------------------------------------------- file helpers
+def encode_path(path: str) -> dict[str, str]:
+    """A path as JSON fields, losslessly. A name that is not valid UTF-8 (``caf\\xe9.png``
+    on Linux) is held by Python with surrogate escapes, which UTF-8 JSON cannot carry:
+    then ``path`` is a readable form (U+FFFD for the bad bytes) and ``path_hex`` the
+    exact bytes."""
+    try:
+        path.encode("utf-8")
+        return {"path": path}
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+        return {"path": raw.decode("utf-8", "replace"), "path_hex": raw.hex()}
+
+
+def decode_path(d: dict[str, Any]) -> str:
+    """The inverse of ``encode_path``."""
+    if "path_hex" in d:
+        return os.fsdecode(bytes.fromhex(d["path_hex"]))
+    p = d["path"]
+    if not isinstance(p, str):
+        raise TypeError(f"path is {type(p).__name__}, not a string")
+    return p
+
+
 def _jsonl(objs: Iterable[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs).encode()
 
@@ -130,14 +191,53 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    out.append(json.loads(line))
+                    obj = json.loads(line)
                 except json.JSONDecodeError:
-                    raise CacheError(f"{path}: line {n} is not JSON; the cache is damaged") from None
+                    raise damaged(path, f"line {n} is not JSON") from None
+                if not isinstance(obj, dict):
+                    raise damaged(path, f"line {n} is not a JSON object")
+                out.append(obj)
     return out
 
 
-def _failure_dict(f: Failure) -> dict[str, Any]:
-    return {k: v for k, v in asdict(f).items() if v is not None}
+def _record(obj: Any) -> dict[str, Any]:
+    """A Row or Failure as its JSON line: the path encoded, absent fields left out."""
+    d = {k: v for k, v in asdict(obj).items() if v is not None}
+    d.update(encode_path(d.pop("path")))
+    return d
+
+
+def _int_or_none(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _row_from(d: dict[str, Any]) -> Row:
+    return Row(decode_path(d), int(d["size"]), int(d["mtime_ns"]), _int_or_none(d.get("ctime_ns")),
+               _int_or_none(d.get("ino")))
+
+
+def _failure_from(d: dict[str, Any]) -> Failure:
+    return Failure(decode_path(d), str(d["error"]), _int_or_none(d.get("size")),
+                   _int_or_none(d.get("mtime_ns")))
+
+
+def _check_sorted(paths: Sequence[str], where: Path) -> None:
+    """Rows are written sorted and unique; anything else (a duplicated line) would shift
+    every later row onto the wrong vector."""
+    for i in range(1, len(paths)):
+        if not paths[i - 1] < paths[i]:
+            what = "duplicated" if paths[i - 1] == paths[i] else "out of order"
+            raise damaged(where, f"row {i + 1} ({paths[i]!r}) is {what}")
+
+
+def _require_regular(p: Path) -> None:
+    """Refuse a FIFO, device or folder where a cache file should be: opening a FIFO blocks."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise damaged(p, "not a regular file")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -153,13 +253,18 @@ class CacheState:
 
 def _pending_names(d: Path) -> list[str] | None:
     """Files named by a pending commit manifest, or None when no commit is pending."""
+    p = d / MANIFEST
     try:
-        doc = json.loads((d / MANIFEST).read_text())
+        if not stat.S_ISREG(os.stat(p).st_mode):
+            raise damaged(p, "not a regular file")
+        doc = json.loads(p.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
         return None  # cannot be torn (written by rename); treat as absent anyway
-    files = doc.get("files", [])
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(files, list):
+        raise damaged(p, "the commit manifest has no list of files")
     return [f for f in files if f in DATA_FILES]
 
 
@@ -196,40 +301,50 @@ def _read_once(d: Path) -> CacheState:
     before = _identity(files)
     try:
         state = _parse(d, files)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except CacheError:
+        if _identity(_current_files(d)) != before:
+            raise _Raced() from None
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError) as e:
         if _identity(_current_files(d)) != before:
             raise _Raced() from None  # a commit replaced a file while we read it
         if isinstance(e, FileNotFoundError) and not files[META].exists():
             raise CacheError(f"{d} is not a simx feature cache (no {META})") from None
-        raise CacheError(f"{d}: the cache is damaged ({type(e).__name__}: {e})") from None
+        raise damaged(d, f"{type(e).__name__}: {e}") from None
     if _identity(_current_files(d)) != before:
         raise _Raced()
     return state
 
 
 def _parse(d: Path, files: dict[str, Path]) -> CacheState:
+    for p in files.values():
+        _require_regular(p)
     try:
         meta = json.loads(files[META].read_text())
     except json.JSONDecodeError:
-        raise CacheError(f"{files[META]} is not valid JSON; the cache is damaged") from None
+        raise damaged(files[META], "not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise damaged(files[META], f"a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT:
         raise CacheError(f"{d}: {META} is not a simx feature cache (format {meta.get('format')!r})")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise CacheError(f"{d}: cache format {meta['format_version']} is newer than this simx; upgrade")
-    rows = [Row(r["path"], int(r["size"]), int(r["mtime_ns"])) for r in _read_jsonl(files[INDEX])]
-    failures = [
-        Failure(r["path"], r["error"], r.get("size"), r.get("mtime_ns"))
-        for r in _read_jsonl(files[FAILED])
-    ]
-    emb = np.load(files[EMBEDDINGS], mmap_mode="r")
+    for key in ("count", "dim"):
+        if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool) or meta[key] < 0:
+            raise damaged(files[META], f"{key} is {meta.get(key)!r}, not a count")
+    rows = [_row_from(r) for r in _read_jsonl(files[INDEX])]
+    _check_sorted([r.path for r in rows], files[INDEX])
+    failures = [_failure_from(r) for r in _read_jsonl(files[FAILED])]
+    emb = np.load(files[EMBEDDINGS], mmap_mode="r", allow_pickle=False)
+    if not isinstance(emb, np.ndarray):
+        raise damaged(files[EMBEDDINGS], f"a {type(emb).__name__}, not one .npy array")
     if emb.dtype != np.float32 or emb.ndim != 2:
-        raise CacheError(f"{d}: {EMBEDDINGS} is {emb.dtype} {emb.shape}, not float32 [N, D]")
+        raise damaged(files[EMBEDDINGS], f"{emb.dtype} {emb.shape}, not float32 [N, D]")
     return CacheState(meta, rows, failures, emb)
 
 
 def _consistent(s: CacheState) -> bool:
-    n = int(s.meta.get("count", -1))
-    dim = int(s.meta.get("dim", -1))
+    n, dim = s.meta["count"], s.meta["dim"]
     return len(s.rows) == n == s.embeddings.shape[0] and s.embeddings.shape[1] == dim
 
 
@@ -258,8 +373,7 @@ def read_state(d: str | os.PathLike[str], retries: int = 3,
                 raise CacheError(f"{d}: could not read a stable state for {race_timeout:g} s "
                                  "(a writer commits continuously?)") from None
         if bad_reads >= retries:
-            raise CacheError(f"{d}: the cache files disagree (row counts differ); "
-                             "the cache is damaged")
+            raise damaged(d, "its files disagree: the row counts differ")
         time.sleep(0.01)
 
 
@@ -312,11 +426,14 @@ class FeatureCache:
 
 # ----------------------------------------------------------------------------- writing
 def make_meta(spec: Any, count: int, failed: int,
-              options: dict[str, Any] | None = None) -> dict[str, Any]:
+              options: dict[str, Any] | None = None,
+              model_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """cache.json. Deterministic (no timestamps), so a re-run and a clean run agree byte for byte.
 
     ``options`` are the runtime choices that change the numbers without changing the model
     (``fast`` resampling, ``exif_transpose``); a cache refuses rows made with others.
+    ``model_path`` (absolute) lets ``simx search`` find the model from any folder; it is
+    a hint, not identity (the spec hash is).
     """
     from . import __version__
 
@@ -337,7 +454,19 @@ def make_meta(spec: Any, count: int, failed: int,
         "count": int(count),
         "failed": int(failed),
         "simx_version": __version__,
-    }
+    } | ({"model_path": os.path.abspath(os.fspath(model_path))} if model_path else {})
+
+
+def _preallocate(path: Path) -> None:
+    """Reserve a file's blocks now, so a full disk fails here with ENOSPC."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _flags(options: dict[str, Any]) -> str:
@@ -362,15 +491,18 @@ class CacheWriter:
         force: bool = False,
         lock_timeout: float = 0.0,
         options: dict[str, Any] | None = None,
+        model_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.spec = spec
+        self.model_path = model_path
         # None: keep the cache's own options (a writer that only rewrites rows).
         self.options = None if options is None else dict(sorted(options.items()))
         if self.directory.exists() and not self.directory.is_dir():
             raise CacheError(f"cache path {self.directory} exists and is not a folder")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
+        self._clear_special(force)
         self._lock(lock_timeout)
         try:
             self.recover()
@@ -379,8 +511,37 @@ class CacheWriter:
             self.close()
             raise
 
+    def _clear_special(self, force: bool) -> None:
+        """A folder, FIFO or device where a cache file belongs: damage, removed by --force."""
+        d = self.directory
+        names = (LOCK, MANIFEST, MANIFEST + TMP, *DATA_FILES, *(n + NEW for n in DATA_FILES))
+        for name in names:
+            p = d / name
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                continue
+            if not force:
+                raise damaged(p, "not a regular file")
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        if force:
+            try:
+                _pending_names(d)
+            except CacheError:  # a malformed manifest cannot be redone: drop it
+                (d / MANIFEST).unlink()
+
     # -- lock ----------------------------------------------------------------------------
     def _lock(self, timeout: float) -> None:
+        if fcntl is None:
+            raise CacheError("writing a cache needs POSIX file locks (fcntl), which this "
+                             "platform lacks; caches can still be read here")
+        if timeout != timeout:  # NaN would never reach the deadline
+            raise CacheError("the lock timeout is NaN; give seconds, 0, or -1 to wait forever")
         fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = None if timeout < 0 else time.monotonic() + timeout
         while True:
@@ -498,34 +659,21 @@ class CacheWriter:
         # before overwriting any NAME.new it names.
         self.recover()
         crash_point("commit-begin")
-        emb_new = d / (EMBEDDINGS + NEW)
-        if n == 0:
-            with open(emb_new, "wb") as f:
-                np.save(f, np.zeros((0, dim), np.float32))
-                f.flush()
-                os.fsync(f.fileno())
-        else:
-            mm = np.lib.format.open_memmap(emb_new, mode="w+", dtype=np.float32, shape=(n, dim))
-            if callable(fill_embeddings):
-                fill_embeddings(mm)
-            else:
-                arr = np.asarray(fill_embeddings, dtype=np.float32)
-                if arr.shape != (n, dim):
-                    raise ValueError(f"embeddings are {arr.shape}, expected {(n, dim)}")
-                mm[:] = arr
-            mm.flush()
-            del mm
-            with open(emb_new, "rb+") as f:
-                os.fsync(f.fileno())
-        write_bytes_durably(d / (INDEX + NEW), _jsonl(asdict(r) for r in rows))
-        write_bytes_durably(d / (FAILED + NEW), _jsonl(_failure_dict(f) for f in failures))
-        meta = make_meta(self.spec, n, len(failures), self.options or {})
-        write_bytes_durably(d / (META + NEW), (json.dumps(meta, indent=2) + "\n").encode())
-        fsync_path(d)  # the .new names are durable before the manifest that names them
-        crash_point("commit-written")
-        # The commit point: the manifest appears atomically, after everything it names.
-        write_bytes_durably(d / (MANIFEST + TMP), json.dumps({"files": list(DATA_FILES)}).encode())
-        os.replace(d / (MANIFEST + TMP), d / MANIFEST)
+        try:
+            self._write_new(rows, failures, fill_embeddings, n, dim)
+            meta = make_meta(self.spec, n, len(failures), self.options or {}, self.model_path)
+            write_bytes_durably(d / (META + NEW), (json.dumps(meta, indent=2) + "\n").encode())
+            fsync_path(d)  # the .new names are durable before the manifest that names them
+            crash_point("commit-written")
+            # The commit point: the manifest appears atomically, after everything it names.
+            write_bytes_durably(d / (MANIFEST + TMP), json.dumps({"files": list(DATA_FILES)}).encode())
+            os.replace(d / (MANIFEST + TMP), d / MANIFEST)
+        except OSError as e:
+            self._discard_new()
+            where = f" ({e.filename})" if e.filename else ""
+            raise CacheWriteError(
+                f"could not commit the cache {d}: {e.strerror or e}{where}; the previous "
+                "commit is kept and this one's partial files are removed") from None
         fsync_path(d)
         crash_point("commit-manifest")
         for name in DATA_FILES:
@@ -538,3 +686,38 @@ class CacheWriter:
         self.state = CacheState(meta, list(rows), list(failures),
                                 np.load(d / EMBEDDINGS, mmap_mode="r"))
         return self.state
+
+    def _write_new(self, rows: Sequence[Row], failures: Sequence[Failure],
+                   fill_embeddings: Callable[[np.ndarray], None] | np.ndarray, n: int, dim: int) -> None:
+        """Write and fsync every NAME.new of a commit but cache.json's."""
+        d = self.directory
+        emb_new = d / (EMBEDDINGS + NEW)
+        if n == 0:
+            with open(emb_new, "wb") as f:
+                np.save(f, np.zeros((0, dim), np.float32))
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            mm = np.lib.format.open_memmap(emb_new, mode="w+", dtype=np.float32, shape=(n, dim))
+            _preallocate(emb_new)  # a sparse file mapped on a full disk dies of SIGBUS
+            if callable(fill_embeddings):
+                fill_embeddings(mm)
+            else:
+                arr = np.asarray(fill_embeddings, dtype=np.float32)
+                if arr.shape != (n, dim):
+                    raise ValueError(f"embeddings are {arr.shape}, expected {(n, dim)}")
+                mm[:] = arr
+            mm.flush()
+            del mm
+            with open(emb_new, "rb+") as f:
+                os.fsync(f.fileno())
+        write_bytes_durably(d / (INDEX + NEW), _jsonl(_record(r) for r in rows))
+        write_bytes_durably(d / (FAILED + NEW), _jsonl(_record(f) for f in failures))
+
+    def _discard_new(self) -> None:
+        """Remove an uncommitted commit's files, so they do not hold disk space."""
+        for name in (*(n + NEW for n in DATA_FILES), MANIFEST + TMP):
+            try:
+                (self.directory / name).unlink(missing_ok=True)
+            except OSError:
+                pass

@@ -30,6 +30,10 @@ class _Group(click.Group):
         except SimxError as e:
             click.echo(f"simx: error: {e}", err=True)
             ctx.exit(EXIT_ERROR)
+        except OSError as e:  # the environment (disk, permissions, limits): one line, not a traceback
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(f"simx: error: {e.strerror or e}{where}", err=True)
+            ctx.exit(EXIT_ERROR)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -234,6 +238,8 @@ def embed_cmd(ctx: click.Context, paths: tuple[Path, ...], model: str | None,
         click.echo("simx: interrupted; what was embedded is committed, re-run to finish", err=True)
         ctx.exit(EXIT_INTERRUPTED)
     click.echo(report.summary())
+    for line in report.notes():
+        click.echo(f"simx: {line}", err=True)
     if report.failed:
         ctx.exit(EXIT_PARTIAL)
 

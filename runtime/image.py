@@ -223,19 +223,30 @@ def _apply_orientation(rgb: np.ndarray, im: Image.Image) -> np.ndarray:
     return rgb if fn is None else np.ascontiguousarray(fn(rgb))
 
 
-def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def find_images(paths: Iterable[str | os.PathLike[str]],
+                errors: list[tuple[str, OSError]] | None = None) -> list[Path]:
     """The image files under ``paths``: folders walked recursively, sorted, without duplicates.
 
     Files named directly are kept whatever their suffix (the user asked for them), and so
     are broken symbolic links and unreadable entries, so the caller reports them as
     failures instead of skipping them silently. Inside folders only ``IMAGE_EXTENSIONS``
     count; hidden files and folders (``.name``) are skipped there.
+
+    A folder that cannot be listed (permissions, a mount that is down, a path longer than
+    PATH_MAX) is appended to ``errors`` as (folder, error); without ``errors`` it raises,
+    because an unreadable folder that looked empty would make its files look deleted.
     """
     found: set[Path] = set()
+
+    def onerror(e: OSError) -> None:
+        if errors is None:
+            raise e
+        errors.append((str(e.filename), e))
+
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            for root, dirs, files in os.walk(p, followlinks=False):
+            for root, dirs, files in os.walk(p, onerror=onerror, followlinks=False):
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
                 for name in files:
                     if name.startswith("."):

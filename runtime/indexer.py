@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheWriter, Failure, Row, canonical_path, crash_point, make_meta
+from .cache import FAILED, CacheWriter, Failure, Row, canonical_path, crash_point, make_meta
 from .encoder import Encoder
+from .image import IMAGE_EXTENSIONS
 
 DEFAULT_COMMIT_SECONDS = 30.0
 # Test-only: seconds to sleep after each batch, so a test can kill a run part way.
@@ -46,10 +47,26 @@ class EmbedReport:
     embed_seconds: float = 0.0
     providers: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    found: int = 0  # files the walk found (images or not, readable or not)
 
     @property
     def img_per_s(self) -> float:
         return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def notes(self, show: int = 5) -> list[str]:
+        """What the console adds to the summary: the first failures and where the rest are,
+        or a warning that nothing was found at all."""
+        out = []
+        if self.failures:
+            for f in self.failures[:show]:
+                out.append(f"failed: {f.path}: {f.error}")
+            more = len(self.failures) - show
+            out.append((f"... and {more} more; " if more > 0 else "")
+                       + f"every failure is listed in {self.cache_dir / FAILED}")
+        if self.found == 0:
+            out.append("warning: no image files found under the given paths "
+                       f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return out
 
     def summary(self) -> str:
         return (
@@ -67,33 +84,60 @@ def _stat_failure(key: str, e: OSError) -> Failure:
     return Failure(key, f"cannot stat file: {e.strerror or e}")
 
 
-def scan(paths: Iterable[str | os.PathLike[str]]) -> tuple[dict[str, os.stat_result], dict[str, Failure]]:
+@dataclass
+class Listing:
+    """What a walk saw: files with their stat, files that fail before decoding, and places
+    it could not look into (their rows must be kept, not dropped as gone)."""
+
+    files: dict[str, os.stat_result] = field(default_factory=dict)
+    failures: dict[str, Failure] = field(default_factory=dict)
+    blind_dirs: list[str] = field(default_factory=list)
+    blind_files: set[str] = field(default_factory=set)
+
+    def hides(self, path: str) -> bool:
+        """Whether ``path`` may exist although this walk did not see it."""
+        return path in self.blind_files or any(path.startswith(d) for d in self.blind_dirs)
+
+
+def scan(paths: Iterable[str | os.PathLike[str]]) -> Listing:
     """Image files under ``paths``: canonical path -> stat, and files that fail before decoding.
 
     Stat happens before reading, so a file modified during the run is re-embedded next time.
     Anything but a regular file (a directory named .jpg, a FIFO, a device) is refused here:
-    opening a FIFO would block the run forever.
+    opening a FIFO would block the run forever. A folder that cannot be listed, and a file
+    whose stat fails for another reason than not existing (EACCES, ENAMETOOLONG, EIO), get
+    one failure line each and hide what lies under them.
     """
     from .image import find_images
 
-    ok: dict[str, os.stat_result] = {}
-    bad: dict[str, Failure] = {}
+    out = Listing()
     dirs: dict[str, str] = {}
-    for p in find_images([Path(x) for x in paths]):
+    unreadable: list[tuple[str, OSError]] = []
+    for p in find_images([Path(x) for x in paths], errors=unreadable):
         key = canonical_path(p, dirs)
-        if key in ok or key in bad:
+        if key in out.files or key in out.failures:
             continue
         try:
             st = os.stat(key)
         except OSError as e:
-            bad[key] = _stat_failure(key, e)
+            out.failures[key] = _stat_failure(key, e)
+            if not isinstance(e, FileNotFoundError):
+                out.blind_files.add(key)
             continue
         if not stat.S_ISREG(st.st_mode):
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            bad[key] = Failure(key, f"{kind} (only regular image files are embedded)")
+            out.failures[key] = Failure(key, f"{kind} (only regular image files are embedded)")
             continue
-        ok[key] = st
-    return ok, bad
+        out.files[key] = st
+    for folder, e in unreadable:
+        try:
+            key = str(Path(folder).resolve())
+        except OSError:
+            key = os.path.abspath(folder)
+        out.failures[key] = Failure(key, f"cannot list folder: {e.strerror or e}; "
+                                         "its rows are kept until it can be read")
+        out.blind_dirs.append(key.rstrip(os.sep) + os.sep)
+    return out
 
 
 class _Store:
@@ -162,15 +206,19 @@ def embed_into_cache(
     report = EmbedReport(cache_dir=cache_dir, providers=encoder.providers)
     options = {"fast": bool(encoder.fast), "exif_transpose": bool(encoder.exif_transpose)}
     with CacheWriter(cache_dir, encoder.spec, force=force, lock_timeout=lock_timeout,
-                     options=options) as writer:
-        files, stat_failures = scan(paths)
-        walked = set(files) | set(stat_failures)
+                     options=options, model_path=encoder.path) as writer:
+        listing = scan(paths)
+        files, stat_failures = listing.files, listing.failures
+        report.found = len(files) + len(stat_failures)
         old_rows = {r.path: r for r in writer.state.rows}
         old_failed = {f.path: f for f in writer.state.failures}
-        unchanged = {
+        # Rows we cannot see this run (an unreadable folder, a file stat refused) are kept:
+        # unseen is not gone.
+        unseen = {p for p in old_rows if listing.hides(p)}
+        walked = set(files) | set(stat_failures) | unseen
+        unchanged = unseen | {
             k for k, st in files.items()
-            if (r := old_rows.get(k)) is not None
-            and r.size == st.st_size and r.mtime_ns == st.st_mtime_ns
+            if (r := old_rows.get(k)) is not None and r.matches(st)
         }
         todo = sorted(k for k in files if k not in unchanged)
         report.unchanged = len(unchanged)
@@ -204,22 +252,26 @@ def embed_into_cache(
         since_commit = 0
         try:
             for batch in encoder.iter_embed(todo, batch_size):
+                # A non-finite row would poison every search; that file is a failure instead.
+                finite = np.isfinite(batch.embeddings).all(axis=1)
                 rows = []
                 for i in batch.indices:
-                    st = files[todo[i]]
-                    rows.append(Row(todo[i], int(st.st_size), int(st.st_mtime_ns)))
+                    rows.append(Row.of(todo[i], files[todo[i]]))
                     done.add(todo[i])
+                bad = [(i, "the model produced non-finite values (NaN or inf) for this image")
+                       for i, ok in zip(batch.indices, finite) if not ok]
+                rows = [r for r, ok in zip(rows, finite) if ok]
                 if rows:
-                    store.add(rows, batch.embeddings)
-                for i, err in batch.failures:
+                    store.add(rows, batch.embeddings[finite])
+                for i, err in [*batch.failures, *bad]:
                     st = files[todo[i]]
                     run_failures[todo[i]] = Failure(todo[i], err, int(st.st_size),
                                                     int(st.st_mtime_ns))
                     done.add(todo[i])
                 report.embedded += len(rows)
-                since_commit += len(rows) + len(batch.failures)
+                since_commit += len(rows) + len(batch.failures) + len(bad)
                 if bar is not None:
-                    bar.update(len(rows) + len(batch.failures))
+                    bar.update(len(rows) + len(batch.failures) + len(bad))
                 crash_point("batch")
                 if _TEST_DELAY:
                     time.sleep(_TEST_DELAY)
@@ -243,7 +295,7 @@ def embed_into_cache(
             store.rows() != writer.state.rows
             or final_failures != writer.state.failures
             or writer.state.meta != make_meta(encoder.spec, len(store.rows()), len(final_failures),
-                                              options)
+                                              options, encoder.path)
         )
         if changed:
             commit()

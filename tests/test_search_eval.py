@@ -221,7 +221,18 @@ def test_search_errors(photo_cache, tiny, tmp_path, monkeypatch):
     from PIL import Image
 
     Image.new("RGB", (40, 30), (200, 10, 10)).save(q)
+    # cache.json records the model's path, so search finds it from any folder
+    assert json.loads((photo_cache / "cache.json").read_text())["model_path"] == str(tiny)
     code, _, err = run_cli("search", "--cache", photo_cache, q)
+    assert code == 0, err
+    import shutil
+
+    old = tmp_path / "old"  # a cache from before model_path was recorded
+    shutil.copytree(photo_cache, old)
+    meta = json.loads((old / "cache.json").read_text())
+    del meta["model_path"]
+    (old / "cache.json").write_text(json.dumps(meta))
+    code, _, err = run_cli("search", "--cache", old, q)
     assert code == 2 and "pass --model" in err and "tiny-test" in err
     code, out, err = run_cli("search", "--cache", photo_cache, q, "--model", tiny, "--json")
     assert code == 0, err

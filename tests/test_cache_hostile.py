@@ -1,0 +1,351 @@
+"""Hostile inputs against the feature cache (issue 12): each case once gave a wrong answer,
+a lost row, a hang or a traceback. Every test here fails on the code before the fix."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cache import _save, run  # noqa: E402
+from test_embed_cli import simx_embed, summary  # noqa: E402
+from tiny_model import build_tiny_model, tiny, tiny_enc  # noqa: E402,F401 (fixtures)
+
+from simx.cache import CacheError, CacheWriteError, FeatureCache, Row  # noqa: E402
+
+
+@pytest.fixture()
+def folder(tmp_path, rgb_photos) -> Path:
+    """Six small photos: three at the top, three in sub/."""
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    for i, (name, a) in enumerate(list(rgb_photos.items())[:3]):
+        _save(a[::4, ::4], d / f"{name}.jpg")
+        _save(a[::5, ::5], d / "sub" / f"{name}_s.png")
+    return d
+
+
+# ------------------------------------------------------------------ item 6: unreadable folders
+def test_unreadable_subfolder_keeps_its_rows(folder, tiny_enc, tmp_path, monkeypatch):
+    cache = tmp_path / "c"
+    assert run(folder, tiny_enc, cache).embedded == 6
+    sub = str(folder / "sub")
+    real = os.scandir
+
+    def scandir(p="."):  # root ignores permissions, so the refusal is simulated
+        if os.fspath(p) == sub:
+            raise PermissionError(errno.EACCES, "Permission denied", sub)
+        return real(p)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    rep = run(folder, tiny_enc, cache)
+    assert rep.removed == 0 and rep.embedded == 0
+    assert len(FeatureCache(cache)) == 6
+    assert [f.path for f in rep.failures] == [str(Path(sub).resolve())]
+    assert "cannot list folder" in rep.failures[0].error
+    monkeypatch.undo()
+    rep = run(folder, tiny_enc, cache)  # readable again: the folder failure goes away
+    assert (rep.failed, rep.unchanged, rep.removed) == (0, 6, 0)
+
+
+def test_file_whose_stat_fails_keeps_its_row(folder, tiny_enc, tmp_path, monkeypatch):
+    cache = tmp_path / "c"
+    run(folder, tiny_enc, cache)
+    victim = str(next(iter(sorted((folder / "sub").iterdir()))).resolve())
+    real = os.stat
+
+    def stat(p, *a, **k):
+        if os.fspath(p) == victim:
+            raise OSError(errno.ENAMETOOLONG, "File name too long", victim)
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(os, "stat", stat)
+    rep = run(folder, tiny_enc, cache)
+    monkeypatch.undo()
+    assert rep.removed == 0 and rep.failed == 1
+    assert victim in FeatureCache(cache)
+
+
+def test_unreadable_folder_cli_exit_1(folder, tiny, tmp_path):
+    """The real CLI, with a folder made unlistable by an error handler hook in a subprocess."""
+    cache = tmp_path / "c"
+    assert simx_embed(folder, "--model", tiny, "--cache", cache).returncode == 0
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, errno\n_r = os.scandir\n"
+        f"_sub = {str(folder / 'sub')!r}\n"
+        "def _s(p='.'):\n"
+        "    if os.fspath(p) == _sub: raise PermissionError(errno.EACCES, 'Permission denied', _sub)\n"
+        "    return _r(p)\n"
+        "os.scandir = _s\n")
+    r = simx_embed(folder, "--model", tiny, "--cache", cache,
+                   env={"PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert r.returncode == 1, r.stderr
+    assert summary(r.stdout)["removed"] == 0
+    assert "cannot list folder" in r.stderr and "failed.jsonl" in r.stderr
+    assert len(FeatureCache(cache)) == 6
+
+
+# ------------------------------------------------------------------ item 9: in-place edits
+def test_same_size_same_mtime_edit_is_re_embedded(folder, tiny_enc, tmp_path):
+    cache = tmp_path / "c"
+    run(folder, tiny_enc, cache)
+    f = folder / "sub" / sorted(os.listdir(folder / "sub"))[0]
+    st = os.stat(f)
+    data = bytearray(f.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 16] = bytes(b ^ 0x5A for b in data[mid:mid + 16])  # same size, other bytes
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # `touch -r`: size and mtime as before
+    assert os.stat(f).st_size == st.st_size and os.stat(f).st_mtime_ns == st.st_mtime_ns
+    rep = run(folder, tiny_enc, cache)
+    assert rep.unchanged == 5 and rep.embedded + rep.failed == 1  # seen as changed
+
+
+def test_rows_without_ctime_still_compare_on_size_and_mtime():
+    st = os.stat(__file__)
+    old = Row("/x", st.st_size, st.st_mtime_ns)
+    assert old.matches(st)
+    assert not Row("/x", st.st_size, st.st_mtime_ns, st.st_ctime_ns + 1, st.st_ino).matches(st)
+    assert Row.of("/x", st).matches(st)
+
+
+# ------------------------------------------------------------------ item 12: shifted rows
+def test_duplicated_index_line_is_damage(folder, tiny_enc, tmp_path):
+    cache = tmp_path / "c"
+    run(folder, tiny_enc, cache)
+    lines = (cache / "index.jsonl").read_text().splitlines()
+    lines[2] = lines[1]  # same count, one row shifted onto the wrong vector
+    (cache / "index.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CacheError, match="duplicated.*--force"):
+        FeatureCache(cache)
+
+
+def test_non_finite_rows_are_failures_not_rows(folder, tiny_enc, tmp_path, monkeypatch):
+    cache = tmp_path / "c"
+    real = type(tiny_enc).iter_embed
+
+    def poisoned(self, items, batch_size=None):
+        for b in real(self, items, batch_size):
+            if len(b.indices):
+                b.embeddings = b.embeddings.copy()
+                b.embeddings[0, 0] = np.nan
+            yield b
+
+    monkeypatch.setattr(type(tiny_enc), "iter_embed", poisoned)
+    rep = run(folder, tiny_enc, cache)
+    assert rep.failed >= 1 and all("non-finite" in f.error for f in rep.failures)
+    c = FeatureCache(cache)
+    assert np.isfinite(np.asarray(c.embeddings)).all() and len(c) == 6 - rep.failed
+
+
+# ------------------------------------------------------------------ item 13: non-UTF-8 names
+def test_non_utf8_file_name_round_trips(folder, tiny_enc, tmp_path):
+    name = os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(next(folder.glob("*.jpg")), folder / name)
+    cache = tmp_path / "c"
+    rep = run(folder, tiny_enc, cache)
+    assert rep.embedded == 7 and rep.failed == 0
+    raw = (cache / "index.jsonl").read_bytes()
+    raw.decode("utf-8")  # valid UTF-8 JSON lines, for every other reader
+    assert b"path_hex" in raw
+    c = FeatureCache(cache)
+    assert str((folder / name).resolve()) in c.paths
+    c.vector(folder / name)
+    rep = run(folder, tiny_enc, cache)
+    assert (rep.embedded, rep.unchanged) == (0, 7)
+
+
+# ------------------------------------------------------------------ item 14: full disk
+def _state(cache: Path) -> tuple[str, bytes]:
+    return (cache / "index.jsonl").read_text(), (cache / "embeddings.npy").read_bytes()
+
+
+def _leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir() if p.name.endswith((".new", ".tmp")))
+
+
+def test_enospc_at_preallocation_keeps_the_previous_commit(folder, tiny_enc, tmp_path, rgb_photos,
+                                                           monkeypatch):
+    cache = tmp_path / "c"
+    run(folder, tiny_enc, cache)
+    before = _state(cache)
+    _save(rgb_photos["coffee"][::3, ::3], folder / "new.jpg")
+
+    def full(fd, off, n):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(CacheWriteError, match="No space left on device.*previous commit is kept"):
+        run(folder, tiny_enc, cache)
+    monkeypatch.undo()
+    assert _state(cache) == before and _leftovers(cache) == []
+    assert run(folder, tiny_enc, cache).embedded == 1
+
+
+def test_read_only_filesystem_is_one_line_exit_2(folder, tiny, tmp_path, rgb_photos):
+    cache = tmp_path / "c"
+    assert simx_embed(folder, "--model", tiny, "--cache", cache).returncode == 0
+    before = _state(cache)
+    _save(rgb_photos["coffee"][::3, ::3], folder / "new.jpg")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(  # EROFS on every write of a .new file
+        "import builtins, errno, os\n_o = os.open\n"
+        "def _open(p, flags, *a, **k):\n"
+        "    if str(p).endswith('.new') and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):\n"
+        "        raise OSError(errno.EROFS, 'Read-only file system', str(p))\n"
+        "    return _o(p, flags, *a, **k)\n"
+        "os.open = _open\n"
+        "_bo = builtins.open\n"
+        "def _bopen(f, mode='r', *a, **k):\n"
+        "    if str(f).endswith('.new') and any(c in mode for c in 'wa+'):\n"
+        "        raise OSError(errno.EROFS, 'Read-only file system', str(f))\n"
+        "    return _bo(f, mode, *a, **k)\n"
+        "builtins.open = _bopen\n")
+    r = simx_embed(folder, "--model", tiny, "--cache", cache,
+                   env={"PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and "Read-only file system" in err[0] and "Traceback" not in r.stderr
+    assert _state(cache) == before and _leftovers(cache) == []
+
+
+def test_file_size_limit_is_one_line_exit_2(folder, tiny, tmp_path, rgb_photos):
+    cache = tmp_path / "c"
+    assert simx_embed(folder, "--model", tiny, "--cache", cache).returncode == 0
+    before = _state(cache)
+    for i in range(40):  # enough new rows that embeddings.npy.new passes the limit
+        _save(rgb_photos["coffee"][i:: 7, ::7], folder / f"n{i}.jpg")
+    limit = os.path.getsize(cache / "embeddings.npy") + 512
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            "from simx.cli import main; sys.argv = ['simx'] + sys.argv[1:]; main()")
+    r = subprocess.run([sys.executable, "-c", code, "embed", str(folder), "--model", str(tiny),
+                        "--cache", str(cache)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "File too large" in r.stderr and "Traceback" not in r.stderr
+    assert _state(cache) == before and _leftovers(cache) == []
+
+
+# ------------------------------------------------------------------ item 15: damaged caches
+def _zero_npy(c: Path) -> None:
+    (c / "embeddings.npy").write_bytes(b"")
+
+
+def _npz(c: Path) -> None:
+    a = np.load(c / "embeddings.npy")
+    with open(c / "embeddings.npy", "wb") as f:
+        np.savez(f, a=a)
+
+
+def _meta(value: object) -> callable:
+    def damage(c: Path) -> None:
+        (c / "cache.json").write_text(json.dumps(value))
+    return damage
+
+
+def _meta_count(c: Path) -> None:
+    m = json.loads((c / "cache.json").read_text())
+    m["count"] = "six"
+    (c / "cache.json").write_text(json.dumps(m))
+
+
+def _manifest(doc: object) -> callable:
+    def damage(c: Path) -> None:
+        (c / "commit.json").write_text(json.dumps(doc))
+    return damage
+
+
+def _as_dir(name: str) -> callable:
+    def damage(c: Path) -> None:
+        p = c / name
+        if p.exists():
+            p.unlink()
+        p.mkdir()
+    return damage
+
+
+def _fifo(name: str) -> callable:
+    def damage(c: Path) -> None:
+        (c / name).unlink()
+        os.mkfifo(c / name)
+    return damage
+
+
+DAMAGE = {
+    "zero-byte npy": _zero_npy,
+    "npz for npy": _npz,
+    "cache.json list": _meta([1, 2]),
+    "cache.json null": _meta(None),
+    "count not integer": _meta_count,
+    "manifest list": _manifest([1]),
+    "manifest files not list": _manifest({"files": 3}),
+    "commit.json dir": _as_dir("commit.json"),
+    "lock dir": _as_dir(".lock"),
+    "fifo embeddings": _fifo("embeddings.npy"),
+    "fifo index": _fifo("index.jsonl"),
+    "fifo cache.json": _fifo("cache.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damaged_cache_says_so_and_force_rebuilds(case, folder, tiny, tmp_path):
+    cache = tmp_path / "c"
+    assert simx_embed(folder, "--model", tiny, "--cache", cache).returncode == 0
+    DAMAGE[case](cache)
+    r = simx_embed(folder, "--model", tiny, "--cache", cache, timeout=60)  # a hang fails here
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "damaged" in r.stderr and "--force" in r.stderr and "Traceback" not in r.stderr
+    r = simx_embed(folder, "--model", tiny, "--cache", cache, "--force", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(FeatureCache(cache)) == 6
+
+
+def test_lock_timeout_nan_is_refused(folder, tiny, tmp_path):
+    r = simx_embed(folder, "--model", tiny, "--cache", tmp_path / "c", "--lock-timeout", "nan",
+                   timeout=60)
+    assert r.returncode == 2 and "NaN" in r.stderr
+
+
+# ------------------------------------------------------------------ console notes
+def test_console_names_failed_files_and_failed_jsonl(folder, tiny, tmp_path):
+    for i in range(7):
+        (folder / f"bad{i}.jpg").write_bytes(b"not a jpeg")
+    r = simx_embed(folder, "--model", tiny, "--cache", tmp_path / "c")
+    assert r.returncode == 1
+    assert r.stderr.count("failed: ") == 5 and "... and 2 more" in r.stderr
+    assert str(tmp_path / "c" / "failed.jsonl") in r.stderr
+
+
+def test_folder_without_images_warns(tmp_path, tiny):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    r = simx_embed(empty, "--model", tiny, "--cache", tmp_path / "c")
+    assert r.returncode == 0 and "no image files found" in r.stderr
+
+
+# ------------------------------------------------------------------ Windows: no fcntl
+def test_reader_works_without_fcntl(folder, tiny_enc, tmp_path):
+    cache = tmp_path / "c"
+    run(folder, tiny_enc, cache)
+    code = ("import sys; sys.modules['fcntl'] = None\n"
+            "from simx.cache import FeatureCache, CacheWriter\n"
+            f"c = FeatureCache({str(cache)!r}); assert len(c) == 6, len(c)\n"
+            "from simx.cache import CacheError\n"
+            "try:\n"
+            f"    CacheWriter({str(cache)!r}, None)\n"
+            "except CacheError as e:\n"
+            "    assert 'fcntl' in str(e); print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
