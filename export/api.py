@@ -25,6 +25,7 @@ from pathlib import Path
 from simx.errors import SimxError, first_line
 from simx.registry import ModelEntry
 from simx.spec import METADATA_KEY, ModelSpec
+from simx.weights_hash import weights_sha256
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MIN_OPSET = 18  # torch's dynamo exporter has no implementations below 18
@@ -175,6 +176,7 @@ def export_model(
         parity = verify.compare(tmp, batches, refs, precision, what=entry.id)
         spec = replace(
             spec,
+            weights_sha256=weights_sha256(tmp),  # metadata excluded, so the final file agrees
             parity={k: float(v) for k, v in parity.items()},
             extra={**spec.extra, "export_seconds": round(time.perf_counter() - started, 1),
                    "external_data": external},
@@ -183,6 +185,7 @@ def export_model(
         path = writer.commit(model)
     del model
     gc.collect()
+    to_onnx.check_committed_weights(path, spec.weights_sha256)
 
     if text:
         from .text import export_text_tower

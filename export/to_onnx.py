@@ -122,6 +122,18 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def check_committed_weights(path: Path, expected: str | None) -> None:
+    """The committed file's weights hash is the one its spec records (else the runtime
+    would refuse the file at open); a mismatch removes the file."""
+    from simx.weights_hash import weights_sha256
+
+    if expected and weights_sha256(path) != expected:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
+        raise ExportError(f"{path.name}: the written weights differ from those verified; "
+                          "nothing was kept, please report this")
+
+
 class AtomicModelWriter:
     """Write ``final`` (and ``final.data`` for external data) atomically.
 

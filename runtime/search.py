@@ -184,7 +184,7 @@ class TextEncoder:
         from .tokenizer import get_tokenizer
 
         self.path = text_model_path(model)
-        self._session = open_model(self.path, provider=provider, threads=threads)
+        self._session = open_model(self.path, provider=provider, threads=threads, kind="text")
         extra = self._session.spec.extra
         if extra.get("kind") != "text":
             raise ModelFileError(f"{self.path}: not a simx text tower (spec.extra.kind != 'text')")

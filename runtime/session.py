@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelFileError, ProviderError, first_line
+from .modelcheck import check_io, check_kind, check_output, check_weights
 from .spec import ModelSpec, SpecError, read_spec_from_metadata
 
 DEFAULT_MODELS_DIR = "onnx_models"
@@ -133,6 +134,7 @@ class ModelSession:
         else:
             out = self.session.run([self.spec.output_name], {self.spec.input_name: pixels})[0]
         out = np.asarray(out, dtype=np.float32)
+        check_output(self.path, self.spec, out, len(pixels))
         if self.spec.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
@@ -148,8 +150,14 @@ def open_model(
     provider: str = "auto",
     threads: int | None = None,
     _spec_only: bool = False,
+    kind: str = "image",
 ) -> ModelSession:
-    """Open an exported simx model. Every failure is a ModelFileError or ProviderError with one line."""
+    """Open an exported simx model. Every failure is a ModelFileError or ProviderError with one line.
+
+    The graph's inputs and outputs are checked against the spec, and (unless only the
+    spec is wanted) the weights against the hash recorded at export and the model's
+    ``kind`` ("image" or "text") against what the caller needs.
+    """
     path = resolve_model_path(model)
     ort = _ort()
     chain = pick_providers(provider)
@@ -166,13 +174,12 @@ def open_model(
         spec = read_spec_from_metadata(sess.get_modelmeta().custom_metadata_map, where=str(path))
     except SpecError as e:
         raise ModelFileError(f"{path}: {e}") from None
-    inputs = {i.name for i in sess.get_inputs()}
-    if spec.input_name not in inputs:
-        raise ModelFileError(
-            f"{path}: metadata names input {spec.input_name!r} but the graph has {sorted(inputs)}"
-        )
+    if not _spec_only:
+        check_kind(path, spec, kind)
+    check_io(path, spec, sess)
     got = list(sess.get_providers())
     if not _spec_only:
+        check_weights(path, spec)
         if provider in ("cuda", "tensorrt") and got[0] != chain[0]:
             raise ProviderError(f"asked for {provider} but onnxruntime ran the session on {got[0]}")
         if spec.precision == "fp16" and got[0] == _ORT_NAMES["cpu"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -45,6 +46,12 @@ class PreprocessSpec:
             raise SpecError("mean and std need three values (RGB)")
         object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
         object.__setattr__(self, "std", tuple(float(x) for x in self.std))
+        if self.crop <= 0:
+            raise SpecError(f"crop {self.crop} is not a positive size")
+        if not all(math.isfinite(x) for x in (*self.mean, *self.std)):
+            raise SpecError(f"mean {self.mean} / std {self.std} are not all finite numbers")
+        if min(self.std) <= 0:
+            raise SpecError(f"std {self.std} has a value <= 0: the pixels would divide by zero")
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,9 @@ class ModelSpec:
     fusions: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
+    # sha256 of the file's weights and graph (simx.weights_hash), recorded at export and
+    # checked when the file opens; None in files exported before simx recorded it.
+    weights_sha256: str | None = None
 
     # -- serialisation -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +121,16 @@ class ModelSpec:
             raise SpecError(
                 f"simx metadata: crop {spec.preprocess.crop} != image_size {spec.image_size}"
             )
+        if not isinstance(spec.dim, int) or isinstance(spec.dim, bool) or spec.dim <= 0:
+            raise SpecError(f"simx metadata: dim {spec.dim!r} is not a positive integer")
+        if spec.normalize is not True:
+            # Search scores are cosines of unit vectors; a file whose output the runtime must
+            # not normalize would give scores that are not comparable with any cache.
+            raise SpecError(f"simx metadata: normalize {spec.normalize!r} is not supported "
+                            "(simx caches hold L2-normalized vectors)")
+        if spec.weights_sha256 is not None and not (
+                isinstance(spec.weights_sha256, str) and len(spec.weights_sha256) == 64):
+            raise SpecError("simx metadata: weights_sha256 is not a sha256 hex digest")
         return spec
 
     @classmethod
@@ -131,6 +151,8 @@ class ModelSpec:
         d = self.to_dict()
         keep = ("id", "source", "weights", "image_size", "dim", "normalize", "preprocess",
                 "precision")
+        if self.weights_sha256:  # absent in older files: their caches keep their hash
+            keep += ("weights_sha256",)
         blob = json.dumps({k: d[k] for k in keep}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
