@@ -28,6 +28,7 @@ One writer at a time: ``fcntl.flock`` on ``.lock`` (never deleted, which would r
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -249,6 +250,7 @@ class CacheState:
     rows: list[Row]
     failures: list[Failure]
     embeddings: np.ndarray  # read-only memmap [N, D]
+    identity: tuple = ()  # (path, inode, size, mtime_ns) of each file read: new at every commit
 
 
 def _pending_names(d: Path) -> list[str] | None:
@@ -313,6 +315,7 @@ def _read_once(d: Path) -> CacheState:
         raise damaged(d, f"{type(e).__name__}: {e}") from None
     if _identity(_current_files(d)) != before:
         raise _Raced()
+    state.identity = before
     return state
 
 
@@ -392,6 +395,10 @@ class FeatureCache:
         self.embeddings: np.ndarray = s.embeddings
         self.paths: list[str] = [r.path for r in s.rows]
         self._row = {p: i for i, p in enumerate(self.paths)}
+        # Every commit replaces all four files by rename, so their inodes and mtimes name
+        # the commit: what a derived file (the FAISS index) is keyed on.
+        ident = repr([(os.path.basename(p), *rest) for p, *rest in s.identity])
+        self.commit_id: str = hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     @property
     def dim(self) -> int:

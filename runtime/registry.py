@@ -53,6 +53,13 @@ class ModelEntry:
     def source_name(self) -> str:
         return self.source.split(":", 1)[1]
 
+    @property
+    def export_command(self) -> str:
+        """The ``simx export`` line that writes this model."""
+        if self.family == "dinov2":
+            return f"simx export dinov2 --variant {self.variant}" + (" --registers" if self.registers else "")
+        return f"simx export openclip --model {self.variant} --pretrained {self.pretrained}"
+
     def preprocess(self, image_size: int | None = None) -> PreprocessSpec:
         """The reference eval transform at ``image_size`` (default: the model's own)."""
         size = image_size or self.default_size

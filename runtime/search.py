@@ -2,7 +2,7 @@
 
 Why exact by default: a cache of 100k DINOv2-S rows is 150 MB and a query costs one
 matrix-vector product, far below the cost of embedding the query. FAISS
-(``simx[faiss]``) is there for caches where that stops being true.
+(``simx-embed[faiss]``) is there for caches where that stops being true.
 
 Scores are inner products of L2-normalized rows, i.e. cosines. Ties are broken by
 row index (lowest first), so results are reproducible across runs and machines.
@@ -71,8 +71,12 @@ def topk(queries: np.ndarray, db: np.ndarray, k: int = 10) -> tuple[np.ndarray, 
     k = min(k, db.shape[0])
     idx = np.empty((q.shape[0], k), np.int64)
     val = np.empty((q.shape[0], k), np.float32)
+    if not np.isfinite(q).all():
+        raise SearchError("a query vector is not finite (NaN or inf): the model failed on it")
     for s in range(0, q.shape[0], _CHUNK):
         block = q[s : s + _CHUNK] @ np.asarray(db, dtype=np.float32).T
+        # A non-finite row (a foreign or damaged cache) ranks last instead of breaking the cut.
+        block[~np.isfinite(block)] = -np.inf
         for r, row in enumerate(block):
             top = _stable_topk_row(row, k)
             idx[s + r] = top
@@ -86,6 +90,7 @@ def rank_all(queries: np.ndarray, db: np.ndarray) -> np.ndarray:
     out = np.empty((q.shape[0], db.shape[0]), np.int64)
     for s in range(0, q.shape[0], _CHUNK):
         block = q[s : s + _CHUNK] @ np.asarray(db, dtype=np.float32).T
+        block[~np.isfinite(block)] = -np.inf
         out[s : s + _CHUNK] = np.argsort(-block, axis=1, kind="stable")
     return out
 
@@ -99,31 +104,47 @@ def _faiss():
     return faiss
 
 
-def faiss_index(cache_dir: Path, embeddings: np.ndarray, spec_hash: str | None) -> Any:
-    """Load the FAISS index saved next to the cache, or (re)build it if stale.
+def faiss_index(cache_dir: Path, embeddings: np.ndarray, key: str) -> Any:
+    """Load the FAISS index saved next to the cache for this commit, or build it.
 
     The index is an exact inner-product ``IndexFlatIP``: FAISS's blocked BLAS and
-    heap top-k beat numpy on large caches without changing the answers. It is
-    rebuilt whenever the cache's row count or model hash changed since it was saved.
+    heap top-k beat numpy on large caches without changing the answers. Its file is named
+    by ``key`` (the cache's commit id and spec hash), so an index of any other commit,
+    same row count or not, is never used; indexes of older commits are removed. Writers
+    race safely (a private temp name, then an atomic rename); a cache folder that cannot
+    be written gets an in-memory index and a warning.
     """
+    import tempfile
+    import warnings
+
     faiss = _faiss()
-    path, meta_path = cache_dir / FAISS_FILE, cache_dir / FAISS_META
-    want = {"count": int(embeddings.shape[0]), "dim": int(embeddings.shape[1]),
-            "spec_hash": spec_hash, "kind": "IndexFlatIP"}
-    if path.is_file() and meta_path.is_file():
+    path = cache_dir / f"faiss-{key}.index"
+    if path.is_file():
         try:
-            if json.loads(meta_path.read_text()) == want:
-                return faiss.read_index(str(path))
-        except (OSError, ValueError, RuntimeError):
+            index = faiss.read_index(str(path))
+            if index.ntotal == embeddings.shape[0] and index.d == embeddings.shape[1]:
+                return index
+        except RuntimeError:
             pass  # unreadable: rebuild
     index = faiss.IndexFlatIP(int(embeddings.shape[1]))
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
-    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-    tmp_meta.write_text(json.dumps(want))
-    os.replace(tmp_meta, meta_path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".faiss-", suffix=".tmp", dir=cache_dir)
+        os.close(fd)
+        try:
+            faiss.write_index(index, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        for old in cache_dir.glob("faiss-*.index"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        for old in (cache_dir / FAISS_FILE, cache_dir / FAISS_META):  # simx <= 0.1 names
+            old.unlink(missing_ok=True)
+    except (OSError, RuntimeError) as e:
+        warnings.warn(f"cannot save the FAISS index in {cache_dir} ({e}); using it in memory "
+                      "for this search only", RuntimeWarning, stacklevel=2)
     return index
 
 
@@ -305,14 +326,20 @@ def search_cache(
             enc = Encoder(cache_model(cache, model), provider=provider,
                           fast=bool(opts.get("fast", False)),
                           exif_transpose=bool(opts.get("exif_transpose", False)))
-            if enc.dim != dim:
-                raise SearchError(f"model {enc.spec.id} gives {enc.dim}-d vectors, the cache "
-                                  f"holds {dim}-d ones; pass the cache's own --model")
+            _same_model(enc.spec, cache)
             q_emb[todo] = enc.embed([queries[i] for i in todo])
         vecs.append(q_emb)
         labels += [(q, "image") for q in queries]
     if texts:
+        source = str(cache.meta.get("source", ""))
+        if source.startswith("timm:"):
+            raise SearchError(
+                f"the cache {cache_dir} holds {cache.model_id} embeddings; DINOv2 has no text "
+                "tower, so text search needs a cache made by an OpenCLIP model")
         te = TextEncoder(cache_model(cache, model), provider=provider)
+        if te.image_model and te.image_model != cache.model_id:
+            raise SearchError(f"{te.path.name} is the text tower of {te.image_model}, but the "
+                              f"cache holds {cache.model_id} embeddings")
         if te.dim != dim:
             raise SearchError(f"text tower gives {te.dim}-d vectors, the cache holds {dim}-d ones")
         vecs.append(te.embed(list(texts)))
@@ -320,8 +347,8 @@ def search_cache(
 
     qv = np.concatenate(vecs)
     if index == "faiss":
-        spec_hash = cache.meta.get("spec_hash")
-        idx, val = faiss_topk(faiss_index(cache_dir, emb, spec_hash), qv, k)
+        key = f"{cache.commit_id}-{cache.meta.get('spec_hash')}"
+        idx, val = faiss_topk(faiss_index(cache_dir, emb, key), qv, k)
     elif index == "exact":
         idx, val = topk(qv, emb, k)
     else:
@@ -334,9 +361,22 @@ def search_cache(
     return out
 
 
+def _same_model(spec: Any, cache: Any) -> None:
+    """Queries must come from the model that filled the cache: same dim is not enough
+    (dinov2-base and ViT-L-14 are both 768-d), the spec hash must match, as embed demands."""
+    want = cache.meta.get("spec_hash")
+    got = spec.embedding_hash()
+    if got != want:
+        raise SearchError(
+            f"model {spec.id} (spec hash {got}) did not make the cache {cache.directory}: it "
+            f"holds {cache.model_id} embeddings (spec hash {want}); pass that model, or none")
+
+
 def _cached_row(cache: Any, query: str) -> int | None:
-    """The cache row of a query image, if the cache holds that very file."""
+    """The cache row of a query image, if the cache holds that very file, unchanged since."""
     try:
-        return int(cache.row(query))
+        row = int(cache.row(query))
+        fresh = cache.rows[row].matches(os.stat(query))
     except (KeyError, OSError):
         return None
+    return row if fresh else None

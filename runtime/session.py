@@ -33,18 +33,30 @@ def models_dir() -> Path:
 
 
 def resolve_model_path(model: str | os.PathLike[str]) -> Path:
-    """A path to an .onnx file, or an id such as ``dinov2-small`` found in ``models_dir()``."""
+    """A path to an .onnx file, or an id such as ``dinov2-small`` found in ``models_dir()``.
+
+    Only a regular file counts as a path: a folder that happens to carry the model's name
+    (``--cache dinov2-small`` makes one) must not shadow the id.
+    """
     p = Path(model)
-    if p.suffix == ".onnx" or p.exists():
-        if not p.is_file():
-            raise ModelFileError(f"model file not found: {p}")
+    if p.is_file():
         return p
+    if p.suffix == ".onnx" or os.sep in str(model):
+        raise ModelFileError(f"model file not found: {p}")
     candidate = models_dir() / f"{model}.onnx"
     if candidate.is_file():
         return candidate
+    where = models_dir().resolve()
     have = sorted(x.stem for x in models_dir().glob("*.onnx")) if models_dir().is_dir() else []
-    hint = f"; models there: {', '.join(have)}" if have else "; export one with `simx export`"
-    raise ModelFileError(f"no model {str(model)!r}: not a file, and not in {models_dir()}/{hint}")
+    env = "$SIMX_MODELS_DIR" if "SIMX_MODELS_DIR" in os.environ else "$SIMX_MODELS_DIR (unset: ./onnx_models)"
+    msg = f"no model {str(model)!r}: not a file, and not in {where} (looked there by {env})"
+    from . import registry
+
+    try:
+        msg += f"; it is in the catalogue but not exported: run `{registry.get(str(model)).export_command}`"
+    except registry.UnknownModelError:
+        msg += f"; models there: {', '.join(have)}" if have else "; export one with `simx export`"
+    raise ModelFileError(msg)
 
 
 def _ort():
