@@ -37,7 +37,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="simx")
+@click.version_option(package_name="simx-embed")
 def main() -> None:
     """Fast, verified DINOv2 and OpenCLIP image embeddings with ONNX Runtime."""
 
@@ -129,13 +129,35 @@ def _export_options(f):
     return f
 
 
+# What `simx export` imports, some only deep inside a run: all are checked before it starts.
+EXPORT_MODULES = ("torch", "torchvision", "timm", "open_clip", "onnx", "onnxscript", "onnxruntime")
+
+
+def _missing(modules: tuple[str, ...]) -> list[str]:
+    import importlib.util
+
+    out = []
+    for m in modules:
+        try:
+            if importlib.util.find_spec(m) is None:
+                out.append(m)
+        except (ImportError, ValueError):  # a module set to None in sys.modules, or broken
+            out.append(m)
+    return out
+
+
 def _run_export(entry: registry.ModelEntry, **kw) -> None:
+    missing = _missing(EXPORT_MODULES)
+    if missing:
+        extra = "cpu,export" if missing == ["onnxruntime"] else "export"
+        raise SimxError(f"simx export needs {', '.join(missing)}, which this install lacks: "
+                        f"pip install 'simx-embed[{extra}]'")
     try:
         from .export.api import export_model
     except ImportError as e:
         raise SimxError(
             f"simx export needs the export extra ({e.name or e} is missing): "
-            "pip install 'simx[export]'"
+            "pip install 'simx-embed[export]'"
         ) from None
     written = export_model(entry, **kw)  # a path, or [image, text] with --text
     for path in written if isinstance(written, list) else [written]:
@@ -144,7 +166,7 @@ def _run_export(entry: registry.ModelEntry, **kw) -> None:
 
 @main.group("export")
 def export_group() -> None:
-    """Export a model to a verified, self-describing .onnx file (needs simx[export])."""
+    """Export a model to a verified, self-describing .onnx file (needs simx-embed[export])."""
 
 
 @export_group.command("dinov2")
@@ -279,7 +301,7 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 @click.option("--max-regression", type=float, default=0.10, show_default=True,
               help="Tolerated fall below the baseline (0.10 = 10%).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw throughput and efficiency against batch size into this PNG (simx[viz]).")
+              help="Also draw throughput and efficiency against batch size into this PNG (simx-embed[viz]).")
 def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: Path | None,
               synthetic: bool, seconds: float, threads: int | None, warmup: int,
               json_path: Path | None, rounds: int, sgemm_size: int, baseline: Path | None,
@@ -335,7 +357,7 @@ def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: P
 @click.option("--text", "texts", multiple=True, help="A text query (needs the model's -text.onnx); repeatable.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
 @click.option("--index", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True,
-              help="exact: numpy cosine; faiss: a FAISS index saved next to the cache (simx[faiss]).")
+              help="exact: numpy cosine; faiss: a FAISS index saved next to the cache (simx-embed[faiss]).")
 @click.option("--model", "-m", default=None,
               help="The model that filled the cache, when cache.json's id is not in $SIMX_MODELS_DIR.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",

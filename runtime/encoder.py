@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from .errors import SimxError, first_line
-from .image import load_rgb
+from .image import DECODE_ERRORS, load_rgb
 from .preprocess import preprocess
 from .session import ModelSession, open_model
 from .spec import ModelSpec
@@ -53,6 +53,9 @@ ImageInput = Union[str, os.PathLike, np.ndarray]
 CPU_BATCH = 8
 GPU_BATCH = 32
 PREFETCH_BATCHES = 2
+# A bad input (simx's own errors, and decoder or array-shape errors) is one failure line;
+# anything else is a bug and stops the run with its traceback.
+PREPARE_ERRORS: tuple[type[BaseException], ...] = (SimxError, *DECODE_ERRORS)
 
 
 class EmbedError(SimxError):
@@ -82,7 +85,7 @@ def _worker_init() -> None:
         import cv2
 
         cv2.setNumThreads(1)
-    except Exception:  # pragma: no cover - OpenCV always present in the runtime extras
+    except ImportError:  # pragma: no cover - OpenCV always present in the runtime extras
         pass
 
 
@@ -211,7 +214,7 @@ class Encoder:
                     try:
                         arrays.append(fut.result())
                         idx.append(i)
-                    except Exception as e:  # a bad image: report it, keep going
+                    except PREPARE_ERRORS as e:  # a bad image: report it, keep going
                         fails.append((i, _error_text(e)))
                     fill()
                 if arrays:

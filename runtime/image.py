@@ -32,9 +32,11 @@ import io
 import os
 import re
 import stat
+import struct
 import threading
 import warnings
 from collections.abc import Iterable
+from typing import BinaryIO
 from pathlib import Path
 
 import cv2
@@ -78,8 +80,19 @@ class ImageError(SimxError):
     """A file that cannot be used as an image; the message is one line that says why."""
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The whole file in one read(); every way of not getting bytes becomes an ImageError."""
+# What decoders raise for bad files. Anything else (TypeError, AttributeError, ...) is a
+# bug in simx or a library and must surface, not be filed as one more bad image.
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error,
+    ZeroDivisionError, OverflowError, MemoryError, cv2.error)
+
+# Bytes a file may hold beyond what its pixels could need (8 bytes a pixel covers 16-bit
+# RGBA), for metadata and thumbnails; more is not an image worth reading into memory.
+_SLACK_BYTES = 64 << 20
+
+
+def _open_file(path: Path) -> BinaryIO:
+    """The file opened for reading; every way of not getting it becomes an ImageError."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -94,11 +107,24 @@ def _read_bytes(path: Path) -> bytes:
         raise ImageError("is a directory, not an image")
     if not stat.S_ISREG(st.st_mode):
         raise ImageError("not a regular file")
+    if st.st_size == 0:
+        raise ImageError("empty file")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        return open(path, "rb")
     except PermissionError:
         raise ImageError("permission denied") from None
+    except OSError as e:
+        raise ImageError(f"cannot read file: {e.strerror or e}") from None
+
+
+def _read_rest(f: BinaryIO, w: int, h: int) -> bytes:
+    """The whole file, once its header said the image is worth it."""
+    size = os.fstat(f.fileno()).st_size
+    if size > 8 * w * h + _SLACK_BYTES:
+        raise ImageError(f"file is {size} bytes, far more than a {w}x{h} image needs")
+    try:
+        f.seek(0)
+        data = f.read()
     except OSError as e:
         raise ImageError(f"cannot read file: {e.strerror or e}") from None
     if not data:
@@ -106,12 +132,13 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _open_header(data: bytes, max_pixels: int | None) -> Image.Image:
-    """Pillow's lazy open: format, mode and size from the header, no pixels decoded."""
+def _open_header(src: BinaryIO, max_pixels: int | None) -> Image.Image:
+    """Pillow's lazy open: format, mode and size from the header, no pixels decoded (and,
+    from a file, only the header's bytes read)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
+            return Image.open(src)
     except Image.DecompressionBombError as e:
         if max_pixels is not None and max_pixels <= int(Image.MAX_IMAGE_PIXELS or 0) * 2:
             # Over Pillow's hard limit (twice its warning limit), hence over ours.
@@ -121,12 +148,13 @@ def _open_header(data: bytes, max_pixels: int | None) -> Image.Image:
         with _PIL_LIMIT_LOCK:  # the caller asked for a limit above Pillow's: lift it once
             old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                return Image.open(io.BytesIO(data))
+                src.seek(0)
+                return Image.open(src)
             finally:
                 Image.MAX_IMAGE_PIXELS = old
     except UnidentifiedImageError:
         raise ImageError("not an image (unknown or corrupt format)") from None
-    except Exception as e:  # plugins raise SyntaxError, struct.error, ... for bad headers
+    except DECODE_ERRORS as e:  # plugins raise SyntaxError, struct.error, ... for bad headers
         raise ImageError(_short(e, "corrupt image header")) from None
 
 
@@ -160,9 +188,19 @@ def _decode_pil(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB")))
 
 
+# IMREAD_COLOR_RGB arrived in OpenCV 4.11; before it, decode BGR and swap the channels.
+_CV2_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
 def _decode_cv2(data: bytes) -> np.ndarray | None:
-    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-    return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    buf = np.frombuffer(data, np.uint8)
+    try:
+        if _CV2_RGB is not None:
+            return cv2.imdecode(buf, _CV2_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as e:
+        raise ImageError(_short(e, "OpenCV could not decode the file")) from None
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def load_rgb(
@@ -177,13 +215,18 @@ def load_rgb(
     oversized files; ``max_pixels=None`` lifts the size limit.
     """
     p = Path(path)
-    data = _read_bytes(p)
-    im = _open_header(data, max_pixels)
-    w, h = im.size
-    if max_pixels is not None and w * h > max_pixels:
-        raise ImageError(f"image has {w * h} pixels, over the limit of {max_pixels}")
-    if w < 1 or h < 1:
-        raise ImageError("image has no pixels")
+    with _open_file(p) as f:
+        # The header first, from the file: a huge or bogus file is refused before its body
+        # is read into memory.
+        w, h = _open_header(f, max_pixels).size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageError(f"image has {w * h} pixels, over the limit of {max_pixels}")
+        if w < 1 or h < 1:
+            raise ImageError("image has no pixels")
+        data = _read_rest(f, w, h)
+    im = _open_header(io.BytesIO(data), max_pixels)
+    if im.size != (w, h):
+        raise ImageError("the file changed while it was read")
 
     rgb: np.ndarray | None = None
     fmt = im.format or ""
@@ -203,7 +246,7 @@ def load_rgb(
             rgb = _decode_pil(im)
         except Image.DecompressionBombError:
             raise ImageError(f"image has {w * h} pixels, over Pillow's limit") from None
-        except Exception as e:  # whatever a plugin raises on a corrupt body: one line
+        except DECODE_ERRORS as e:  # what a plugin raises on a corrupt body: one line
             raise ImageError(_short(e, f"corrupt {fmt or 'image'} file")) from None
     else:
         rgb = _to_rgb8(rgb)

@@ -2,7 +2,7 @@
 
 Why matplotlib is optional: the runtime is what edge hosts install, and matplotlib with
 its font cache is larger than the rest of it. It lives in the ``viz`` extra
-(``pip install 'simx[viz]'``) and is imported only inside these functions.
+(``pip install 'simx-embed[viz]'``) and is imported only inside these functions.
 
 What is drawn, from ``simx bench`` result dicts (``simx-bench/1``, read defensively so
 that results extended with more execution paths plot without changes here):
@@ -37,7 +37,7 @@ def check_viz() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise PlotError("--plot needs matplotlib: pip install 'simx[viz]'") from None
+        raise PlotError("--plot needs matplotlib: pip install 'simx-embed[viz]'") from None
 
 
 def _short_provider(name: Any) -> str:

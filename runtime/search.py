@@ -100,7 +100,7 @@ def _faiss():
     try:
         import faiss  # type: ignore[import-not-found]
     except ImportError:
-        raise SearchError("--index faiss needs FAISS: pip install 'simx[faiss]'") from None
+        raise SearchError("--index faiss needs FAISS: pip install 'simx-embed[faiss]'") from None
     return faiss
 
 

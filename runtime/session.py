@@ -88,7 +88,7 @@ def pick_providers(provider: str) -> list[str]:
     if wanted not in available:
         raise ProviderError(
             f"provider {provider!r} ({wanted}) is not available in this onnxruntime "
-            f"(available: {', '.join(available)}); install simx[gpu] for CUDA"
+            f"(available: {', '.join(available)}); install simx-embed[gpu] for CUDA"
         )
     chain = [wanted]
     if provider == "tensorrt" and _ORT_NAMES["cuda"] in available:
