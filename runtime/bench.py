@@ -349,14 +349,18 @@ def _model_block(ms: Any, gflops: float | None, gflops_source: str | None,
 
 def _decode_and_preprocess(
     paths: Sequence[Path], spec: Any, cap: int
-) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Decode and preprocess each image once, one at a time, timing each stage per image."""
+) -> tuple[list[np.ndarray], dict[str, Any], list[Path]]:
+    """Decode and preprocess each image once, one at a time, timing each stage per image.
+
+    Also returns the paths that decoded: the end-to-end phase runs on those only, so one
+    corrupt file in the folder cannot abort the benchmark (its count is reported)."""
     from .image import load_rgb
     from .preprocess import preprocess
 
     t_dec: list[float] = []
     t_pre: list[float] = []
     tensors: list[np.ndarray] = []
+    good: list[Path] = []
     skipped = 0
     for p in list(paths)[:cap]:
         t0 = time.perf_counter()
@@ -371,14 +375,15 @@ def _decode_and_preprocess(
         t_dec.append(t1 - t0)
         t_pre.append(t2 - t1)
         tensors.append(np.asarray(x, dtype=np.float32))
+        good.append(p)
     if not tensors:
-        raise SimxError("no decodable images for the benchmark")
+        raise SimxError(f"none of the {skipped} images could be decoded: nothing to benchmark")
     return tensors, {
         "images": len(tensors),
         "skipped": skipped,
         "decode_ms_per_image": float(np.mean(t_dec) * 1e3),
         "preprocess_ms_per_image": float(np.mean(t_pre) * 1e3),
-    }
+    }, good
 
 
 def _make_encoder(cfg: BenchConfig) -> Any:
@@ -436,7 +441,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         if not paths:
             raise SimxError(f"no images found in {cfg.images}")
         say(f"decode + preprocess {min(len(paths), cfg.max_images)} images, one at a time ...")
-        tensors, stages = _decode_and_preprocess(paths, spec, cfg.max_images)
+        tensors, stages, paths = _decode_and_preprocess(paths, spec, cfg.max_images)
+        if stages["skipped"]:
+            say(f"skipped {stages['skipped']} file(s) that do not decode")
 
     sg: list[dict[str, Any]] = []
 

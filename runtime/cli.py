@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from . import registry
+from . import cliparams, registry
 from .errors import SimxError
 
 EXIT_ERROR = 2  # a usage or input error: nothing (more) was done
@@ -202,18 +202,18 @@ EXIT_INTERRUPTED = 130  # simx embed: Ctrl-C; the work done so far is committed
               help="A sim-bench method YAML (configs/methods/*.yaml); command-line options win.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per inference call [default: 8 on the CPU, 32 on a GPU].")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=cliparams.THREADS, default=None,
               help="onnxruntime intra-op threads [default: one per core].")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
               show_default=True, help="auto = CUDA when available, else CPU; never a silent fallback.")
 @click.option("--force", is_flag=True, help="Rebuild a cache made by another model or preprocessing.")
 @click.option("--exif-transpose", is_flag=True, help="Apply EXIF orientation (PIL.Image.open does not).")
 @click.option("--fast", is_flag=True, help="Approximate (not exact) resampling; faster, labelled.")
-@click.option("--lock-timeout", type=float, default=0.0, show_default=True,
+@click.option("--lock-timeout", type=cliparams.ANY_SECONDS, default=0.0, show_default=True,
               help="Seconds to wait for another writer of the cache; 0 fails at once, -1 waits forever.")
 @click.option("--commit-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also commit every N images (0: time-based only).")
-@click.option("--commit-seconds", type=float, default=30.0, show_default=True,
+@click.option("--commit-seconds", type=cliparams.NON_NEGATIVE, default=30.0, show_default=True,
               help="Commit at least this often during a long run.")
 @click.pass_context
 def embed_cmd(ctx: click.Context, paths: tuple[Path, ...], model: str | None,
@@ -286,19 +286,20 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 @click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
               help="A folder of images: adds decode / preprocess / end-to-end figures.")
 @click.option("--synthetic", is_flag=True, help="Random input tensors (the default without --images).")
-@click.option("--seconds", type=float, default=5.0, show_default=True,
+@click.option("--seconds", type=cliparams.POSITIVE_SECONDS, default=5.0, show_default=True,
               help="Timed seconds per batch size (after warm-up).")
-@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed batches first.")
+@click.option("--threads", type=cliparams.THREADS, default=None,
+              help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--warmup", type=cliparams.COUNT, default=2, show_default=True, help="Untimed batches first.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every figure and the machine facts to this file.")
-@click.option("--rounds", type=int, default=5, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Alternations of reference sgemm and model per batch size.")
-@click.option("--sgemm-size", type=int, default=2048, show_default=True,
+@click.option("--sgemm-size", type=click.IntRange(min=16), default=2048, show_default=True,
               help="Matrix size of the numpy sgemm reference.")
 @click.option("--baseline", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="A JSON from an earlier --json run: exit 1 if a normalized figure regressed.")
-@click.option("--max-regression", type=float, default=0.10, show_default=True,
+@click.option("--max-regression", type=cliparams.NON_NEGATIVE, default=0.10, show_default=True,
               help="Tolerated fall below the baseline (0.10 = 10%).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw throughput and efficiency against batch size into this PNG (simx-embed[viz]).")
@@ -399,7 +400,7 @@ def search_cmd(queries: tuple[Path, ...], cache_dir: Path, texts: tuple[str, ...
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache for this dataset [default: $SIMX_CACHE_DIR or ~/.cache/simx].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
-@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--threads", type=cliparams.THREADS, default=None)
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

@@ -18,6 +18,7 @@ different results.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ _DEVICES = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda", "auto": "auto", "tensor
 _DISTANCES = ("cosine", "euclidean", "l2")
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 class ConfigError(SimxError):
     """A method config simx cannot honour; the message names the key."""
 
@@ -43,9 +47,16 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - PyYAML is in install_requires
         raise ConfigError("reading method configs needs PyYAML: pip install pyyaml") from None
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
+            raise ConfigError(f"config {path} is not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path} is {st.st_size} bytes; a method config is a few lines")
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({first_line(e, 'syntax error')})") from None
     if not isinstance(doc, dict):
