@@ -93,6 +93,21 @@ def tiny(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-test.onnx")
 
 
+def ns_reference(cache_dir: Path, root: Path) -> float:
+    """UKBench N-S recomputed by brute force from the cache's own vectors: the mean number
+    of same-object images among each image's 4 nearest (itself included)."""
+    from simx.cache import FeatureCache
+
+    ds = load_dataset("ukbench", root)
+    c = FeatureCache(cache_dir)
+    e = np.stack([c.vector(p) for p in ds.paths]).astype(np.float64)
+    sims = e @ e.T
+    groups = np.asarray(ds.groups)
+    hits = [(groups[np.argsort(-sims[i], kind="stable")[:4]] == groups[i]).sum()
+            for i in range(len(groups))]
+    return float(np.mean(hits))
+
+
 def run_cli(*args: object) -> tuple[int, str, str]:
     r = CliRunner().invoke(main, [str(a) for a in args])
     if r.exception and not isinstance(r.exception, SystemExit):
@@ -141,7 +156,7 @@ def test_faiss_missing_is_a_clear_error(monkeypatch, tmp_path):
         return real_import(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_faiss)
-    with pytest.raises(SearchError, match=r"pip install 'simx\[faiss\]'"):
+    with pytest.raises(SearchError, match=r"pip install 'simx-embed\[faiss\]'"):
         search.faiss_index(tmp_path, np.eye(3, dtype=np.float32), None)
 
 
@@ -265,7 +280,8 @@ def test_dataset_layouts(tmp_path, ukbench_root, holidays_root):
 def test_eval_tiny_both_datasets_and_cache_reuse(tmp_path, tiny, ukbench_root, holidays_root):
     r1 = evaluate("ukbench", ukbench_root, tiny, cache_dir=tmp_path / "u", provider="cpu",
                   progress=False)
-    assert r1["embedded"] == r1["images"] and 1.0 <= r1["metrics"]["ns_score"] <= 4.0
+    assert r1["embedded"] == r1["images"]
+    assert r1["metrics"]["ns_score"] == pytest.approx(ns_reference(tmp_path / "u", ukbench_root))
     r2 = evaluate("ukbench", ukbench_root, tiny, cache_dir=tmp_path / "u", provider="cpu",
                   progress=False)
     assert r2["embedded"] == 0 and r2["reused"] == r2["images"]
@@ -288,7 +304,7 @@ def test_eval_command_end_to_end(model_id, exported, ukbench_root, tmp_path):
     r = json.loads(out)
     assert r["model"] == model_id and r["weights"] == "random"
     assert r["images"] == 4 * r["groups"] and r["queries"] == r["images"]
-    assert 1.0 <= r["metrics"]["ns_score"] <= 4.0
+    assert r["metrics"]["ns_score"] == pytest.approx(ns_reference(tmp_path / "cache", ukbench_root))
     assert r["embedded"] == r["images"] and r["reused"] == 0
     code, out, err = run_cli(*args)
     assert code == 0, err
