@@ -176,7 +176,7 @@ def measure_model(
             log(f"  {entry.id} b={b} {name}: {img_s:.2f} img/s ({sum(a['images'])} images)")
         rows.append(row)
     meta_gflops = ms.spec.gflops
-    del tmod, ms, enc
+    tmod = ms = enc = None  # free the models before the next one loads
     return {
         "id": entry.id,
         "source": entry.source,

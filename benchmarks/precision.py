@@ -226,7 +226,7 @@ def render(result: dict[str, Any]) -> str:
         for k in VARIANTS:
             a = r["accuracy_vs_fp32"][k]
             lines.append(f"| {k} | {a['min_cosine']:.6f} | {a['max_abs_rel']:.2e} |")
-        lines += ["", f"| threads, batch | " + " | ".join(
+        lines += ["", "| threads, batch | " + " | ".join(
             f"{k} img/s best / median" for k in VARIANTS) + " | int8 / fp32 (best, median) | fused, fused_sln / fp32 (best) |",
             "|---" * (len(VARIANTS) + 3) + "|"]
         for key, s in r["speed"].items():

@@ -98,7 +98,7 @@ class _TextTower:
                 super().__init__()
                 self.m = m
 
-            def forward(self, input_ids: "torch.Tensor") -> "torch.Tensor":
+            def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
                 return self.m.encode_text(input_ids, normalize=False)
 
         return TextTower(model).eval()

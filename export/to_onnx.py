@@ -172,7 +172,7 @@ class AtomicModelWriter:
         self._data_written = False
         self._committed = False
 
-    def __enter__(self) -> "AtomicModelWriter":
+    def __enter__(self) -> AtomicModelWriter:
         return self
 
     def __exit__(

@@ -273,7 +273,7 @@ def latency_ms(lat: Sequence[float]) -> dict[str, float]:
 def _interleaved(
     call: Callable[[], Any],
     batch: int,
-    cfg: "BenchConfig",
+    cfg: BenchConfig,
     sgemm_log: list[dict[str, Any]],
     stream: Callable[[int, int], None] | None = None,
 ) -> tuple[list[float], list[dict[str, float]]]:

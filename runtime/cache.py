@@ -106,7 +106,7 @@ class Row:
     ino: int | None = None
 
     @classmethod
-    def of(cls, path: str, st: os.stat_result) -> "Row":
+    def of(cls, path: str, st: os.stat_result) -> Row:
         return cls(path, int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino))
 
     def matches(self, st: os.stat_result) -> bool:
@@ -583,7 +583,7 @@ class CacheWriter:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,7 +10,6 @@ row index (lowest first), so results are reproducible across runs and machines.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -89,7 +89,7 @@ class ModelSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         if not isinstance(d, dict):
             raise SpecError("simx metadata is not a JSON object")
         if d.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
@@ -134,7 +134,7 @@ class ModelSpec:
         return spec
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:

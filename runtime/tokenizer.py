@@ -38,7 +38,7 @@ def _vocab_path() -> Path:
     return Path(str(resources.files("simx").joinpath("data", VOCAB_FILE)))
 
 
-@lru_cache()
+@lru_cache
 def bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte -> printable-character map (keeps BPE off whitespace/control)."""
     bs = (

@@ -83,7 +83,7 @@ def _external(tensor: memoryview) -> dict[str, str]:
     return out
 
 
-def _hash_external(h: "hashlib._Hash", folder: Path, ext: dict[str, str]) -> None:
+def _hash_external(h: hashlib._Hash, folder: Path, ext: dict[str, str]) -> None:
     location = ext.get("location", "")
     if not location or os.path.isabs(location) or ".." in Path(location).parts:
         raise ModelFileError(f"external data location {location!r} is not a file beside the model")
@@ -106,7 +106,7 @@ def _hash_external(h: "hashlib._Hash", folder: Path, ext: dict[str, str]) -> Non
         raise ModelFileError(f"the model's external data {path} is shorter than the model says")
 
 
-def _hash_graph(h: "hashlib._Hash", graph: memoryview, folder: Path) -> None:
+def _hash_graph(h: hashlib._Hash, graph: memoryview, folder: Path) -> None:
     for number, wire, start, a, b in _fields(graph):
         if number != _GRAPH_INITIALIZER or wire != 2:
             h.update(graph[start:b])

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tiny_model import tiny, tiny_enc  # noqa: F401  (fixtures for every test module)
+
 # Real photos bundled with scikit-image (no network). Colour, grey and RGBA.
 PHOTO_NAMES = (
     "astronaut",          # 512x512

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import build_tiny_model, tiny, tiny_enc  # noqa: E402,F401 (fixtures)
+from tiny_model import build_tiny_model  # noqa: E402
 
 from simx.cache import (  # noqa: E402
     DATA_FILES,

@@ -17,7 +17,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cache import _save, run  # noqa: E402
 from test_embed_cli import simx_embed, summary  # noqa: E402
-from tiny_model import build_tiny_model, tiny, tiny_enc  # noqa: E402,F401 (fixtures)
 
 from simx.cache import CacheError, CacheWriteError, FeatureCache, Row  # noqa: E402
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import tiny  # noqa: E402,F401 (fixture)
 
 
 def simx(*args: object, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cache import assert_same_cache  # noqa: E402
-from tiny_model import build_tiny_model, tiny  # noqa: E402,F401 (fixture)
+from tiny_model import build_tiny_model  # noqa: E402
 
 from simx.cache import NEW, FeatureCache, canonical_path  # noqa: E402
 

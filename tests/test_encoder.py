@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import build_tiny_model, tiny, tiny_enc  # noqa: E402,F401 (fixtures)
+from tiny_model import build_tiny_model  # noqa: E402
 
 from simx import Encoder, ModelFileError, ProviderError  # noqa: E402
 from simx.encoder import EmbedError  # noqa: E402

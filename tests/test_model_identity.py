@@ -133,7 +133,7 @@ def test_export_records_the_weights_hash(exported):
 def test_output_width_must_match_the_spec(tmp_path, width):
     p = build_tiny_model(tmp_path / "w.onnx", dim=width, with_spec=False)
     _with_spec(p, tiny_spec(dim=64))
-    with pytest.raises(ModelFileError, match=r"output embeddings is \['batch', %d\]" % width):
+    with pytest.raises(ModelFileError, match=rf"output embeddings is \['batch', {width}\]"):
         open_model(p, provider="cpu")
 
 

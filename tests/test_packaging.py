@@ -15,7 +15,6 @@ import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_model import tiny, tiny_enc  # noqa: E402,F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = "simx-embed"  # `simx` on PyPI is an unrelated 2014 project that does not build
