@@ -191,6 +191,7 @@ def export_model(
         from .text import export_text_tower
 
         with sources.quiet_logging():  # open_clip's "initialized randomly" for --weights random
-            text_path = export_text_tower(entry, weights=weights, output_dir=output_dir, opset=opset)
+            text_path = export_text_tower(entry, weights=weights, output_dir=output_dir, opset=opset,
+                                          image_size=image_size)
         return [path, text_path]
     return path

@@ -17,7 +17,7 @@ records the pairing.
 
 from __future__ import annotations
 
-import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from simx import registry
 from simx.errors import SimxError, first_line
 from simx.spec import METADATA_KEY, ModelSpec
 from simx.tokenizer import TOKENIZER_NAME, get_tokenizer
+from simx.weights_hash import weights_sha256
 
 TEXT_INPUT = "input_ids"
 TEXT_OUTPUT = "text_embeddings"
@@ -43,7 +44,6 @@ PARITY_TEXTS = (
 )
 MIN_COSINE = 0.99999
 MAX_ABS_REL = 1e-4
-_PROTOBUF_LIMIT = 1_800_000_000  # bytes; above this the weights go to external data
 
 
 class TextExportError(SimxError):
@@ -163,8 +163,9 @@ def export_text_tower(
     ``model``/``weights_label`` let the image exporter pass the open_clip model it
     already built (so both towers come from one load of the weights).
     """
-    import onnx
     import torch
+
+    from . import to_onnx, verify
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +179,6 @@ def export_text_tower(
                               f"CLIP's BPE ({tok.vocab_size}); simx cannot tokenize for it")
     ids = tok(list(PARITY_TEXTS))
     path = output_dir / f"{entry.id}-text.onnx"
-    tmp = output_dir / f".{entry.id}-text.onnx.tmp"
     batch = torch.export.Dim("batch", min=1)
     example = torch.from_numpy(ids[:2].copy())  # batch >= 2, or the batch axis gets fixed
     try:
@@ -193,14 +193,6 @@ def export_text_tower(
     dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if not dim0.dim_param:
         raise TextExportError(f"{entry.id}-text: the exported batch axis is fixed at {dim0.dim_value}")
-    external = proto.ByteSize() > _PROTOBUF_LIMIT
-    if external:
-        onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data")
-    else:
-        onnx.save_model(proto, str(tmp))
-    parity = verify_text(tmp, tower, ids)
-
     p = entry.preprocess(image_size)
     spec = ModelSpec(
         id=f"{entry.id}-text",
@@ -216,7 +208,6 @@ def export_text_tower(
         opset=opset,
         input_name=TEXT_INPUT,
         output_name=TEXT_OUTPUT,
-        parity=parity,
         extra={
             "kind": "text",
             "image_model": entry.id,
@@ -228,9 +219,16 @@ def export_text_tower(
     )
     if proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value not in (0, spec.dim):
         raise TextExportError(f"{entry.id}-text: output dim differs from the registry's {spec.dim}")
-    final = onnx.load(str(tmp), load_external_data=False)
-    del final.metadata_props[:]
-    final.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
-    onnx.save_model(final, str(tmp))  # external data, if any, stays where it was written
-    os.replace(tmp, path)
+    # The image tower's pipeline from here: temp names (external data too), onnx.checker,
+    # parity, the weights hash, one atomic rename. A failure leaves no file behind.
+    external = to_onnx.tensor_bytes(proto) > to_onnx.EXTERNAL_DATA_THRESHOLD
+    with to_onnx.AtomicModelWriter(path, external) as writer:
+        to_onnx.set_metadata(proto, METADATA_KEY, spec.to_json())
+        tmp = writer.write(proto)
+        verify.check_graph(tmp, what=spec.id)
+        parity = verify_text(tmp, tower, ids)
+        spec = replace(spec, parity=parity, weights_sha256=weights_sha256(tmp))
+        to_onnx.set_metadata(proto, METADATA_KEY, spec.to_json())
+        path = writer.commit(proto)
+    to_onnx.check_committed_weights(path, spec.weights_sha256)
     return path

@@ -348,6 +348,18 @@ def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: P
         if not report.passed:
             sys.exit(1)
 
+# --------------------------------------------------------------------------- info
+@main.command("info")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+def info_cmd(target: str, as_json: bool) -> None:
+    """Show what TARGET is: a model (.onnx path or exported id) or a cache folder."""
+    from .info import info, render
+
+    d = info(target)
+    click.echo(json.dumps(d, indent=2) if as_json else render(d))
+
+
 # --------------------------------------------------------------------------- search / eval
 # (retrieval helper: simx search, simx eval)
 @main.command("search")

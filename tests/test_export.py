@@ -396,9 +396,9 @@ def test_text_flag_exports_the_text_tower_after_the_image(tiny_build, monkeypatc
 
     calls = []
 
-    def export_text_tower(entry, *, weights, output_dir, opset):
+    def export_text_tower(entry, *, weights, output_dir, opset, image_size):
         assert (output_dir / f"{entry.id}.onnx").is_file()  # image tower first
-        calls.append((entry.id, weights, output_dir, opset))
+        calls.append((entry.id, weights, output_dir, opset, image_size))
         return output_dir / f"{entry.id}-text.onnx"
 
     monkeypatch.setattr(text, "export_text_tower", export_text_tower)
@@ -406,7 +406,8 @@ def test_text_flag_exports_the_text_tower_after_the_image(tiny_build, monkeypatc
     paths = api.export_model(entry, weights="random", output_dir=tmp_path, image_size=64, text=True)
     assert paths == [tmp_path / "openclip-vit-b-32-openai.onnx",
                      tmp_path / "openclip-vit-b-32-openai-text.onnx"]
-    assert calls == [("openclip-vit-b-32-openai", "random", tmp_path, 18)]
+    # The text spec records the image tower's real size (it once said 224 for any export).
+    assert calls == [("openclip-vit-b-32-openai", "random", tmp_path, 18, 64)]
     with pytest.raises(SimxError, match="no text tower"):
         api.export_model(registry.get("dinov2-small"), weights="random", output_dir=tmp_path,
                          text=True)

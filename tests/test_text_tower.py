@@ -201,3 +201,28 @@ def test_image_text_cosines_match_torch(exported, text_model, torch_clip, rgb_ph
         ref = (torch_clip.encode_image(x, normalize=True)
                @ torch_clip.encode_text(open_clip.tokenize(texts), normalize=True).T).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_text_export_goes_through_the_one_pipeline(text_model, torch_clip, tmp_path, monkeypatch):
+    """onnx.checker runs, the weights hash is recorded, and a failed parity leaves nothing
+    (the old text pipeline left .tmp files and wrote external data under the final name)."""
+    from simx.export import text, verify
+    from simx.session import read_spec
+    from simx.weights_hash import weights_sha256
+
+    spec = read_spec(text_model)
+    assert spec.weights_sha256 == weights_sha256(text_model)
+    checked = []
+    real_check = verify.check_graph
+    monkeypatch.setattr(verify, "check_graph", lambda p, what="": (checked.append(what), real_check(p, what)))
+
+    def failing(*a, **k):
+        raise text.TextExportError("text tower parity failed: injected")
+
+    monkeypatch.setattr(text, "verify_text", failing)
+    out = tmp_path / "out"
+    with pytest.raises(text.TextExportError, match="injected"):
+        text.export_text_tower(registry.get(CLIP_ID), weights="random", output_dir=out,
+                               model=torch_clip, weights_label="random")
+    assert checked == [f"{CLIP_ID}-text"]
+    assert list(out.iterdir()) == []
