@@ -69,6 +69,39 @@ def sha256_file(path: Path) -> str:
 
 
 
+_KNOWN_NOT_CHECKPOINTS = (
+    (b"\xff\xd8\xff", "it is a JPEG image"),
+    (b"\x89PNG", "it is a PNG image"),
+    (b"GIF8", "it is a GIF image"),
+    (b"RIFF", "it is a RIFF (WebP/WAV) file"),
+    (b"\x08", "it looks like an ONNX model; pass a torch or safetensors file"),
+)
+
+
+def checkpoint_kind(path: Path) -> str:
+    """``"zip"``, ``"pickle"`` or ``"safetensors"`` from the file's first bytes, or raise.
+
+    Why: torch.load on something else (a photo passed as ``--weights``) answers with its
+    safe-loading advice, whose cut-off first line suggests ``weights_only=False``; simx
+    never unpickles code, so a wrong file must get a plain "not a checkpoint" instead.
+    """
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04") or zipfile.is_zipfile(path):
+        return "zip"  # torch >= 1.6 checkpoints and TorchScript archives
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"  # legacy torch.save: a pickle protocol 2-5 stream
+    if len(head) >= 9:
+        n = int.from_bytes(head[:8], "little")
+        if head[8:9] == b"{" and 2 <= n <= os.path.getsize(path) - 8:
+            return "safetensors"  # u64 header length, then the JSON header
+    why = next((w for magic, w in _KNOWN_NOT_CHECKPOINTS if head.startswith(magic)),
+               "its first bytes match no checkpoint format" if head else "it is empty")
+    raise WeightsError(f"{path} is not a PyTorch or safetensors checkpoint ({why})")
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
     """Load a state dict from a torch or safetensors file and return it with its sha256.
 
@@ -79,9 +112,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         raise WeightsError(
             f"checkpoint not found: {p} (--weights takes 'pretrained', 'random' or a file path)"
         )
+    kind = checkpoint_kind(p)
     digest = sha256_file(p)
     try:
-        if is_torchscript(p):
+        if kind == "zip" and is_torchscript(p):
             # OpenAI's original CLIP .pt files are TorchScript archives, which torch.load
             # refuses with weights_only; torch.jit.load runs no pickled Python either.
             with warnings.catch_warnings():  # "torch.jit.load is deprecated"
@@ -89,14 +123,18 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
                 obj = dict(torch.jit.load(str(p), map_location="cpu").state_dict())
             for key in ("input_resolution", "context_length", "vocab_size"):
                 obj.pop(key, None)
-        elif p.suffix == ".safetensors":
+        elif kind == "safetensors":
             from safetensors.torch import load_file
 
             obj: Any = load_file(str(p), device="cpu")
         else:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # torch / safetensors raise many types for a bad file
-        raise WeightsError(f"cannot read checkpoint {p}: {first_line(e)}") from None
+        msg = first_line(e)
+        if "weights only" in msg.lower() or "weights_only" in msg:
+            # torch's advice is to turn safe loading off; simx never does.
+            msg = "it holds objects other than tensors, which simx does not unpickle"
+        raise WeightsError(f"cannot read checkpoint {p}: {msg}") from None
     for key in ("state_dict", "model", "teacher"):  # common training-checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

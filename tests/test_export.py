@@ -452,7 +452,12 @@ def checkpoints(tmp_path) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     save_file(small, str(wrong_clip))
-    return {"corrupt": corrupt, "wrong": wrong, "wrong_clip": wrong_clip}
+    photo = tmp_path / "x.jpg"  # a photo passed as --weights by mistake
+    photo.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200))
+    objects = tmp_path / "objects.pt"  # unpickling needs a class: torch's advice says weights_only=False
+    torch.save({"w": torch.ones(1), "opt": torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1)}, objects)
+    return {"corrupt": corrupt, "wrong": wrong, "wrong_clip": wrong_clip, "photo": photo,
+            "objects": objects}
 
 
 @pytest.mark.parametrize(
@@ -463,6 +468,9 @@ def checkpoints(tmp_path) -> dict[str, Path]:
         (["openclip", "--model", "ViT-H-14", "--pretrained", "openai"], "valid tags: laion2b_s32b_b79k"),
         (["dinov2", "--variant", "small", "--weights", "/nonexistent/ckpt.pth"], "checkpoint not found"),
         (["dinov2", "--variant", "small", "--weights", "{corrupt}"], "cannot read checkpoint"),
+        (["dinov2", "--variant", "small", "--weights", "{photo}"],
+         "x.jpg is not a PyTorch or safetensors checkpoint (it is a JPEG image)"),
+        (["dinov2", "--variant", "small", "--weights", "{objects}"], "which simx does not unpickle"),
         (["dinov2", "--variant", "base", "--weights", "{wrong}"], "does not fit dinov2-base"),
         (["dinov2", "--variant", "small", "--registers", "--weights", "{wrong}"], "does not fit dinov2-small-reg"),
         (["openclip", "--model", "ViT-B-32", "--pretrained", "openai", "--weights", "{wrong_clip}"],
@@ -470,7 +478,7 @@ def checkpoints(tmp_path) -> dict[str, Path]:
         (["dinov2", "--variant", "small", "--weights", "random", "--image-size", "100"], "multiple"),
         (["dinov2", "--variant", "small", "--weights", "random", "--opset", "12"], "use 18 to"),
     ],
-    ids=["variant", "model", "tag", "missing", "corrupt", "wrong-arch", "wrong-arch-reg",
+    ids=["variant", "model", "tag", "missing", "corrupt", "photo", "objects", "wrong-arch", "wrong-arch-reg",
          "wrong-arch-clip", "image-size", "opset"],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(args, expect, checkpoints, tmp_path):
@@ -479,6 +487,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(args, expect, checkpoints, tmp
     result = CliRunner().invoke(cli, ["export", *args, "--output-dir", str(out)])
     line = _one_line_error(result)
     assert expect in line, line
+    assert result.exit_code == 2 and "weights_only" not in line  # never advise unsafe loading
     _nothing_written(out)
 
 
