@@ -19,6 +19,7 @@ import gc
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def export_model(
     opset: int = 18,
     precision: str = "fp32",
     text: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Path | list[Path]:
     """Export ``entry``'s image tower to ``output_dir`` and return the file's path
     (with ``text``: ``[image path, text path]``).
@@ -118,11 +120,14 @@ def export_model(
     _check_output_dir(output_dir)
     final = output_path(entry, output_dir, precision)
 
+    say = log or (lambda _msg: None)
     started = time.perf_counter()
+    say(f"[1/5] building {entry.id} in torch ({weights} weights, {image_size} px)")
     built = sources.build(entry, weights, image_size)
     batches = verify.probes(built.preprocess)
     refs = verify.torch_reference(built.module, batches)
     flops = verify.gflops(built.module, image_size)
+    say(f"[2/5] exporting to ONNX (opset {opset}, symbolic batch axis)")
     model = to_onnx.export_onnx(built.module, image_size, opset, what=entry.id)
     built.module = None  # type: ignore[assignment]  # free torch weights before ORT loads its copy
     gc.collect()
@@ -172,7 +177,9 @@ def export_model(
         # Provisional spec first: verification opens the file through the runtime's loader.
         to_onnx.set_metadata(model, METADATA_KEY, spec.to_json())
         tmp = writer.write(model)
+        say("[3/5] onnx.checker (full) on the written graph")
         verify.check_graph(tmp, what=f"{entry.id} ({precision})")
+        say(f"[4/5] parity against torch ({precision}, batches 1 and 3, photos and random tensors)")
         parity = verify.compare(tmp, batches, refs, precision, what=entry.id)
         spec = replace(
             spec,
@@ -186,6 +193,12 @@ def export_model(
     del model
     gc.collect()
     to_onnx.check_committed_weights(path, spec.weights_sha256)
+    size = path.stat().st_size + (path.with_name(path.name + ".data").stat().st_size if external else 0)
+    say(f"[5/5] wrote {path} ({size / 2**20:.1f} MiB), weights sha256 {spec.weights_sha256[:12]}...")
+    say(f"parity: min cosine {parity['min_cosine']:.6f}, max abs {parity['max_abs']:.3g} "
+        f"({parity['max_abs_rel']:.2g} of max |ref|); "
+        f"{'RANDOM weights: similarities are meaningless' if built.weights == 'random' else built.weights}; "
+        f"{time.perf_counter() - started:.0f} s")
 
     if text:
         from .text import export_text_tower

@@ -159,7 +159,8 @@ def _run_export(entry: registry.ModelEntry, **kw) -> None:
             f"simx export needs the export extra ({e.name or e} is missing): "
             "pip install 'simx-embed[export]'"
         ) from None
-    written = export_model(entry, **kw)  # a path, or [image, text] with --text
+    written = export_model(entry, log=lambda m: click.echo(f"simx: {m}", err=True), **kw)
+    # (a path, or [image, text] with --text)
     for path in written if isinstance(written, list) else [written]:
         click.echo(str(path))
 

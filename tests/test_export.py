@@ -424,8 +424,9 @@ def test_exported_batch_axis_must_be_symbolic():
 
 # --------------------------------------------------------------------------- bad input (CLI)
 def _one_line_error(result) -> str:
+    """The one error line (stage lines, "simx: [n/5] ...", may precede it)."""
     assert result.exit_code != 0
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("simx: [")]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("simx: error: ")
     return lines[0]
@@ -529,7 +530,7 @@ def test_hub_unreachable_fails_at_once_naming_the_alternatives(env, args, tmp_pa
     )
     elapsed = time.monotonic() - started
     assert r.returncode == 2, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("simx: [")]
     assert len(lines) == 1, r.stderr
     assert "--weights PATH" in lines[0] and "--weights random" in lines[0]
     assert "pretrained weights" in lines[0]
@@ -597,3 +598,18 @@ def test_giant_models_export_with_external_data(model_id, tmp_path):
     print(f"{model_id}: export {elapsed:.0f}s, peak RSS {peak_gb:.1f} GB, "
           f".onnx {path.stat().st_size / 2**20:.1f} MiB, .data {data.stat().st_size / 2**30:.2f} GiB, "
           f"parity {ms.spec.parity}")
+
+
+def test_cli_export_prints_its_stages_and_a_parity_summary(tmp_path):
+    from simx.session import read_spec
+
+    r = CliRunner().invoke(cli, ["export", "dinov2", "--variant", "small", "--weights", "random",
+                                 "--image-size", "56", "--output-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    err = r.stderr.splitlines()
+    assert [ln.split("]")[0] for ln in err if ln.startswith("simx: [")] == [
+        f"simx: [{i}/5" for i in range(1, 6)]
+    spec = read_spec(tmp_path / "dinov2-small.onnx")
+    summary = next(ln for ln in err if ln.startswith("simx: parity:"))
+    assert f"min cosine {spec.parity['min_cosine']:.6f}" in summary and "RANDOM" in summary
+    assert r.stdout.strip() == str(tmp_path / "dinov2-small.onnx")
