@@ -114,3 +114,22 @@ def test_huge_sparse_file_is_refused_without_reading_it(tmp_path, head):
     assert "refused:" in r.stdout, (r.stdout, r.stderr)
     grew = int(r.stdout.rsplit("grew_kb", 1)[1])
     assert grew < 200_000, f"RSS grew {grew} kB to refuse a sparse file"
+
+
+def test_namespace_trap_of_a_clone_named_simx_is_documented(tmp_path):
+    """Item 5: from the folder above a clone named ``simx/``, ``import simx`` finds that folder
+    as an empty namespace package (cwd is first on sys.path). No layout change fixes this
+    short of moving runtime/ into simx/, so the README says what happens and what to do; the
+    console script is unaffected."""
+    (tmp_path / "simx").mkdir()
+    (tmp_path / "simx" / "setup.cfg").write_text("[metadata]\nname = simx-embed\n")
+    probe = "import simx; print(getattr(simx, '__file__', None))"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.stdout.strip() == "None"  # the trap, reproduced
+    r = subprocess.run([sys.executable, "-I", "-c", probe], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.stdout.strip().endswith("__init__.py")  # isolated mode: the installed package
+    readme = (ROOT / "README.md").read_text()
+    assert "Troubleshooting: `import simx` finds an empty package." in readme
