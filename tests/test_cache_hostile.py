@@ -32,6 +32,15 @@ def folder(tmp_path, rgb_photos) -> Path:
     return d
 
 
+def _hooked(tmp_path: Path, code: str) -> dict[str, str]:
+    """The environment of a subprocess whose interpreter first runs ``code`` (sitecustomize):
+    how a real CLI run meets a refusing filesystem, as root, where chmod refuses nothing."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(code)
+    return {"PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 # ------------------------------------------------------------------ item 6: unreadable folders
 def test_unreadable_subfolder_keeps_its_rows(folder, tiny_enc, tmp_path, monkeypatch):
     cache = tmp_path / "c"
@@ -77,17 +86,14 @@ def test_unreadable_folder_cli_exit_1(folder, tiny, tmp_path):
     """The real CLI, with a folder made unlistable by an error handler hook in a subprocess."""
     cache = tmp_path / "c"
     assert simx_embed(folder, "--model", tiny, "--cache", cache).returncode == 0
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
+    env = _hooked(tmp_path,
         "import os, errno\n_r = os.scandir\n"
         f"_sub = {str(folder / 'sub')!r}\n"
         "def _s(p='.'):\n"
         "    if os.fspath(p) == _sub: raise PermissionError(errno.EACCES, 'Permission denied', _sub)\n"
         "    return _r(p)\n"
         "os.scandir = _s\n")
-    r = simx_embed(folder, "--model", tiny, "--cache", cache,
-                   env={"PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    r = simx_embed(folder, "--model", tiny, "--cache", cache, env=env)
     assert r.returncode == 1, r.stderr
     assert summary(r.stdout)["removed"] == 0
     assert "cannot list folder" in r.stderr and "failed.jsonl" in r.stderr
@@ -196,9 +202,7 @@ def test_read_only_filesystem_is_one_line_exit_2(folder, tiny, tmp_path, rgb_pho
     assert simx_embed(folder, "--model", tiny, "--cache", cache).returncode == 0
     before = _state(cache)
     _save(rgb_photos["coffee"][::3, ::3], folder / "new.jpg")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(  # EROFS on every write of a .new file
+    env = _hooked(tmp_path,  # EROFS on every write of a .new file
         "import builtins, errno, os\n_o = os.open\n"
         "def _open(p, flags, *a, **k):\n"
         "    if str(p).endswith('.new') and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):\n"
@@ -211,8 +215,7 @@ def test_read_only_filesystem_is_one_line_exit_2(folder, tiny, tmp_path, rgb_pho
         "        raise OSError(errno.EROFS, 'Read-only file system', str(f))\n"
         "    return _bo(f, mode, *a, **k)\n"
         "builtins.open = _bopen\n")
-    r = simx_embed(folder, "--model", tiny, "--cache", cache,
-                   env={"PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    r = simx_embed(folder, "--model", tiny, "--cache", cache, env=env)
     assert r.returncode == 2, (r.stdout, r.stderr)
     err = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and "Read-only file system" in err[0] and "Traceback" not in r.stderr
