@@ -313,10 +313,12 @@ def test_damaged_cache_says_so_and_force_rebuilds(case, folder, tiny, tmp_path):
     assert len(FeatureCache(cache)) == 6
 
 
-def test_lock_timeout_nan_is_refused(folder, tiny, tmp_path):
+def test_lock_timeout_nan_is_refused(folder, tiny, tiny_enc, tmp_path):
     r = simx_embed(folder, "--model", tiny, "--cache", tmp_path / "c", "--lock-timeout", "nan",
                    timeout=60)
-    assert r.returncode == 2 and "NaN" in r.stderr
+    assert r.returncode == 2 and "not a finite number" in r.stderr  # the CLI's own check
+    with pytest.raises(CacheError, match="NaN"):  # and the library's, for API callers
+        run(folder, tiny_enc, tmp_path / "c2", lock_timeout=float("nan"))
 
 
 # ------------------------------------------------------------------ console notes
