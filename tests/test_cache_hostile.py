@@ -353,3 +353,35 @@ def test_reader_works_without_fcntl(folder, tiny_enc, tmp_path):
             "    assert 'fcntl' in str(e); print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_a_really_full_disk_is_one_line_and_keeps_the_commit(folder, tiny, tmp_path, rgb_photos):
+    """A real ENOSPC: the cache on a 2 MiB tmpfs, filled to the last block, then a commit."""
+    mnt = tmp_path / "small_fs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the monkeypatched ENOSPC "
+                    "and RLIMIT_FSIZE tests above still run")
+    try:
+        cache = mnt / "c"
+        assert simx_embed(folder, "--model", tiny, "--cache", cache).returncode == 0
+        before = _state(cache)
+        _save(rgb_photos["coffee"][::3, ::3], folder / "new.jpg")
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)  # take every free block
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        r = simx_embed(folder, "--model", tiny, "--cache", cache, timeout=120)
+        assert r.returncode == 2, (r.returncode, r.stderr)  # not SIGBUS (-7), not a traceback (1)
+        assert "No space left on device" in r.stderr and "Traceback" not in r.stderr
+        assert _state(cache) == before and _leftovers(cache) == []
+        (mnt / "filler").unlink()
+        assert summary(simx_embed(folder, "--model", tiny, "--cache", cache).stdout)["embedded"] == 1
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
