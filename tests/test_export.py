@@ -565,7 +565,9 @@ def test_pretrained_loads_from_the_hugging_face_cache_offline(tmp_path, rgb_phot
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert r.returncode == 0, r.stderr
-    assert r.stderr.strip() == ""
+    noise = [ln for ln in r.stderr.splitlines()
+             if ln.strip() and not ln.startswith(("simx: [", "simx: parity:"))]
+    assert noise == []  # simx's own stage lines only: no warnings from the libraries
     path = Path(r.stdout.strip())
     assert path == out / "dinov2-small.onnx"
     ms = open_model(path, provider="cpu")
