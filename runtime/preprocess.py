@@ -1,7 +1,21 @@
-"""Resize, center-crop and normalize, bit-exact to torchvision on PIL images.
+"""Resize, center-crop and normalize, bit-exact to torchvision / open_clip on PIL images.
 
 The reference is ``Compose([Resize(resize, BICUBIC), CenterCrop(crop), ToTensor(),
-Normalize(mean, std)])`` applied to ``PIL.Image.fromarray(rgb)``. Three things make a port
+Normalize(mean, std)])`` applied to ``PIL.Image.fromarray(rgb)``, and, for OpenCLIP tags,
+open_clip's own ``image_transform`` for the tag's ``PreprocessCfg``. Three resize modes
+(``PreprocessSpec.resize_mode``), each with Pillow's bicubic or bilinear filter:
+
+* ``shortest``: torchvision ``Resize(int)``: the short side becomes ``resize``, the long side
+  ``int(resize * long / short)`` (truncated), then ``CenterCrop(crop)``. With a non-square
+  ``(h, w)`` resize it is open_clip's ``ResizeKeepRatio(longest=0)``: the scale is
+  ``min(h / th, w / tw)`` and both sides are *rounded* (Python ``round``), then CenterCrop.
+* ``longest``: open_clip's ``ResizeKeepRatio(longest=1)`` + ``CenterCropOrPad(fill)``: the
+  scale is ``max(h / th, w / tw)``, sides rounded, then the short side is padded with
+  ``fill`` (and cropped by round-half-even offsets, as CenterCrop does).
+* ``squash``: ``Resize((h, w))``: both sides to the target, the aspect ratio is not kept;
+  then CenterCrop (a no-op when ``crop == resize``, which is what open_clip's tags use).
+
+Three things make a port
 go wrong (DESIGN.md, "Resize differences"): Pillow's bicubic is antialiased (the kernel
 widens when it downscales), uses a = -0.5 and rounds to 8 bits between its horizontal and
 vertical passes; torchvision truncates the long side (``int(size * long / short)``); and
@@ -41,6 +55,7 @@ import numpy as np
 from PIL import Image
 
 from .spec import PreprocessSpec
+from .spec import size_hw as _hw
 
 FAST_MODE_ERROR: dict[str, float] = {
     # uint8 levels (0-255) of the cropped image, fast=True against torchvision+PIL, checked
@@ -60,6 +75,51 @@ _BICUBIC = Image.Resampling.BICUBIC
 PILLOW_BLOCKS_KEPT = 8
 FAST_REDUCING_GAP = 3.0
 _F64_MAX_EXACT = 1 << 53
+
+_FILTERS: dict[str, tuple[Image.Resampling, int]] = {
+    # Pillow filter and its support (Resample.c: bilinear 1.0, bicubic 2.0), which widens
+    # by the scale when downscaling (the antialias).
+    "bicubic": (Image.Resampling.BICUBIC, 2),
+    "bilinear": (Image.Resampling.BILINEAR, 1),
+}
+
+Size = int | tuple[int, int]
+"""A square side or a (height, width) pair, as ``PreprocessSpec`` holds them."""
+
+
+def _filter(interpolation: str) -> tuple[Image.Resampling, int]:
+    try:
+        return _FILTERS[interpolation]
+    except KeyError:
+        raise ValueError(f"unsupported interpolation {interpolation!r} "
+                         f"(one of {', '.join(sorted(_FILTERS))})") from None
+
+
+def _keep_ratio_size(height: int, width: int, target: tuple[int, int],
+                     longest: bool) -> tuple[int, int]:
+    """open_clip's ``ResizeKeepRatio.get_params`` at eval (no random scale or aspect).
+
+    ``ratio = max(h / th, w / tw)`` (longest) or the min (shortest), then each side is
+    ``round(side / ratio)``, Python's round-half-to-even, in float64 exactly as there.
+    The reference gives a 0-pixel side (and then fails) for extreme aspect ratios, such
+    as 1000x1 -> longest 224; simx keeps at least one pixel there.
+    """
+    ratio_h, ratio_w = height / target[0], width / target[1]
+    ratio = max(ratio_h, ratio_w) * float(longest) + min(ratio_h, ratio_w) * (1.0 - longest)
+    return max(1, round(height * 1.0 / ratio)), max(1, round(width * 1.0 / ratio))
+
+
+def target_size(height: int, width: int, resize: Size, mode: str = "shortest") -> tuple[int, int]:
+    """The (h, w) the reference resizes an image of ``height x width`` to, before the crop."""
+    if mode == "shortest":
+        if isinstance(resize, int):
+            return resized_size(height, width, resize)
+        return _keep_ratio_size(height, width, _hw(resize), longest=False)
+    if mode == "longest":
+        return _keep_ratio_size(height, width, _hw(resize), longest=True)
+    if mode == "squash":
+        return _hw(resize)
+    raise ValueError(f"unsupported resize_mode {mode!r} (one of longest, shortest, squash)")
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -89,18 +149,20 @@ def crop_window(length: int, crop: int) -> tuple[int, int]:
     return offset - pad_before, pad_before
 
 
-def _center_crop_starts(h: int, w: int, crop: int) -> tuple[int, int]:
+def _center_crop_starts(h: int, w: int, crop: Size) -> tuple[int, int]:
     """Start row and column of the crop in the (unpadded) image, torchvision's way.
 
     torchvision skips the crop when padding already made both sides equal to the crop;
     the offsets then are exactly the padding, which ``crop_window`` also returns.
     """
-    top, _ = crop_window(h, crop)
-    left, _ = crop_window(w, crop)
+    ch, cw = _hw(crop)
+    top, _ = crop_window(h, ch)
+    left, _ = crop_window(w, cw)
     return top, left
 
 
-def _exact_axis(n: int, m: int, a: int, b: int) -> tuple[float, float, int, int] | None:
+def _exact_axis(n: int, m: int, a: int, b: int,
+                support: int = 2) -> tuple[float, float, int, int] | None:
     """Prove that resampling outputs [a, b) of an n -> m axis through a box is bit-exact.
 
     Returns ``(in0, in1, first, last)``: the box in source coordinates, shifted so that the
@@ -113,7 +175,8 @@ def _exact_axis(n: int, m: int, a: int, b: int) -> tuple[float, float, int, int]
     exactly floats, then every one of those operations is exact, so the box scale equals
     n/m and every box center equals the full resize's center: same bounds, same weights,
     same integer coefficients, same pixels. The same exactness makes the shift by ``first``
-    (which moves ``center``, ``xmin`` and ``xmax`` by an integer) exact too.
+    (which moves ``center``, ``xmin`` and ``xmax`` by an integer) exact too. ``support`` is
+    the filter's (bicubic 2, bilinear 1): it only decides which source rows are read.
     """
     scale = Fraction(n, m)
     if Fraction(float(scale)) != scale:  # n/m is not a dyadic fraction within a double
@@ -121,9 +184,9 @@ def _exact_axis(n: int, m: int, a: int, b: int) -> tuple[float, float, int, int]
     if (2 * b + 1) * scale.numerator >= _F64_MAX_EXACT:  # centers (i + 0.5) * n/m exact
         return None
     filterscale = max(scale, Fraction(1))
-    support = 2 * filterscale  # bicubic support 2, widened when downscaling
-    first = max(0, int(a * scale + scale / 2 - support + Fraction(1, 2)))
-    last = min(n, int((b - 1) * scale + scale / 2 + support + Fraction(1, 2)))
+    reach = support * filterscale  # the filter's support, widened when downscaling
+    first = max(0, int(a * scale + scale / 2 - reach + Fraction(1, 2)))
+    last = min(n, int((b - 1) * scale + scale / 2 + reach + Fraction(1, 2)))
     in0, in1 = a * scale - first, b * scale - first
     for v in (in0, in1, in1 - in0):
         if Fraction(float(np.float32(float(v)))) != v:  # not exactly a C float
@@ -147,46 +210,52 @@ def _tune_pillow_memory() -> None:
 _tuned = False
 
 
-def _axis_plan(n: int, m: int, a: int, b: int) -> tuple[float, float, int, int, int, int]:
+def _axis_plan(n: int, m: int, a: int, b: int,
+               support: int = 2) -> tuple[float, float, int, int, int, int]:
     """How to get outputs [a, b) of an n -> m axis from Pillow, exactly.
 
     Returns (box start, box end, source slice start, source slice end, Pillow's output
     count, where output ``a`` lands in Pillow's result): the proven box when
     :func:`_exact_axis` succeeds, else the full axis, to be sliced afterwards.
     """
-    proven = _exact_axis(n, m, a, b)
+    proven = _exact_axis(n, m, a, b, support)
     if proven is not None:
         in0, in1, first, last = proven
         return in0, in1, first, last, b - a, 0
     return 0.0, float(n), 0, n, m, a
 
 
-def resize_crop(rgb: np.ndarray, resize: int, crop: int) -> np.ndarray:
-    """torchvision Resize(resize, BICUBIC) + CenterCrop(crop) on an HxWx3 uint8 array, exact.
+def resize_crop(rgb: np.ndarray, resize: Size, crop: Size, *, mode: str = "shortest",
+                interpolation: str = "bicubic", fill: int = 0) -> np.ndarray:
+    """Resize (``mode``, ``interpolation``) + CenterCrop(crop) on an HxWx3 uint8 array, exact.
 
-    Returns a C-contiguous ``crop x crop x 3`` uint8 array equal, pixel for pixel, to the
-    reference on ``PIL.Image.fromarray(rgb)``.
+    Returns a C-contiguous ``crop_h x crop_w x 3`` uint8 array equal, pixel for pixel, to
+    the reference on ``PIL.Image.fromarray(rgb)``; where the resized image is smaller than
+    the crop, the border is ``fill`` (torchvision's CenterCrop pads with 0, open_clip's
+    ``CenterCropOrPad`` with the tag's ``fill_color``).
     """
     rgb = _as_rgb(rgb)
+    resample, support = _filter(interpolation)
     h, w = rgb.shape[:2]
-    nh, nw = resized_size(h, w, resize)
+    nh, nw = target_size(h, w, resize, mode)
+    ch, cw = _hw(crop)
     top, left = _center_crop_starts(nh, nw, crop)
-    out = np.zeros((crop, crop, 3), np.uint8)
+    out = np.full((ch, cw, 3), fill, np.uint8) if fill else np.zeros((ch, cw, 3), np.uint8)
 
     # Output rows/columns of the resized image that land inside the crop.
-    y0, y1 = max(top, 0), min(top + crop, nh)
-    x0, x1 = max(left, 0), min(left + crop, nw)
+    y0, y1 = max(top, 0), min(top + ch, nh)
+    x0, x1 = max(left, 0), min(left + cw, nw)
     if y1 <= y0 or x1 <= x0:
         return out
     if (nh, nw) == (h, w):  # torchvision returns the image untouched
         out[y0 - top : y1 - top, x0 - left : x1 - left] = rgb[y0:y1, x0:x1]
         return out
 
-    by0, by1, sy0, sy1, out_h, ry0 = _axis_plan(h, nh, y0, y1)
-    bx0, bx1, sx0, sx1, out_w, rx0 = _axis_plan(w, nw, x0, x1)
+    by0, by1, sy0, sy1, out_h, ry0 = _axis_plan(h, nh, y0, y1, support)
+    bx0, bx1, sx0, sx1, out_w, rx0 = _axis_plan(w, nw, x0, x1, support)
     _tune_pillow_memory()
     src = Image.fromarray(np.ascontiguousarray(rgb[sy0:sy1, sx0:sx1]))
-    res = np.asarray(src.resize((out_w, out_h), _BICUBIC, box=(bx0, by0, bx1, by1)))
+    res = np.asarray(src.resize((out_w, out_h), resample, box=(bx0, by0, bx1, by1)))
     out[y0 - top : y1 - top, x0 - left : x1 - left] = res[
         ry0 : ry0 + (y1 - y0), rx0 : rx0 + (x1 - x0)
     ]
@@ -206,7 +275,8 @@ def _as_rgb(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _fast_resize_crop(rgb: np.ndarray, resize: int, crop: int) -> np.ndarray:
+def _fast_resize_crop(rgb: np.ndarray, resize: Size, crop: Size, *, mode: str = "shortest",
+                      interpolation: str = "bicubic", fill: int = 0) -> np.ndarray:
     """``fast=True``: Pillow resamples only the cropped box, and reduces big images first.
 
     Two shortcuts, both Pillow's own code: (1) the box is used on both axes even where
@@ -214,24 +284,27 @@ def _fast_resize_crop(rgb: np.ndarray, resize: int, crop: int) -> np.ndarray:
     the full resize in the last bits, which flips a rounding now and then (at most 1-2
     levels, on a few pixels in 10,000); (2) ``reducing_gap=3.0``: when the image is at least
     six times the output, Pillow first averages whole blocks of pixels (``Image.reduce``),
-    then runs the bicubic on the smaller image, which Pillow documents as close to fair
-    resampling. Upscaled images take the exact path: nothing to gain there.
+    then runs the filter on the smaller image, which Pillow documents as close to fair
+    resampling. Images that are upscaled on either axis take the exact path: nothing to
+    gain there. Every resize mode and filter works the same way.
     """
     rgb = _as_rgb(rgb)
+    resample, _ = _filter(interpolation)
     h, w = rgb.shape[:2]
-    if min(h, w) <= resize:
-        return resize_crop(rgb, resize, crop)
-    nh, nw = resized_size(h, w, resize)
+    nh, nw = target_size(h, w, resize, mode)
+    if nh >= h or nw >= w:
+        return resize_crop(rgb, resize, crop, mode=mode, interpolation=interpolation, fill=fill)
+    ch, cw = _hw(crop)
     top, left = _center_crop_starts(nh, nw, crop)
-    y0, y1 = max(top, 0), min(top + crop, nh)
-    x0, x1 = max(left, 0), min(left + crop, nw)
-    out = np.zeros((crop, crop, 3), np.uint8)
+    y0, y1 = max(top, 0), min(top + ch, nh)
+    x0, x1 = max(left, 0), min(left + cw, nw)
+    out = np.full((ch, cw, 3), fill, np.uint8) if fill else np.zeros((ch, cw, 3), np.uint8)
     sy, sx = h / nh, w / nw
     box = (x0 * sx, y0 * sy, min(x1 * sx, w), min(y1 * sy, h))
     _tune_pillow_memory()
     im = Image.fromarray(rgb)
     res = np.asarray(
-        im.resize((x1 - x0, y1 - y0), _BICUBIC, box=box, reducing_gap=FAST_REDUCING_GAP)
+        im.resize((x1 - x0, y1 - y0), resample, box=box, reducing_gap=FAST_REDUCING_GAP)
     )
     out[y0 - top : y1 - top, x0 - left : x1 - left] = res
     return out
@@ -260,25 +333,32 @@ def normalize(crop_u8: np.ndarray, mean: Sequence[float], std: Sequence[float],
     return out
 
 
+def _resize_crop_spec(rgb: np.ndarray, spec: PreprocessSpec, fast: bool) -> np.ndarray:
+    fn = _fast_resize_crop if fast else resize_crop
+    return fn(rgb, spec.resize, spec.crop, mode=spec.resize_mode,
+              interpolation=spec.interpolation, fill=spec.fill)
+
+
 def preprocess(rgb: np.ndarray, spec: PreprocessSpec, *, fast: bool = False,
                out: np.ndarray | None = None) -> np.ndarray:
-    """One HxWx3 uint8 RGB image -> float32 [3, crop, crop], the model's input.
+    """One HxWx3 uint8 RGB image -> float32 [3, crop_h, crop_w], the model's input.
 
-    Exact by default: equal to torchvision's Resize(BICUBIC) -> CenterCrop -> ToTensor ->
-    Normalize on ``PIL.Image.fromarray(rgb)`` (uint8 pixels identical, floats identical).
+    Exact by default: equal to the reference transform of ``spec`` (torchvision's Resize ->
+    CenterCrop -> ToTensor -> Normalize, or open_clip's ``longest`` / ``squash`` variants)
+    on ``PIL.Image.fromarray(rgb)``: uint8 pixels identical, floats identical.
     ``fast=True`` resamples only the cropped box on both axes even where that is not
     provably exact; its measured error is :data:`FAST_MODE_ERROR` (uint8 levels). ``out``
-    (float32 [3, crop, crop]) is filled in place when given, e.g. a row of a batch.
+    (float32 [3, crop_h, crop_w]) is filled in place when given, e.g. a row of a batch.
     """
-    fn = _fast_resize_crop if fast else resize_crop
-    cropped = fn(rgb, spec.resize, spec.crop)
+    cropped = _resize_crop_spec(rgb, spec, fast)
     return normalize(cropped, spec.mean, spec.std, out=out)
 
 
 def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec, *,
                      fast: bool = False) -> np.ndarray:
-    """Several images -> float32 [N, 3, crop, crop], each exactly as :func:`preprocess`."""
-    batch = np.empty((len(images), 3, spec.crop, spec.crop), np.float32)
+    """Several images -> float32 [N, 3, crop_h, crop_w], each exactly as :func:`preprocess`."""
+    ch, cw = spec.crop_hw
+    batch = np.empty((len(images), 3, ch, cw), np.float32)
     for i, rgb in enumerate(images):
         preprocess(rgb, spec, fast=fast, out=batch[i])
     return batch

@@ -1,0 +1,235 @@
+"""Resize modes, filters and statistics, bit-exact to open_clip's own ``preprocess``.
+
+The reference for an OpenCLIP tag is ``open_clip.transform.image_transform`` built from the
+tag's ``PreprocessCfg`` (open_clip's defaults, overlaid with ``get_pretrained_cfg(model,
+tag)``, size from the model config: what ``create_model_and_transforms`` builds, without
+any weights), applied to ``Image.open(path)`` of a real photo saved as PNG. simx decodes
+the same file with ``simx.image.load_rgb`` and runs ``simx.preprocess.preprocess`` with
+``PreprocessSpec.from_open_clip`` of the same cfg. The float32 tensors must be equal, bit
+for bit, on photos of ordinary, odd, tiny and very wide sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import load_photo
+from simx.image import load_rgb
+from simx.preprocess import FAST_MODE_ERROR, preprocess, preprocess_batch, resize_crop, target_size
+from simx.spec import ModelSpec, PreprocessSpec, SpecError
+
+open_clip = pytest.importorskip("open_clip")
+
+# One representative tag per (resize mode, interpolation, statistics) that open_clip 3.3.0
+# ships; no tag uses `longest` or a non-square size, so those are built directly below.
+TAGS = [
+    ("ViT-B-32", "laion2b_s34b_b79k"),  # shortest, bicubic, OpenAI stats, 224
+    ("ViT-B-16-SigLIP-256", "webli"),  # squash, bicubic, 0.5 / 0.5, 256
+    ("ViT-H-14-378", "dfn5b"),  # squash, bicubic, OpenAI stats, 378
+    ("MobileCLIP-S1", "datacompdr"),  # shortest, bilinear, mean 0 / std 1, 256
+    ("PE-Core-B-16", "meta"),  # squash, bilinear, 0.5 / 0.5, 224
+    ("ViT-L-14-CLIPA", "datacomp1b"),  # squash, bilinear, ImageNet stats, 224
+]
+
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
+
+
+def tag_cfg(model: str, tag: str) -> dict:
+    """The tag's final PreprocessCfg as a dict, the way open_clip's factory merges it."""
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfg = merge_preprocess_dict(asdict(PreprocessCfg()), open_clip.get_pretrained_cfg(model, tag))
+    cfg["size"] = open_clip.get_model_config(model)["vision_cfg"]["image_size"]
+    return cfg
+
+
+def oc_transform(cfg: dict):
+    """open_clip's eval transform for a PreprocessCfg dict."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory) -> dict[str, Path]:
+    """Real photos as PNG files: skimage's, crops of odd sizes, tiny and very wide ones."""
+    d = tmp_path_factory.mktemp("mode_photos")
+    arrays = {n: load_photo(n) for n in PHOTO_NAMES}  # stereo_motorcycle: the left view
+    ast, cof = arrays["astronaut"], arrays["coffee"]
+    arrays["crop 333x517"] = ast[50:383, -517:]
+    arrays["crop 517x333"] = ast[-517:, 11:344]
+    arrays["tiny 31x47"] = cof[100:131, 200:247]
+    arrays["tiny 47x31"] = cof[200:247, 100:131]
+    arrays["wide 97x1000"] = np.ascontiguousarray(
+        np.concatenate([ast[:97], cof[:97, :488]], axis=1))
+    arrays["tall 1000x97"] = np.ascontiguousarray(
+        np.concatenate([ast[:, :97], cof[:488, :97]], axis=0))
+    arrays["1x1"] = ast[:1, :1]
+    files = {}
+    for n, a in arrays.items():
+        p = d / (n.replace(" ", "_") + ".png")
+        Image.fromarray(np.ascontiguousarray(a)).save(p)
+        files[n] = p
+    return files
+
+
+def _compare(spec: PreprocessSpec, ref, files: dict[str, Path]) -> None:
+    for name, p in files.items():
+        with Image.open(p) as im:
+            want = ref(im).numpy()
+        got = preprocess(load_rgb(p), spec)
+        assert got.shape == want.shape, (name, got.shape, want.shape)
+        assert got.dtype == np.float32
+        d = np.abs(got - want)
+        assert np.array_equal(got, want), (name, float(d.max()), int((d > 0).sum()))
+
+
+@pytest.mark.parametrize("model,tag", TAGS, ids=[f"{m}/{t}" for m, t in TAGS])
+def test_bit_exact_to_open_clip_preprocess(model: str, tag: str, photo_files):
+    cfg = tag_cfg(model, tag)
+    spec = PreprocessSpec.from_open_clip(cfg)
+    # The spec carries what the tag says (the test would be vacuous on the wrong mode).
+    assert (spec.resize_mode, spec.interpolation) == (cfg["resize_mode"], cfg["interpolation"])
+    assert spec.mean == tuple(cfg["mean"]) and spec.std == tuple(cfg["std"])
+    assert spec.crop_hw == (cfg["size"],) * 2
+    _compare(spec, oc_transform(cfg), photo_files)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("fill", [0, 128])
+def test_longest_is_open_clips_resize_keep_ratio_and_pad(interpolation: str, fill: int,
+                                                         photo_files):
+    """No tag uses `longest`; the reference is open_clip's transform for such a cfg."""
+    cfg = dict(size=224, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="longest",
+               interpolation=interpolation, fill_color=fill)
+    spec = PreprocessSpec.from_open_clip(cfg)
+    assert (spec.resize_mode, spec.fill) == ("longest", fill)
+    _compare(spec, oc_transform(cfg), photo_files)
+
+
+@pytest.mark.parametrize("mode", ["shortest", "longest", "squash"])
+@pytest.mark.parametrize("size", [(224, 320), (256, 192)])
+def test_non_square_sizes(mode: str, size: tuple[int, int], photo_files):
+    """(h, w) sizes, as open_clip's transform takes them (bicubic: open_clip's non-square
+    `shortest` path always uses ResizeKeepRatio's default, bicubic)."""
+    cfg = dict(size=size, resize_mode=mode, interpolation="bicubic")
+    spec = PreprocessSpec.from_open_clip(cfg)
+    assert spec.crop_hw == size and spec.crop == size
+    _compare(spec, oc_transform(cfg), photo_files)
+    batch = preprocess_batch([load_rgb(p) for p in list(photo_files.values())[:3]], spec)
+    assert batch.shape == (3, 3, *size)
+
+
+@pytest.mark.parametrize("mean,std", [
+    ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ((0.1, 0.9, 0.33), (0.07, 1.7, 0.3)),
+])
+def test_any_mean_std_is_bit_exact(mean, std, photo_files):
+    cfg = dict(size=192, mean=mean, std=std, resize_mode="squash", interpolation="bilinear")
+    _compare(PreprocessSpec.from_open_clip(cfg), oc_transform(cfg), photo_files)
+
+
+def test_modes_really_differ(photo_files):
+    """Each mode gives other pixels on a non-square photo, so the parity tests can fail."""
+    rgb = load_rgb(photo_files["crop 333x517"])
+    outs = {(m, i): resize_crop(rgb, 224, 224, mode=m, interpolation=i)
+            for m in ("shortest", "longest", "squash") for i in ("bicubic", "bilinear")}
+    flat = [o.tobytes() for o in outs.values()]
+    assert len(set(flat)) == len(flat)
+    assert target_size(333, 517, 224, "longest") == (144, 224)  # round(333 * 224 / 517)
+    assert target_size(333, 517, 224, "shortest") == (224, 347)  # int(), not round()
+    assert target_size(333, 517, (224, 320), "shortest") == (224, 348)  # round(347.8)
+    assert target_size(333, 517, 224, "squash") == (224, 224)
+
+
+# -- fast mode on the new modes --------------------------------------------------------------
+
+@pytest.mark.parametrize("mode,interpolation", [("squash", "bilinear"), ("squash", "bicubic"),
+                                                ("longest", "bicubic"),
+                                                ("shortest", "bilinear")])
+def test_fast_mode_error_is_as_documented_for_every_mode(mode: str, interpolation: str):
+    spec = PreprocessSpec(resize=224, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3,
+                          resize_mode=mode, interpolation=interpolation)
+    for name in ("chelsea", "rocket", "astronaut"):
+        small = Image.fromarray(load_photo(name))
+        rgb = np.asarray(small.resize((1600, 1200), Image.Resampling.BICUBIC))
+        exact = resize_crop(rgb, 224, 224, mode=mode, interpolation=interpolation)
+        fast_f = preprocess(rgb, spec, fast=True)
+        levels = np.clip(np.rint((fast_f * 0.5 + 0.5) * 255), 0, 255).astype(np.int16)
+        d = np.abs(levels.transpose(1, 2, 0) - exact.astype(np.int16))
+        assert d.mean() <= FAST_MODE_ERROR["mean_abs"], (name, d.mean())
+        assert d.max() <= FAST_MODE_ERROR["max_abs"], (name, d.max())
+
+
+# -- the spec ---------------------------------------------------------------------------------
+
+def _model_spec(pre: PreprocessSpec, image_size=224) -> ModelSpec:
+    return ModelSpec(id="x", family="f", variant="v", source="s", weights="random",
+                     image_size=image_size, dim=384, normalize=True, preprocess=pre)
+
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+@pytest.mark.parametrize("pre,expected", [
+    # Hashes computed by the spec.py of commit 5266a98, before these modes existed: files
+    # and caches written then must keep their spec hash.
+    (PreprocessSpec(256, 224, *IMAGENET), "d0e48f3941272a22"),
+    (PreprocessSpec(224, 224, *CLIP), "6ef4dee7e44fa352"),
+    (PreprocessSpec((224, 224), [224, 224], *CLIP), "6ef4dee7e44fa352"),  # folded to int
+])
+def test_hash_of_existing_square_specs_is_unchanged(pre: PreprocessSpec, expected: str):
+    assert _model_spec(pre).embedding_hash() == expected
+    assert "fill" not in pre.to_dict()
+
+
+@pytest.mark.parametrize("pre,image_size", [
+    (PreprocessSpec(224, 224, (0.0,) * 3, (1.0,) * 3, "squash", "bilinear"), 224),
+    (PreprocessSpec(256, 256, (0.5,) * 3, (0.5,) * 3, "longest", "bicubic", fill=114), 256),
+    (PreprocessSpec((224, 320), (224, 320), *CLIP, "shortest"), [224, 320]),
+])
+def test_new_specs_round_trip_through_json(pre: PreprocessSpec, image_size):
+    s = _model_spec(pre, image_size)
+    again = ModelSpec.from_json(s.to_json())
+    assert again.preprocess == pre
+    assert json.loads(again.to_json()) == json.loads(s.to_json())
+    assert again.embedding_hash() == s.embedding_hash()
+    others = {PreprocessSpec(224, 224, (0.0,) * 3, (1.0,) * 3, "squash", "bicubic"),
+              PreprocessSpec(224, 224, (0.0,) * 3, (1.0,) * 3, "shortest", "bilinear"),
+              PreprocessSpec(256, 256, (0.5,) * 3, (0.5,) * 3, "longest", "bicubic")}
+    hashes = {_model_spec(o).embedding_hash() for o in others if o != pre}
+    assert s.embedding_hash() not in hashes or image_size != 224
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(resize_mode="crop"), "unsupported resize_mode 'crop'"),
+    (dict(interpolation="nearest"), "unsupported interpolation 'nearest'"),
+    (dict(fill=7), "fill 7 needs resize_mode 'longest'"),
+    (dict(fill=300, resize_mode="longest"), "not a uint8 level"),
+    (dict(resize=(224, 200)), r"crop 224 is larger than resize \(224, 200\)"),
+    (dict(resize=(224, 224, 3)), "not an int or a"),
+    (dict(resize=0), "not a positive size"),
+    (dict(crop="224"), "not an int or a"),
+])
+def test_bad_preprocess_specs_are_clear_errors(kwargs: dict, message: str):
+    base = dict(resize=224, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+    base.update(kwargs)
+    with pytest.raises(SpecError, match=message):
+        PreprocessSpec(**base)
+
+
+def test_image_size_must_match_a_non_square_crop():
+    pre = PreprocessSpec((224, 320), (224, 320), *CLIP)
+    d = _model_spec(pre, [224, 320]).to_dict()
+    d["image_size"] = [320, 224]
+    with pytest.raises(SpecError, match="crop"):
+        ModelSpec.from_dict(d)
