@@ -42,6 +42,25 @@ operations as ``ToTensor`` (``/ 255``) and ``Normalize`` (``(x - mean) / std``),
 floats are bit-identical to torchvision, and the lookup is cheaper than the arithmetic.
 
 ``fast=True`` trades exactness for speed, see :data:`FAST_MODE_ERROR`.
+
+**RGBA, LA and palette files: simx converts to RGB first, open_clip resizes first.**
+open_clip's eval ``Compose`` converts to RGB *after* Resize and CenterCrop, so its
+``preprocess(Image.open(p))`` resizes such files in their own mode. simx decodes every file
+to RGB (``convert("RGB")`` pixels, :mod:`simx.image`) and resizes that, which is equal, bit
+for bit, to ``preprocess(Image.open(p).convert("RGB"))``; for RGB, grey and fully opaque
+RGBA files it is equal to ``preprocess(Image.open(p))`` too. Where they differ, and why simx
+keeps its order (tests/test_preprocess_modes.py pins each statement):
+
+* **P and 1-bit files**: Pillow resizes them with NEAREST whatever filter it is asked for,
+  so the reference is a nearest-neighbour resize (aliased), not the tag's bicubic or
+  bilinear. Measured on a 256-colour astronaut: up to 121 levels, mean 3.4-4.9.
+* **RGBA and LA files**: Pillow resizes them premultiplied by alpha, so colour under fully
+  transparent pixels becomes black and low-alpha pixels lose colour bits. The pixels differ
+  only where the filter reads a pixel with alpha < 255 (up to 255 levels there).
+* open_clip's own training loader for its web-scale data (``open_clip_train.data``,
+  webdataset ``decode("pilrgb")``) converts to RGB *before* the transform, so simx's order is
+  the one its models were trained on; it is also DINOv2's reference order, so every family
+  shares one decode path.
 """
 
 from __future__ import annotations

@@ -233,3 +233,109 @@ def test_image_size_must_match_a_non_square_crop():
     d["image_size"] = [320, 224]
     with pytest.raises(SpecError, match="crop"):
         ModelSpec.from_dict(d)
+
+
+# -- RGBA, LA and palette files: open_clip resizes before it converts to RGB -----------------
+#
+# open_clip's eval Compose is [Resize, CenterCrop, MaybeConvertMode("RGB"), ToTensor,
+# Normalize], so Image.open(p) of an RGBA, LA or P file is resized in its own mode. simx
+# decodes to RGB first (simx.image.load_rgb, convert("RGB") pixels) and resizes that; the
+# choice and its reasons are in simx.preprocess's docstring. These tests pin what that
+# means, exactly: where the two agree, where they differ, and why.
+
+def _alpha_ramp_files(tmp_path: Path) -> dict[str, Path]:
+    """astronaut (512x512) with alpha 0 for x < 100, a ramp, and 255 for x >= 400."""
+    rgb = load_photo("astronaut")
+    cam = load_photo("camera")
+    xx = np.arange(512)[None, :].repeat(512, axis=0)
+    alpha = np.clip((xx - 100) * 255 // 300, 0, 255).astype(np.uint8)
+    opaque = np.full((512, 512), 255, np.uint8)
+    files = {
+        "RGBA ramp": Image.fromarray(np.dstack([rgb, alpha]), "RGBA"),
+        "LA ramp": Image.fromarray(np.dstack([cam, alpha]), "LA"),
+        "RGBA opaque": Image.fromarray(np.dstack([rgb, opaque]), "RGBA"),
+        "L": Image.fromarray(cam, "L"),
+        "P 256 colours": Image.fromarray(rgb).quantize(256),
+    }
+    out = {}
+    for n, im in files.items():
+        p = tmp_path / (n.replace(" ", "_") + ".png")
+        im.save(p)
+        with Image.open(p) as again:
+            assert again.mode == n.split()[0]  # the file really is in that mode
+        out[n] = p
+    return out
+
+
+MODE_CASES = [("shortest", "bicubic", 224), ("squash", "bilinear", 224),
+              ("squash", "bicubic", 384)]
+
+
+@pytest.mark.parametrize("mode,interpolation,size", MODE_CASES)
+def test_rgba_la_palette_equal_open_clip_on_the_rgb_conversion(mode, interpolation, size,
+                                                               tmp_path):
+    """simx == open_clip's preprocess(Image.open(p).convert("RGB")), for every mode of file;
+    and == preprocess(Image.open(p)) itself for opaque RGBA and grey files."""
+    cfg = dict(size=size, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode=mode,
+               interpolation=interpolation)
+    spec, ref = PreprocessSpec.from_open_clip(cfg), oc_transform(cfg)
+    for name, p in _alpha_ramp_files(tmp_path).items():
+        got = preprocess(load_rgb(p), spec)
+        with Image.open(p) as im:
+            assert np.array_equal(got, ref(im.convert("RGB")).numpy()), name
+            if name in ("RGBA opaque", "L"):
+                assert np.array_equal(got, ref(im).numpy()), name
+
+
+def _u8(t) -> np.ndarray:
+    """A [3, H, W] tensor normalized with mean 0.5 / std 0.5 back to HxWx3 uint8 levels."""
+    return np.rint((np.asarray(t) * 0.5 + 0.5) * 255).astype(np.int16).transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("mode,interpolation,size", MODE_CASES)
+def test_alpha_files_differ_only_where_the_filter_reads_transparent_pixels(
+        mode, interpolation, size, tmp_path):
+    """Pillow resizes RGBA and LA premultiplied by alpha: fully transparent pixels come out
+    black and low-alpha ones lose colour bits. The difference is confined to output columns
+    whose filter footprint touches a source column with alpha < 255 (x < 400 here)."""
+    cfg = dict(size=size, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode=mode,
+               interpolation=interpolation)
+    spec, ref = PreprocessSpec.from_open_clip(cfg), oc_transform(cfg)
+    scale = 512 / size
+    support = {"bicubic": 2, "bilinear": 1}[interpolation] * max(scale, 1.0)
+    # Output column x reads source columns from int((x + 0.5) * scale - support + 0.5).
+    first_clean = next(x for x in range(size) if int((x + 0.5) * scale - support + 0.5) >= 400)
+    for name in ("RGBA ramp", "LA ramp"):
+        p = _alpha_ramp_files(tmp_path)[name]
+        got = _u8(preprocess(load_rgb(p), spec))
+        with Image.open(p) as im:
+            want = _u8(ref(im).numpy())
+        d = np.abs(got - want)
+        assert d[:, first_clean:].max() == 0, name  # opaque footprint: bit-exact
+        assert d[:, : first_clean - 8].max() > 64, name  # transparent: a real difference
+        print(f"{name} {mode} {interpolation} {size}: max {d.max()} levels, "
+              f"mean {d.mean():.2f}, {(d.max(-1) > 0).mean():.0%} of pixels")
+
+
+@pytest.mark.parametrize("mode,interpolation,size", MODE_CASES)
+def test_palette_files_are_resized_nearest_by_the_reference(mode, interpolation, size,
+                                                            tmp_path):
+    """Pillow resizes P (and 1-bit) images with NEAREST whatever filter it is given, so
+    open_clip's preprocess(Image.open(p)) of a palette file is, bit for bit, the NEAREST
+    resize of its RGB pixels; simx applies the tag's filter instead."""
+    import torchvision.transforms as T
+
+    cfg = dict(size=size, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode=mode,
+               interpolation=interpolation)
+    spec, ref = PreprocessSpec.from_open_clip(cfg), oc_transform(cfg)
+    nearest = oc_transform(cfg)
+    nearest.transforms[0].interpolation = T.InterpolationMode.NEAREST
+    p = _alpha_ramp_files(tmp_path)["P 256 colours"]
+    rgb = load_rgb(p)
+    with Image.open(p) as im:
+        want = ref(im).numpy()
+    assert np.array_equal(want, nearest(Image.fromarray(rgb)).numpy())
+    got = preprocess(rgb, spec)
+    d = np.abs(_u8(got) - _u8(want))
+    assert d.max() > 32  # the filters really differ on this photo
+    print(f"P {mode} {interpolation} {size}: max {d.max()} levels, mean {d.mean():.2f}")
