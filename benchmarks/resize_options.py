@@ -19,6 +19,11 @@ Options:
 * ``normalize (LUT)``: uint8 crop -> float32 [3, 224, 224].
 
 Writes benchmarks/results/resize_options.md. Usage: ``python3 benchmarks/resize_options.py``.
+
+``--modes`` measures only the resize modes of OpenCLIP tags (issue 11): for one tag of each
+(resize mode, filter), open_clip's own preprocess (PIL + torchvision, to the float tensor)
+against ``simx.preprocess.preprocess`` (exact, and ``fast=True``) on a 1600x1200 photo and
+its portrait twin, and replaces that section of the results file (the rest is kept).
 """
 
 from __future__ import annotations
@@ -96,6 +101,118 @@ def inter_area(rgb: np.ndarray) -> np.ndarray:
     nh, nw = resized_size(h, w, RESIZE)
     top, left = _center_crop_starts(nh, nw, CROP)
     return cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)[top:top + CROP, left:left + CROP]
+
+
+MODES_BEGIN = "<!-- resize modes: begin -->"
+MODES_END = "<!-- resize modes: end -->"
+MODE_TAGS = [  # one tag per (resize mode, filter) that open_clip 3.3.0 ships, plus `longest`
+    ("ViT-B-32", "laion2b_s34b_b79k"),
+    ("MobileCLIP-S1", "datacompdr"),
+    ("ViT-B-16-SigLIP-256", "webli"),
+    ("PE-Core-B-16", "meta"),
+    (None, "longest"),
+]
+_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def isa_flags() -> str:
+    """The vector-unit flags of /proc/cpuinfo that matter for these figures."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                  if ln.startswith("flags")), [])
+    return ", ".join(f for f in _ISA if f in flags) or "none of " + ", ".join(_ISA)
+
+
+def _tag_cfg(model: str | None, tag: str) -> dict:
+    """The tag's PreprocessCfg as open_clip's factory merges it (no weights)."""
+    from dataclasses import asdict
+
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    if model is None:  # no tag uses `longest`: open_clip's transform for such a cfg
+        return dict(asdict(PreprocessCfg()), size=224, resize_mode="longest")
+    cfg = merge_preprocess_dict(asdict(PreprocessCfg()), open_clip.get_pretrained_cfg(model, tag))
+    cfg["size"] = open_clip.get_model_config(model)["vision_cfg"]["image_size"]
+    return cfg
+
+
+def modes() -> None:
+    """The resize-modes table, written between MODES_BEGIN and MODES_END."""
+    import torch
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from simx.preprocess import preprocess
+    from simx.spec import PreprocessSpec
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    rows = []
+    for w, h in ((1600, 1200), (1200, 1600)):
+        rgb = photo(w, h)
+        for model, tag in MODE_TAGS:
+            cfg = _tag_cfg(model, tag)
+            spec = PreprocessSpec.from_open_clip(cfg)
+            ref_t = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+            ref = ref_t(Image.fromarray(rgb)).numpy()
+            exact = preprocess(rgb, spec)
+            fast = preprocess(rgb, spec, fast=True)
+            assert np.array_equal(exact, ref), (model, tag)  # the figures are for exact output
+            scale = np.asarray(spec.std, np.float32)[:, None, None] * 255
+            fast_err = np.abs(np.rint((fast - ref) * scale)).max()
+            t_ref, _ = best_ms(lambda: ref_t(Image.fromarray(rgb)), 7)
+            t_exact, _ = best_ms(lambda: preprocess(rgb, spec), 7)
+            t_fast, _ = best_ms(lambda: preprocess(rgb, spec, fast=True), 7)
+            name = f"{model}/{tag}" if model else "(longest, 224, bicubic)"
+            rows.append((f"{w}x{h}", name, f"{spec.resize_mode} {spec.interpolation} "
+                         f"{spec.crop}", t_ref, t_exact, t_fast, int(fast_err)))
+            print(f"{w}x{h} {name:34s} open_clip {t_ref:6.1f}  simx {t_exact:6.1f}  "
+                  f"fast {t_fast:6.1f} ms  fast max err {int(fast_err)}")
+    load = os.getloadavg()
+    lines = [
+        MODES_BEGIN,
+        "## Resize modes of OpenCLIP tags (issue 11): open_clip's preprocess against simx",
+        "",
+        f"Machine: {sysinfo.cpu_model()}, {os.cpu_count()} logical cores; ISA: {isa_flags()}. "
+        "One thread (torch, OpenCV). Best-of-7 thread CPU ms per image, from the decoded "
+        "uint8 RGB array to the normalized float32 tensor. Load average at the end: "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (shared machine: read the ratios).",
+        "",
+        "`open_clip` is `image_transform_v2(tag's PreprocessCfg)(Image.fromarray(rgb))`; "
+        "`simx` is `simx.preprocess.preprocess`, checked bit-equal to it in this run; "
+        "`fast` is `fast=True`, its worst error in uint8 levels alongside.",
+        "",
+        "| photo | tag | mode filter size | open_clip ms | simx ms | ratio | fast ms | "
+        "fast ratio | fast max err |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {p} | {n} | {m} | {r:.1f} | {e:.1f} | {r / e:.2f}x | {f:.1f} | "
+              f"{r / f:.2f}x | {err} |" for p, n, m, r, e, f, err in rows]
+    lines += [
+        "",
+        "Where the time goes: Pillow's resample is the same C code in both; simx saves the",
+        "torchvision tensor conversion and Normalize (a lookup table instead) and, in",
+        "`shortest` mode, the resampling of long-side columns the crop throws away when the",
+        "box is provably exact. `squash` keeps every resampled pixel, so there simx can only",
+        "save the float conversion. `fast` adds `reducing_gap` and the box on both axes.",
+        "",
+        "Generated by `python3 benchmarks/resize_options.py --modes`.",
+        MODES_END,
+        "",
+    ]
+    out = ROOT / "benchmarks" / "results" / "resize_options.md"
+    old = out.read_text() if out.exists() else ""
+    if MODES_BEGIN in old:
+        head, rest = old.split(MODES_BEGIN, 1)
+        tail = rest.split(MODES_END, 1)[1].lstrip("\n") if MODES_END in rest else ""
+        old = head + "\n".join(lines) + tail
+    else:
+        old = old.rstrip("\n") + "\n\n" + "\n".join(lines)
+    out.write_text(old)
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -177,9 +294,14 @@ def main() -> None:
         "",
     ]
     out = ROOT / "benchmarks" / "results" / "resize_options.md"
+    previous = out.read_text() if out.exists() else ""
+    if MODES_BEGIN in previous:  # keep the --modes section, which this run does not measure
+        lines.append(MODES_BEGIN + previous.split(MODES_BEGIN, 1)[1])
     out.write_text("\n".join(lines))
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    modes() if "--modes" in sys.argv[1:] else main()
