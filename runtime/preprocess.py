@@ -61,6 +61,9 @@ keeps its order (tests/test_preprocess_modes.py pins each statement):
   webdataset ``decode("pilrgb")``) converts to RGB *before* the transform, so simx's order is
   the one its models were trained on; it is also DINOv2's reference order, so every family
   shares one decode path.
+
+Callers who need open_clip's numbers for such files can have them: :func:`preprocess_pil`
+on ``Image.open(p)`` follows open_clip's order and is bit-exact to it in every file mode.
 """
 
 from __future__ import annotations
@@ -371,6 +374,41 @@ def preprocess(rgb: np.ndarray, spec: PreprocessSpec, *, fast: bool = False,
     """
     cropped = _resize_crop_spec(rgb, spec, fast)
     return normalize(cropped, spec.mean, spec.std, out=out)
+
+
+def preprocess_pil(im: Image.Image, spec: PreprocessSpec, *,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """open_clip's order on a PIL image: resize and crop in the image's own mode, then RGB.
+
+    Bit-exact to open_clip's ``preprocess(Image.open(p))`` for files of any mode (RGBA, LA,
+    P, 1, ...), for callers that want the reference's numbers over simx's RGB-first order
+    (see the module docstring for how the two differ). RGB and grey images take the fast
+    exact path of :func:`preprocess` (the numbers are the same in both orders); other modes
+    run Pillow's full resize, then the crop (Pillow pads with zeros in every band, as
+    torchvision's pad with fill 0 does; ``fill`` is painted in every band, or as the palette
+    index of a P image, as torchvision does), then ``convert("RGB")``.
+    """
+    if im.mode in ("RGB", "L"):
+        return preprocess(np.asarray(im.convert("RGB")), spec, out=out)
+    resample, _ = _filter(spec.interpolation)
+    w, h = im.size
+    nh, nw = target_size(h, w, spec.resize, spec.resize_mode)
+    if (nh, nw) != (h, w):  # torchvision returns the image untouched
+        im = im.resize((nw, nh), resample)
+    top, left = _center_crop_starts(nh, nw, spec.crop)
+    ch, cw = spec.crop_hw
+    region = im.crop((left, top, left + cw, top + ch))
+    padded = top < 0 or left < 0 or top + ch > nh or left + cw > nw
+    if spec.fill and padded:
+        bands = len(im.getbands())
+        canvas = Image.new(im.mode, (cw, ch), spec.fill if bands == 1 else (spec.fill,) * bands)
+        if im.mode in ("P", "PA"):
+            canvas.putpalette(im.getpalette())
+        y0, x0 = max(top, 0), max(left, 0)
+        canvas.paste(im.crop((x0, y0, min(left + cw, nw), min(top + ch, nh))),
+                     (x0 - left, y0 - top))
+        region = canvas
+    return normalize(np.asarray(region.convert("RGB")), spec.mean, spec.std, out=out)
 
 
 def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec, *,

@@ -339,3 +339,34 @@ def test_palette_files_are_resized_nearest_by_the_reference(mode, interpolation,
     d = np.abs(_u8(got) - _u8(want))
     assert d.max() > 32  # the filters really differ on this photo
     print(f"P {mode} {interpolation} {size}: max {d.max()} levels, mean {d.mean():.2f}")
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(size=224, resize_mode="shortest", interpolation="bicubic"),
+    dict(size=224, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="squash",
+         interpolation="bilinear"),
+    dict(size=384, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="squash"),
+    dict(size=224, resize_mode="longest", fill_color=0),
+    dict(size=224, resize_mode="longest", fill_color=128, interpolation="bilinear"),
+    dict(size=(224, 320), resize_mode="shortest"),
+], ids=["shortest", "squash-bilinear", "squash-384", "longest", "longest-fill", "224x320"])
+def test_preprocess_pil_matches_open_clip_in_every_file_mode(cfg: dict, tmp_path):
+    """The opt-in: simx.preprocess.preprocess_pil(Image.open(p)) is open_clip's numbers for
+    RGBA, LA, P and 1-bit files too (and for RGB and grey), on square and wide images."""
+    from simx.preprocess import preprocess_pil
+
+    spec, ref = PreprocessSpec.from_open_clip(cfg), oc_transform(cfg)
+    files = _alpha_ramp_files(tmp_path)
+    wide = Image.open(files["RGBA ramp"]).crop((0, 100, 512, 197))  # 512x97 RGBA
+    wide.save(tmp_path / "wide_rgba.png")
+    files["RGBA wide"] = tmp_path / "wide_rgba.png"
+    Image.open(files["P 256 colours"]).crop((30, 0, 77, 31)).save(tmp_path / "tiny_p.png")
+    files["P tiny"] = tmp_path / "tiny_p.png"
+    Image.open(files["L"]).convert("1").save(tmp_path / "bits.png")
+    files["1-bit"] = tmp_path / "bits.png"
+    for name, p in files.items():
+        with Image.open(p) as im:
+            want = ref(im).numpy()
+        with Image.open(p) as im:
+            got = preprocess_pil(im, spec)
+        assert np.array_equal(got, want), (name, float(np.abs(got - want).max()))
