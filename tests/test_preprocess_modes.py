@@ -21,7 +21,13 @@ from PIL import Image
 
 from conftest import load_photo
 from simx.image import load_rgb
-from simx.preprocess import FAST_MODE_ERROR, preprocess, preprocess_batch, resize_crop, target_size
+from simx.preprocess import (
+    FAST_MODE_ERROR_BY_MODE,
+    preprocess,
+    preprocess_batch,
+    resize_crop,
+    target_size,
+)
 from simx.spec import ModelSpec, PreprocessSpec, SpecError
 
 open_clip = pytest.importorskip("open_clip")
@@ -152,21 +158,33 @@ def test_modes_really_differ(photo_files):
 
 # -- fast mode on the new modes --------------------------------------------------------------
 
-@pytest.mark.parametrize("mode,interpolation", [("squash", "bilinear"), ("squash", "bicubic"),
-                                                ("longest", "bicubic"),
-                                                ("shortest", "bilinear")])
-def test_fast_mode_error_is_as_documented_for_every_mode(mode: str, interpolation: str):
-    spec = PreprocessSpec(resize=224, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3,
+@pytest.fixture(scope="module")
+def big_photos() -> dict[str, np.ndarray]:
+    """1600x1200, 12-megapixel (both orientations) and a 4000x400 strip, with sensor noise."""
+    out = {}
+    for name in ("chelsea", "rocket"):
+        for w, h in ((1600, 1200), (4000, 3000), (3000, 4000), (4000, 400)):
+            big = np.asarray(Image.fromarray(load_photo(name)).resize(
+                (w, h), Image.Resampling.BICUBIC))
+            noise = np.random.default_rng(w + h).integers(-6, 7, big.shape, dtype=np.int16)
+            out[f"{name} {w}x{h}"] = np.clip(big + noise, 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("mode,interpolation,size", [
+    ("squash", "bilinear", 224), ("squash", "bicubic", 384), ("longest", "bicubic", 224),
+    ("longest", "bilinear", 224), ("shortest", "bilinear", 256)])
+def test_fast_mode_error_is_as_documented_for_every_mode(mode: str, interpolation: str,
+                                                         size: int, big_photos):
+    spec = PreprocessSpec(resize=size, crop=size, mean=(0.5,) * 3, std=(0.5,) * 3,
                           resize_mode=mode, interpolation=interpolation)
-    for name in ("chelsea", "rocket", "astronaut"):
-        small = Image.fromarray(load_photo(name))
-        rgb = np.asarray(small.resize((1600, 1200), Image.Resampling.BICUBIC))
-        exact = resize_crop(rgb, 224, 224, mode=mode, interpolation=interpolation)
-        fast_f = preprocess(rgb, spec, fast=True)
-        levels = np.clip(np.rint((fast_f * 0.5 + 0.5) * 255), 0, 255).astype(np.int16)
-        d = np.abs(levels.transpose(1, 2, 0) - exact.astype(np.int16))
-        assert d.mean() <= FAST_MODE_ERROR["mean_abs"], (name, d.mean())
-        assert d.max() <= FAST_MODE_ERROR["max_abs"], (name, d.max())
+    bound = FAST_MODE_ERROR_BY_MODE[mode]
+    for name, rgb in big_photos.items():
+        exact = resize_crop(rgb, size, size, mode=mode, interpolation=interpolation)
+        assert np.array_equal(_u8(preprocess(rgb, spec)), exact)  # the inverse below is exact
+        d = np.abs(_u8(preprocess(rgb, spec, fast=True)) - exact.astype(np.int16))
+        assert d.mean() <= bound["mean_abs"], (name, d.mean())
+        assert d.max() <= bound["max_abs"], (name, d.max())
 
 
 # -- the spec ---------------------------------------------------------------------------------
