@@ -107,6 +107,22 @@ def test_bit_exact_to_open_clip_preprocess(model: str, tag: str, photo_files):
     _compare(spec, oc_transform(cfg), photo_files)
 
 
+def test_every_open_clip_pair_is_bit_exact(photo_files):
+    """All of open_clip's (model, tag) pairs: their distinct PreprocessCfgs, each bit-exact
+    on the odd-size photos (the distinct cfgs are few; every pair maps to one of them)."""
+    distinct: dict[str, dict] = {}
+    for model, tag in open_clip.list_pretrained():
+        cfg = tag_cfg(model, tag)
+        spec = PreprocessSpec.from_open_clip(cfg)  # every pair gives a valid spec
+        assert ModelSpec.from_json(_model_spec(spec, cfg["size"]).to_json()).preprocess == spec
+        distinct.setdefault(json.dumps(cfg, sort_keys=True, default=list), cfg)
+    modes = {(c["resize_mode"], c["interpolation"]) for c in distinct.values()}
+    assert {("shortest", "bicubic"), ("squash", "bilinear")} <= modes  # the sweep is real
+    few = {k: photo_files[k] for k in ("chelsea", "crop 517x333", "tiny 31x47", "wide 97x1000")}
+    for cfg in distinct.values():
+        _compare(PreprocessSpec.from_open_clip(cfg), oc_transform(cfg), few)
+
+
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 @pytest.mark.parametrize("fill", [0, 128])
 def test_longest_is_open_clips_resize_keep_ratio_and_pad(interpolation: str, fill: int,
