@@ -159,6 +159,30 @@ def test_any_mean_std_is_bit_exact(mean, std, photo_files):
     _compare(PreprocessSpec.from_open_clip(cfg), oc_transform(cfg), photo_files)
 
 
+@pytest.mark.parametrize("h,w", [(1200, 1600), (1600, 1200), (1024, 1536), (343, 256),
+                                 (3, 1000), (1, 1), (225, 301), (700, 333)])
+@pytest.mark.parametrize("mode,interpolation", [("shortest", "bilinear"),
+                                                ("squash", "bilinear"), ("squash", "bicubic")])
+def test_crop_smaller_than_resize_uses_the_proven_box_exactly(h: int, w: int, mode: str,
+                                                              interpolation: str):
+    """resize 256 -> crop 224 (DINOv2's geometry) for the new filter and mode: the short
+    side's crop box is proven exact (1200/256 is dyadic) and must stay bit-exact for the
+    bilinear filter's narrower support too. The reference is torchvision on PIL."""
+    import torchvision.transforms as T
+
+    from simx.preprocess import _exact_axis
+
+    if (h, w) == (1200, 1600):
+        assert _exact_axis(1200, 256, 16, 240, support=1) is not None  # the box is used
+    mode_t = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+    size = 256 if mode == "shortest" else (256, 256)
+    ref = T.Compose([T.Resize(size, interpolation=mode_t[interpolation]), T.CenterCrop(224)])
+    rgb = np.random.default_rng(h * 31 + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    want = np.asarray(ref(Image.fromarray(rgb)))
+    got = resize_crop(rgb, 256, 224, mode=mode, interpolation=interpolation)
+    assert np.array_equal(got, want)
+
+
 def test_modes_really_differ(photo_files):
     """Each mode gives other pixels on a non-square photo, so the parity tests can fail."""
     rgb = load_rgb(photo_files["crop 333x517"])
