@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -47,6 +48,8 @@ def _size(value: Any, what: str) -> int | tuple[int, int]:
         else:
             raise SpecError(f"{what} {value!r} is not an int or a (height, width) pair")
     if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, numbers.Integral):  # numpy integers from a config
         value = int(value)
     if not isinstance(value, int):
         raise SpecError(f"{what} {value!r} is not an int or a (height, width) pair")
@@ -100,8 +103,10 @@ class PreprocessSpec:
             raise SpecError(f"mean {self.mean} / std {self.std} are not all finite numbers")
         if min(self.std) <= 0:
             raise SpecError(f"std {self.std} has a value <= 0: the pixels would divide by zero")
-        if isinstance(self.fill, bool) or not isinstance(self.fill, int) or not 0 <= self.fill <= 255:
+        if (isinstance(self.fill, bool) or not isinstance(self.fill, numbers.Integral)
+                or not 0 <= self.fill <= 255):
             raise SpecError(f"fill {self.fill!r} is not a uint8 level (0-255)")
+        object.__setattr__(self, "fill", int(self.fill))
         if self.fill and self.resize_mode != "longest":
             raise SpecError(f"fill {self.fill} needs resize_mode 'longest' (the "
                             f"{self.resize_mode!r} reference pads with 0)")
