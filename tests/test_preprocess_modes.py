@@ -12,7 +12,7 @@ for bit, on photos of ordinary, odd, tiny and very wide sizes.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -261,11 +261,14 @@ def test_new_specs_round_trip_through_json(pre: PreprocessSpec, image_size):
     assert again.preprocess == pre
     assert json.loads(again.to_json()) == json.loads(s.to_json())
     assert again.embedding_hash() == s.embedding_hash()
-    others = {PreprocessSpec(224, 224, (0.0,) * 3, (1.0,) * 3, "squash", "bicubic"),
-              PreprocessSpec(224, 224, (0.0,) * 3, (1.0,) * 3, "shortest", "bilinear"),
-              PreprocessSpec(256, 256, (0.5,) * 3, (0.5,) * 3, "longest", "bicubic")}
-    hashes = {_model_spec(o).embedding_hash() for o in others if o != pre}
-    assert s.embedding_hash() not in hashes or image_size != 224
+    # Every field that changes the pixels changes the hash.
+    other_filter = "bilinear" if pre.interpolation == "bicubic" else "bicubic"
+    other_mode = "squash" if pre.resize_mode != "squash" else "shortest"
+    for change in (dict(interpolation=other_filter), dict(resize_mode=other_mode, fill=0)):
+        changed = _model_spec(replace(pre, **change), image_size)
+        assert changed.embedding_hash() != s.embedding_hash(), change
+    if pre.fill:
+        assert _model_spec(replace(pre, fill=0), image_size).embedding_hash() != s.embedding_hash()
 
 
 @pytest.mark.parametrize("kwargs,message", [
