@@ -431,3 +431,42 @@ def test_preprocess_pil_matches_open_clip_in_every_file_mode(cfg: dict, tmp_path
         with Image.open(p) as im:
             got = preprocess_pil(im, spec)
         assert np.array_equal(got, want), (name, float(np.abs(got - want).max()))
+
+
+# -- end to end: the file's spec drives the mode ---------------------------------------------
+
+@pytest.mark.parametrize("cfg", [
+    dict(size=32, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="squash", interpolation="bilinear"),
+    dict(size=32, mean=(0.0,) * 3, std=(1.0,) * 3, resize_mode="shortest",
+         interpolation="bilinear"),
+    dict(size=32, resize_mode="longest", fill_color=128),
+], ids=["squash-bilinear", "shortest-bilinear-0-1", "longest-fill"])
+def test_encoder_follows_the_files_preprocess_spec(cfg: dict, photo_files, tmp_path):
+    """A model file whose spec says squash / bilinear / longest embeds photos exactly as
+    onnxruntime does on open_clip's own preprocess of them (tiny random model)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    from tiny_model import build_tiny_model
+
+    from simx.encoder import Encoder
+
+    path = build_tiny_model(tmp_path / "tiny-mode.onnx")
+    m = onnx.load(str(path))
+    spec = ModelSpec.from_json(dict((p.key, p.value) for p in m.metadata_props)["simx"])
+    spec = replace(spec, preprocess=PreprocessSpec.from_open_clip(cfg))
+    del m.metadata_props[:]
+    helper.set_model_props(m, {"simx": spec.to_json()})
+    onnx.save(m, str(path))
+
+    files = [photo_files[k] for k in ("crop 333x517", "wide 97x1000", "tiny 31x47", "coffee")]
+    got = Encoder(path, provider="cpu", threads=1).embed([str(p) for p in files])
+    ref = oc_transform(cfg)
+    pixels = np.stack([ref(Image.open(p)).numpy() for p in files])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"pixel_values": pixels})[0]
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    shortest = replace(spec.preprocess, resize_mode="shortest", interpolation="bicubic", fill=0)
+    assert not np.array_equal(preprocess(load_rgb(files[0]), shortest),
+                              preprocess(load_rgb(files[0]), spec.preprocess))
