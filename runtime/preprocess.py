@@ -41,7 +41,8 @@ Normalization is a per-channel 256-entry float32 lookup table built with the sam
 operations as ``ToTensor`` (``/ 255``) and ``Normalize`` (``(x - mean) / std``), so even the
 floats are bit-identical to torchvision, and the lookup is cheaper than the arithmetic.
 
-``fast=True`` trades exactness for speed, see :data:`FAST_MODE_ERROR`.
+``fast=True`` trades exactness for speed, in every mode and filter, see
+:data:`FAST_MODE_ERROR_BY_MODE`.
 
 **RGBA, LA and palette files: simx converts to RGB first, open_clip resizes first.**
 open_clip's eval ``Compose`` converts to RGB *after* Resize and CenterCrop, so its
@@ -101,7 +102,6 @@ FAST_MODE_ERROR_BY_MODE: dict[str, dict[str, float]] = {
 }
 """``fast=True``'s bound for each ``resize_mode``, in uint8 levels."""
 
-_BICUBIC = Image.Resampling.BICUBIC
 # Pillow frees an image's memory blocks (16 MB each) straight back to the OS unless told to
 # keep some; copying a 12-megapixel array into a fresh Image then page-faults ~45 MB every
 # time (measured: 22 ms of CPU, against 5 ms with reuse). simx keeps up to this many freed
@@ -381,7 +381,8 @@ def preprocess(rgb: np.ndarray, spec: PreprocessSpec, *, fast: bool = False,
     CenterCrop -> ToTensor -> Normalize, or open_clip's ``longest`` / ``squash`` variants)
     on ``PIL.Image.fromarray(rgb)``: uint8 pixels identical, floats identical.
     ``fast=True`` resamples only the cropped box on both axes even where that is not
-    provably exact; its measured error is :data:`FAST_MODE_ERROR` (uint8 levels). ``out``
+    provably exact; its measured error is :data:`FAST_MODE_ERROR_BY_MODE` (uint8 levels,
+    per resize mode; :data:`FAST_MODE_ERROR` for ``shortest``). ``out``
     (float32 [3, crop_h, crop_w]) is filled in place when given, e.g. a row of a batch.
     """
     cropped = _resize_crop_spec(rgb, spec, fast)
