@@ -65,15 +65,10 @@ def _versions(family: str) -> dict[str, str]:
     import onnxruntime
     import torch
 
+    from .families import family as get_family
+
     v = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-    if family == "dinov2":
-        import timm
-
-        v["timm"] = timm.__version__
-    else:
-        import open_clip
-
-        v["open_clip"] = open_clip.__version__
+    v.update(get_family(family).versions())
     return v
 
 
@@ -100,7 +95,7 @@ def export_model(
 
     if precision not in PRECISIONS:
         raise SimxError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if image_size <= 0 or image_size % entry.patch_size:
+    if not entry.size_ok(image_size):
         raise SimxError(
             f"--image-size {image_size} is not a positive multiple of {entry.id}'s patch "
             f"size {entry.patch_size}"
@@ -109,8 +104,9 @@ def export_model(
     if not MIN_OPSET <= opset <= max_opset:
         # Below 18 torch's exporter converts after the fact and may silently keep 18.
         raise SimxError(f"--opset {opset} is not supported; use {MIN_OPSET} to {max_opset}")
-    if text and entry.family != "openclip":
-        raise SimxError(f"{entry.id} has no text tower (only OpenCLIP models do)")
+    if text and not entry.text:
+        raise SimxError(f"{entry.id} has no text tower simx can export (OpenCLIP models with "
+                        "the CLIP tokenizer have one)")
     if weights not in ("pretrained", "random") and not Path(weights).is_file():
         raise SimxError(
             f"checkpoint not found: {weights} (--weights takes 'pretrained', 'random' or a file path)"

@@ -1,16 +1,19 @@
-"""Build the torch module for a registry entry and load its weights.
+"""Build the torch module for a registry entry, and the weight-loading helpers.
 
-One function per family returns a :class:`Built`: an ``nn.Module`` that maps float32
-pixels [B, 3, S, S] to the embedding the reference code produces, plus what the spec
-needs to know about it (weights label, preprocessing, output normalisation).
+``build`` hands the entry to its family module (``simx.export.families``), which returns
+a :class:`Built`: an ``nn.Module`` that maps float32 pixels [B, 3, S, S] to the
+embedding the reference code produces, plus what the spec needs to know about it
+(weights label, preprocessing, output normalisation). This module holds what the
+families share: checkpoint reading, hub downloads that fail fast offline, strict loading.
 
 Weights come from one of three places:
 
 * ``"pretrained"``: timm / open_clip download them as they normally do (Hugging Face
   cache). With no network this fails at once, naming ``--weights PATH`` and
   ``--weights random``, instead of letting huggingface_hub retry for a minute.
-* ``"random"``: the architecture with seeded random weights, for speed tests. DINOv2 is
-  built with LayerScale at 1.0: timm's 1e-5 makes every image collapse to one embedding.
+* ``"random"``: the architecture with seeded random weights, for speed tests, adjusted by
+  the family's recipe so distinct photos stay distinct (DINOv2: LayerScale at 1.0, as
+  timm's 1e-5 makes every image collapse to one embedding).
 * a checkpoint path: official DINOv2 ``*_pretrain.pth``, timm state dicts, open_clip
   ``.bin`` / ``.pt`` / ``.safetensors``. Recorded as ``sha256:<hex>``.
 """
@@ -27,7 +30,8 @@ import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -297,22 +301,18 @@ def official_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def _timm_dinov2(name: str, image_size: int, **kw: Any) -> nn.Module:
-    import timm
-
-    return timm.create_model(name, num_classes=0, img_size=image_size, init_values=1.0, **kw)
-
-
-def _timm_pretrained_state(name: str, what: str) -> dict[str, torch.Tensor]:
+def timm_pretrained_state(name: str, what: str) -> dict[str, torch.Tensor]:
     """timm's pretrained weights for ``name`` (its Hugging Face hub copy, via timm's own
     loader and cache) as a state dict at the native grid, without building a model first:
-    so an offline machine fails in seconds, and giant needs no extra model in memory."""
+    so an offline machine fails in seconds, and giant needs no extra model in memory.
+    Official DINOv2 checkpoints (they hold ``mask_token``) are converted to timm's layout."""
+    import timm
     from timm.models import get_pretrained_cfg, load_state_dict_from_hf
 
     cfg = get_pretrained_cfg(name)
-    if cfg is None or not cfg.hf_hub_id:  # pragma: no cover - every DINOv2 tag has one
+    if cfg is None or not cfg.hf_hub_id:  # pragma: no cover - every DINO tag has one
         with _hub_download(what):
-            return _timm_dinov2(name, DINOV2_GRID * 14, pretrained=True).state_dict()
+            return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
     with _hub_download(what):
         if cfg.hf_hub_filename:
             state = load_state_dict_from_hf(cfg.hf_hub_id, cfg.hf_hub_filename)
@@ -321,199 +321,38 @@ def _timm_pretrained_state(name: str, what: str) -> dict[str, torch.Tensor]:
     return official_dinov2_to_timm(state) if "mask_token" in state else dict(state)
 
 
-def build_dinov2(entry: ModelEntry, weights: str, image_size: int) -> Built:
-    """DINOv2 backbone whose output is the LayerNorm'd CLS token, as the hub model returns.
+def load_into_meta_built(
+    make: Callable[[], nn.Module], state: dict[str, torch.Tensor], what: str, src: str
+) -> nn.Module:
+    """``make()`` on the meta device, then given ``state``'s own tensors (fp32).
 
-    Weights are obtained at the native 518-px grid (37x37), then the position grid is
-    resized to ``image_size`` with the official interpolation and baked in.
+    No init time and no second copy of the weights (4.5 GB for DINOv2-giant). A model
+    with non-persistent buffers would keep them on meta that way, so it is built for real.
     """
-    name = entry.source_name
-    grid = image_size // entry.patch_size
-    native = DINOV2_GRID * entry.patch_size
-    if weights == "random":
-        torch.manual_seed(RANDOM_SEED)
-        state = _timm_dinov2(name, native).state_dict()
-        label = "random"
-    elif weights == "pretrained":
-        state = _timm_pretrained_state(name, entry.id)
-        label = "pretrained"
-    else:
-        raw, digest = read_checkpoint(weights)
-        state = official_dinov2_to_timm(raw) if "mask_token" in raw else raw
-        label = f"sha256:{digest}"
-
-    if "pos_embed" not in state:
-        raise WeightsError(f"checkpoint {weights} does not fit {entry.id}: it has no pos_embed")
-    pos = state["pos_embed"]
-    # Register models (timm no_embed_class) hold only the patch grid; others lead with
-    # the class position, which is not resized.
-    prefix = 0 if entry.registers else 1
-    if pos.ndim != 3 or pos.shape[1] <= prefix:
-        raise WeightsError(f"checkpoint {weights} does not fit {entry.id}: pos_embed {tuple(pos.shape)}")
-    try:
-        baked = bake_pos_embed(
-            pos[:, prefix:],
-            grid,
-            antialias=entry.registers,
-            offset=0.0 if entry.registers else 0.1,
-        )
-    except ValueError as e:  # e.g. a plain checkpoint for a register model
-        raise WeightsError(f"checkpoint {weights} does not fit {entry.id}: {e}") from None
-    state = dict(state)
-    state["pos_embed"] = torch.cat([pos[:, :prefix], baked], dim=1)
-
-    # fp32 whatever the checkpoint holds (a no-op for fp32 tensors: no copy).
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    # Built on the meta device and then given the state dict's own tensors (assign): no
-    # init time and no second copy of the weights (4.5 GB for giant). A non-persistent
-    # buffer would stay on meta that way, so such a model would be built for real.
     with torch.device("meta"):
-        model = _timm_dinov2(name, image_size)
+        model = make()
     persistent = set(model.state_dict())
     on_meta = not any(n not in persistent for n, _ in model.named_buffers())
-    if not on_meta:  # pragma: no cover - timm's ViT has none
-        model = _timm_dinov2(name, image_size)
-    _load_strict(model, state, entry.id, str(weights), assign=on_meta)
-    del state
-    model.eval()
-    return Built(
-        module=model,
-        weights=label,
-        preprocess=entry.preprocess(image_size),
-        # The CLS token is LayerNorm'd, not unit length; retrieval compares by cosine,
-        # so the runtime L2-normalizes it (the file's output stays the official one).
-        normalize=True,
-        extra={
-            "output": "LayerNorm'd CLS token (official hub forward); runtime L2-normalizes",
-            "pos_embed": f"37x37 -> {grid}x{grid} "
-            + ("size, antialias" if entry.registers else "scale (g+0.1)/37, no antialias"),
-        },
-    )
-
-
-# --------------------------------------------------------------------------- OpenCLIP
-class OpenClipImage(nn.Module):
-    """``encode_image(x)`` (not normalized) of an open_clip model, keeping only the visual tower."""
-
-    def __init__(self, visual: nn.Module) -> None:
-        super().__init__()
-        self.visual = visual
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.visual(pixel_values)
-
-
-def openclip_preprocess(model: str, tag: str, image_size: int) -> dict[str, Any]:
-    """open_clip's own PreprocessCfg for ``model``/``tag`` at ``image_size``, as a dict.
-
-    Built the way ``open_clip.create_model`` builds it (defaults, then the tag's
-    pretrained config, then the visual tower's size) but without touching any weights,
-    so random-weight exports describe the same preprocessing as real ones.
-    """
-    from dataclasses import asdict
-
-    import open_clip
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    cfg = asdict(PreprocessCfg())
-    tag_cfg = open_clip.get_pretrained_cfg(model, tag)
-    if not tag_cfg:
-        raise SimxError(f"open_clip {open_clip.__version__} has no pretrained tag {tag!r} for {model}")
-    cfg = merge_preprocess_dict(cfg, tag_cfg)
-    cfg["size"] = image_size
-    return cfg
-
-
-def preprocess_from_openclip(cfg: dict[str, Any]) -> PreprocessSpec:
-    size = cfg["size"]
-    if isinstance(size, (tuple, list)):
-        if size[0] != size[1]:
-            raise SimxError(f"open_clip preprocess size {size} is not square")
-        size = size[0]
-    return PreprocessSpec(
-        resize=int(size),
-        crop=int(size),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        resize_mode=cfg["resize_mode"],
-        interpolation=cfg["interpolation"],
-    )
-
-
-def build_openclip(entry: ModelEntry, weights: str, image_size: int) -> Built:
-    """The visual tower of an open_clip model: ``encode_image`` without normalisation."""
-    import open_clip
-
-    model_name, tag = entry.variant, entry.pretrained
-    assert tag is not None
-    common: dict[str, Any] = dict(
-        force_quick_gelu=entry.quick_gelu,
-        force_image_size=image_size,
-        pretrained_image=False,
-        pretrained_text=False,
-    )
-    if weights == "random":
-        torch.manual_seed(RANDOM_SEED)
-        with quiet_logging():
-            model = open_clip.create_model(model_name, pretrained=None, **common)
-        label = "random"
-    elif weights == "pretrained":
-        with _hub_download(entry.id):
-            model = open_clip.create_model(
-                model_name, pretrained=tag, require_pretrained=True, **common
-            )
-        label = "pretrained"
-    else:
-        # Read it ourselves first: a clear error for a missing or unreadable file, and the
-        # digest. open_clip then loads it with its own key conversions and pos resizing.
-        _, digest = read_checkpoint(weights)
-        with quiet_logging():
-            model = open_clip.create_model(model_name, pretrained=None, **common)
-        jit = is_torchscript(Path(weights))
-        try:
-            # TorchScript archives need weights_only=False, which torch routes to
-            # torch.jit.load (no arbitrary unpickling); everything else stays weights_only.
-            with warnings.catch_warnings():
-                if jit:  # torch's "dispatching to torch.jit.load" / "deprecated" notes
-                    warnings.simplefilter("ignore", (UserWarning, FutureWarning))
-                open_clip.load_checkpoint(model, str(weights), weights_only=not jit)
-        except Exception as e:
-            raise WeightsError(
-                f"checkpoint {weights} does not fit {entry.id}: {first_line(e)}"
-            ) from None
-        label = f"sha256:{digest}"
-
-    pre = preprocess_from_openclip(openclip_preprocess(model_name, tag, image_size))
-    ours = entry.preprocess(image_size)
-    if pre != ours:
-        raise SimxError(
-            f"registry preprocessing for {entry.id} ({ours}) differs from open_clip's ({pre})"
-        )
-    module = OpenClipImage(model.visual).eval()
-    del model
-    return Built(
-        module=module,
-        weights=label,
-        preprocess=pre,
-        normalize=True,  # encode_image is not L2-normalized; the runtime does it
-        extra={"output": "encode_image (not normalized); runtime L2-normalizes",
-               "quick_gelu": entry.quick_gelu},
-    )
+    if not on_meta:
+        model = make()
+    _load_strict(model, state, what, src, assign=on_meta)
+    return model.eval()
 
 
 def build(entry: ModelEntry, weights: str, image_size: int) -> Built:
-    """The torch module for ``entry`` with the requested weights, in eval mode."""
-    if image_size <= 0 or image_size % entry.patch_size:
+    """The torch module for ``entry`` with the requested weights, in eval mode.
+
+    The entry's family module builds it (``simx.export.families.FAMILIES``).
+    """
+    from .families import family
+
+    if not entry.size_ok(image_size):
         raise SimxError(
             f"--image-size {image_size} is not a positive multiple of {entry.id}'s patch "
             f"size {entry.patch_size}"
         )
-    if entry.family == "dinov2":
-        built = build_dinov2(entry, weights, image_size)
-    elif entry.family == "openclip":
-        built = build_openclip(entry, weights, image_size)
-    else:  # pragma: no cover - the registry only has these two
-        raise SimxError(f"unknown model family {entry.family!r}")
+    built = family(entry.family).build(entry, weights, image_size)
     for p in built.module.parameters():
         p.requires_grad_(False)
     return built

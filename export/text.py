@@ -63,8 +63,9 @@ def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
 
     from .sources import RANDOM_SEED, _hub_download, read_checkpoint
 
-    if entry.family != "openclip":
-        raise TextExportError(f"{entry.id} has no text tower (only OpenCLIP models do)")
+    if not entry.text:
+        raise TextExportError(f"{entry.id} has no text tower simx can export (OpenCLIP models "
+                              "with the CLIP tokenizer have one)")
     name, tag = entry.variant, entry.pretrained
     kw: dict[str, Any] = {"force_quick_gelu": entry.quick_gelu}
     if weights == "random":

@@ -39,17 +39,50 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="simx-embed")
 def main() -> None:
-    """Fast, verified DINOv2 and OpenCLIP image embeddings with ONNX Runtime."""
+    """Fast, verified DINOv2, DINOv3 and OpenCLIP image embeddings with ONNX Runtime."""
 
 
 # --------------------------------------------------------------------------- models
+def _exported(models: Path) -> dict[str, list[str]]:
+    """id -> the precisions already exported in ``models`` (``<id>[-int8|-fp16].onnx``)."""
+    out: dict[str, list[str]] = {}
+    if not models.is_dir():
+        return out
+    for f in sorted(models.glob("*.onnx")):
+        stem, precision = f.stem, "fp32"
+        for p in ("int8", "fp16"):
+            if stem.endswith(f"-{p}"):
+                stem, precision = stem[: -len(p) - 1], p
+        if stem in registry.MODELS:
+            out.setdefault(stem, []).append(precision)
+    order = ("fp32", "fp16", "int8")
+    return {k: sorted(v, key=order.index) for k, v in out.items()}
+
+
 @main.command("models")
+@click.argument("search", required=False)
+@click.option("--family", type=click.Choice(registry.families()), default=None,
+              help="Only this family.")
+@click.option("--exported", "only_exported", is_flag=True,
+              help="Only models already exported in the models folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
-def models_cmd(as_json: bool) -> None:
-    """List the models simx can export."""
+def models_cmd(search: str | None, family: str | None, only_exported: bool, as_json: bool) -> None:
+    """List the models simx can export (SEARCH: a case-insensitive part of the id or source).
+
+    Models already in the models folder ($SIMX_MODELS_DIR, else ./onnx_models) are marked
+    with their precisions; each row shows the command that exports it.
+    """
+    from .session import models_dir
+
+    have = _exported(models_dir())
     rows = []
     for e in registry.MODELS.values():
-        p = e.preprocess()
+        if family and e.family != family:
+            continue
+        if search and not any(search.lower() in x.lower() for x in (e.id, e.source)):
+            continue
+        if only_exported and e.id not in have:
+            continue
         rows.append(
             {
                 "id": e.id,
@@ -61,20 +94,27 @@ def models_cmd(as_json: bool) -> None:
                 "input_size": e.default_size,
                 "patch_size": e.patch_size,
                 "quick_gelu": e.quick_gelu,
+                "text": e.text,
                 "preprocess": {
-                    "resize": p.resize,
-                    "resize_mode": p.resize_mode,
-                    "interpolation": p.interpolation,
-                    "crop": p.crop,
-                    "mean": list(p.mean),
-                    "std": list(p.std),
+                    "resize": e.resize,
+                    "resize_mode": e.resize_mode,
+                    "interpolation": e.interpolation,
+                    "crop": e.default_size,
+                    "mean": list(e.mean),
+                    "std": list(e.std),
                 },
+                "exported": have.get(e.id, []),
+                "command": e.export_command,
             }
         )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    head = ("id", "family", "dim", "params", "input", "preprocessing")
+    if not rows:
+        raise SimxError("no model matches" + (f" {search!r}" if search else "")
+                        + (f" in family {family}" if family else "")
+                        + ("; see `simx models` for all" if search or family else ""))
+    head = ("id", "family", "dim", "params", "input", "preprocessing", "exported", "export command")
     table = [
         (
             r["id"],
@@ -82,11 +122,15 @@ def models_cmd(as_json: bool) -> None:
             str(r["dim"]),
             f"{r['params_m']:.0f}M",
             f"{r['input_size']}px",
-            "resize {resize} {interpolation} -> crop {crop}, {norm}".format(
-                norm=_mean_std_name(r["preprocess"]["mean"]),
+            "{mode} {resize} {interpolation} -> crop {crop}, {norm}".format(
+                mode="resize" if r["preprocess"]["resize_mode"] == "shortest"
+                else r["preprocess"]["resize_mode"],
+                norm=_mean_std_name(r["preprocess"]["mean"], r["preprocess"]["std"]),
                 **r["preprocess"],
             )
             + (", QuickGELU" if r["quick_gelu"] else ""),
+            ",".join(r["exported"]) or "-",
+            r["command"],
         )
         for r in rows
     ]
@@ -95,10 +139,11 @@ def models_cmd(as_json: bool) -> None:
         click.echo("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip())
 
 
-def _mean_std_name(mean: list[float]) -> str:
-    names = {registry.IMAGENET_MEAN: "imagenet", registry.OPENAI_MEAN: "openai",
-             (0.5, 0.5, 0.5): "0.5"}
-    return f"{names.get(tuple(mean), 'custom')} mean/std"
+def _mean_std_name(mean: list[float], std: list[float]) -> str:
+    names = {(registry.IMAGENET_MEAN, registry.IMAGENET_STD): "imagenet",
+             (registry.OPENAI_MEAN, registry.OPENAI_STD): "openai",
+             ((0.5,) * 3, (0.5,) * 3): "0.5", ((0.0,) * 3, (1.0,) * 3): "0/1"}
+    return f"{names.get((tuple(mean), tuple(std)), 'custom')} mean/std"
 
 
 # --------------------------------------------------------------------------- export
@@ -116,8 +161,9 @@ def _export_options(f):
         default=Path("onnx_models"),
         show_default=True,
     )(f)
-    f = click.option("--image-size", type=int, default=224, show_default=True,
-                     help="Input size; a multiple of the patch size.")(f)
+    f = click.option("--image-size", type=int, default=None,
+                     help="Input size; a multiple of the patch size. Default: the model's own "
+                     "(224 for DINO, the tag's size for OpenCLIP).")(f)
     f = click.option("--opset", type=int, default=18, show_default=True)(f)
     f = click.option(
         "--precision",
@@ -147,6 +193,7 @@ def _missing(modules: tuple[str, ...]) -> list[str]:
 
 
 def _run_export(entry: registry.ModelEntry, **kw) -> None:
+    kw["image_size"] = kw.get("image_size") or entry.default_size
     missing = _missing(EXPORT_MODULES)
     if missing:
         extra = "cpu,export" if missing == ["onnxruntime"] else "export"
@@ -179,8 +226,20 @@ def export_dinov2(variant: str, registers: bool, **kw) -> None:
     _run_export(registry.dinov2(variant, registers), **kw)
 
 
+@export_group.command("dinov3")
+@click.option("--variant", required=True,
+              help="small, small_plus, base, large, huge_plus (or 7b, tiny with --qkvb).")
+@click.option("--qkvb", is_flag=True, help="The variant with q/k/v biases (timm's _qkvb).")
+@click.option("--tag", default=None, help="timm's pretrained tag (default lvd1689m).")
+@_export_options
+def export_dinov3(variant: str, qkvb: bool, tag: str | None, **kw) -> None:
+    """Export a DINOv3 backbone (CLS token after the final norm)."""
+    _run_export(registry.dinov3(variant, qkvb, tag), **kw)
+
+
 @export_group.command("openclip")
-@click.option("--model", "model_name", required=True, help="ViT-B-32, ViT-B-16, ViT-L-14, ViT-H-14.")
+@click.option("--model", "model_name", required=True,
+              help="Any model of open_clip.list_pretrained() (see `simx models`).")
 @click.option("--pretrained", required=True, help="The open_clip pretrained tag.")
 @click.option("--text", is_flag=True, help="Also export the text tower.")
 @_export_options

@@ -27,8 +27,35 @@ from .errors import SimxError, first_line
 
 SIMBENCH_KEYS = ("method", "variant", "model", "pretrained", "batch_size", "device", "normalize",
                  "distance", "cache_dir")
-SIMX_KEYS = ("registers", "onnx", "threads")  # simx additions, all optional
-METHODS = ("dinov2", "openclip")
+SIMX_KEYS = ("registers", "qkvb", "onnx", "threads")  # simx additions, all optional
+
+
+def _dinov2(cfg: dict[str, Any], where: str) -> str:
+    variant = cfg.get("variant") or cfg.get("model")
+    if not variant:
+        raise ConfigError(f"{where}: method dinov2 needs variant (small, base, large, giant)")
+    return registry.dinov2(str(variant), bool(cfg.get("registers", False))).id
+
+
+def _dinov3(cfg: dict[str, Any], where: str) -> str:
+    variant = cfg.get("variant") or cfg.get("model")
+    if not variant:
+        raise ConfigError(f"{where}: method dinov3 needs variant (small, small_plus, base, large, "
+                          "huge_plus)")
+    tag = cfg.get("pretrained")
+    return registry.dinov3(str(variant), bool(cfg.get("qkvb", False)),
+                           str(tag) if tag else None).id
+
+
+def _openclip(cfg: dict[str, Any], where: str) -> str:
+    model, tag = cfg.get("model"), cfg.get("pretrained")
+    if not model or not tag:
+        raise ConfigError(f"{where}: method openclip needs model and pretrained")
+    return registry.openclip(str(model), str(tag)).id
+
+
+# sim-bench's ``method`` -> the catalogue id its keys name (one line per method).
+METHODS = {"dinov2": _dinov2, "dinov3": _dinov3, "openclip": _openclip}
 _DEVICES = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda", "auto": "auto", "tensorrt": "tensorrt"}
 # Rankings by cosine and by Euclidean distance agree on L2-normalized vectors.
 _DISTANCES = ("cosine", "euclidean", "l2")
@@ -67,19 +94,11 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 def method_model_id(cfg: dict[str, Any], where: str = "config") -> str:
     """The registry id a sim-bench method config names (unknown names list the valid ones)."""
     method = cfg.get("method")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"{where}: method {method!r} is not one simx runs; "
                           f"supported: {', '.join(METHODS)}")
     try:
-        if method == "dinov2":
-            variant = cfg.get("variant") or cfg.get("model")
-            if not variant:
-                raise ConfigError(f"{where}: method dinov2 needs variant (small, base, large, giant)")
-            return registry.dinov2(str(variant), bool(cfg.get("registers", False))).id
-        model, tag = cfg.get("model"), cfg.get("pretrained")
-        if not model or not tag:
-            raise ConfigError(f"{where}: method openclip needs model and pretrained")
-        return registry.openclip(str(model), str(tag)).id
+        return METHODS[method](cfg, where)
     except registry.UnknownModelError as e:
         raise ConfigError(f"{where}: {e}") from None
 

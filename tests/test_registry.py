@@ -1,9 +1,12 @@
-"""The model catalogue: lookups, error messages, QuickGELU tags, preprocessing that agrees
+"""The model catalogue: the committed snapshot equals what open_clip and timm list, lookups
+and their error messages, QuickGELU as open_clip records it, preprocessing that agrees
 with open_clip's own config, and ``simx models``."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,20 +15,71 @@ from simx import registry
 from simx.cli import main as cli
 from simx.registry import UnknownModelError
 
-OPENCLIP = [e for e in registry.MODELS.values() if e.family == "openclip"]
+OPENCLIP = [e for e in registry.MODELS.values() if e.source.startswith("open_clip:")]
 DINOV2 = [e for e in registry.MODELS.values() if e.family == "dinov2"]
+# A few entries per CLIP family whose numbers are rebuilt from open_clip's own model.
+SAMPLE = ["openclip-vit-b-32-laion2b_s34b_b79k", "openclip-vit-b-32-openai",
+          "openclip-vit-h-14-laion2b_s32b_b79k", "openclip-rn50-openai",
+          "openclip-vit-b-16-siglip2-256-webli", "openclip-coca_vit-b-32-laion2b_s13b_b90k"]
+
+
+def _make_catalogue():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import make_catalogue
+
+    return make_catalogue
+
+
+def test_snapshot_equals_what_the_libraries_list():
+    """runtime/catalogue.json is what scripts/make_catalogue.py writes from the installed
+    open_clip and timm: every pair of open_clip.list_pretrained(), every timm DINO name,
+    with their configs. (Fields that need each tower built, parameter counts and a timm
+    trunk's stride, are compared in the slow test below.)"""
+    import open_clip
+    import timm
+
+    from simx.export.families import catalogue
+    from simx.export.sources import quiet_logging
+
+    with quiet_logging():
+        fresh = catalogue(measure=False)
+    committed = json.loads(registry.CATALOGUE_PATH.read_text())["models"]
+    assert [r["id"] for r in committed] == [r["id"] for r in fresh], (
+        "runtime/catalogue.json is stale: run python scripts/make_catalogue.py")
+    for ours, theirs in zip(committed, fresh):
+        unmeasured = {k for k, v in theirs.items() if v is None and k in ("params_m", "patch_size")}
+        assert {k: v for k, v in ours.items() if k not in unmeasured} == {
+            k: v for k, v in theirs.items() if k not in unmeasured}, ours["id"]
+    pairs = {(e.variant, e.pretrained) for e in OPENCLIP}
+    assert pairs == set(open_clip.list_pretrained()) and len(pairs) == len(OPENCLIP)
+    timm_names = {e.source_name for e in registry.MODELS.values() if e.source.startswith("timm:")}
+    assert set(timm.list_pretrained("*dinov2*")) <= timm_names
+    assert set(timm.list_pretrained("vit_*_dinov3*")) <= timm_names
+
+
+@pytest.mark.slow
+def test_snapshot_equals_the_generator_output_exactly():
+    make_catalogue = _make_catalogue()
+    assert registry.CATALOGUE_PATH.read_text() == make_catalogue.render(make_catalogue.snapshot())
 
 
 def test_catalogue_holds_what_the_issue_asks_for():
     ids = set(registry.MODELS)
     for v in ("small", "base", "large", "giant"):
         assert {f"dinov2-{v}", f"dinov2-{v}-reg"} <= ids
+    for v in ("small", "small-plus", "base", "large", "huge-plus"):
+        assert {f"dinov3-{v}", f"dinov3-{v}-qkvb"} <= ids
     for model, tag in [("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-B-16", "laion2b_s34b_b88k"),
                        ("ViT-L-14", "laion2b_s32b_b82k"), ("ViT-H-14", "laion2b_s32b_b79k"),
                        ("ViT-B-32", "openai"), ("ViT-B-16", "openai"), ("ViT-L-14", "openai")]:
         e = registry.openclip(model, tag)
         assert e.id == f"openclip-{model.lower()}-{tag}"
         assert e.source == f"open_clip:{model}/{tag}"
+    fams = {e.family for e in registry.MODELS.values()}
+    assert fams == {"dinov2", "dinov3", "openclip-vit", "openclip-timm", "openclip-resnet"}
+    assert registry.get("openclip-rn50-openai").family == "openclip-resnet"
+    assert registry.get("openclip-vit-b-16-siglip2-webli").family == "openclip-timm"
+    assert registry.get("openclip-coca_vit-b-32-laion2b_s13b_b90k").family == "openclip-vit"
 
 
 def test_lookups():
@@ -36,6 +90,12 @@ def test_lookups():
     assert r.id == "dinov2-giant-reg" and r.source == "timm:vit_giant_patch14_reg4_dinov2.lvd142m"
     assert registry.get("openclip-vit-b-32-laion2b_s34b_b79k") is registry.openclip(
         "ViT-B-32", "laion2b_s34b_b79k")
+    d3 = registry.dinov3("small")
+    assert (d3.id, d3.dim, d3.patch_size, d3.source) == (
+        "dinov3-small", 384, 16, "timm:vit_small_patch16_dinov3.lvd1689m")
+    assert registry.dinov3("base", qkvb=True).source == "timm:vit_base_patch16_dinov3_qkvb.lvd1689m"
+    assert registry.dinov3("large", tag="sat493m").id == "dinov3-large-sat493m"
+    assert registry.dinov3("huge_plus").dim == 1280
 
 
 @pytest.mark.parametrize(
@@ -45,8 +105,9 @@ def test_lookups():
         (lambda: registry.dinov2("tiny"), ["small", "base", "large", "giant"]),
         (lambda: registry.openclip("ViT-Q-7", "openai"), ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14"]),
         (lambda: registry.openclip("ViT-B-32", "nope"), ["laion2b_s34b_b79k", "openai", "laion400m_e32"]),
+        (lambda: registry.dinov3("medium"), ["small", "small_plus", "base", "large", "huge_plus"]),
     ],
-    ids=["id", "variant", "model", "tag"],
+    ids=["id", "variant", "model", "tag", "dinov3-variant"],
 )
 def test_failed_lookup_lists_valid_names(call, names):
     with pytest.raises(UnknownModelError) as err:
@@ -58,43 +119,63 @@ def test_failed_lookup_lists_valid_names(call, names):
     assert not msg.startswith("'")  # not KeyError's quoted repr
 
 
-def test_quick_gelu_tags():
-    assert registry.openclip("ViT-B-32", "openai").quick_gelu
-    assert registry.openclip("ViT-B-16", "openai").quick_gelu
-    assert registry.openclip("ViT-L-14", "openai").quick_gelu
-    assert registry.openclip("ViT-B-32", "laion400m_e32").quick_gelu
-    assert not registry.openclip("ViT-B-32", "laion2b_s34b_b79k").quick_gelu
-    assert not registry.openclip("ViT-H-14", "laion2b_s32b_b79k").quick_gelu
-    assert registry.needs_quick_gelu("ViT-B-16", "metaclip_400m")
-    assert registry.needs_quick_gelu("ViT-H-14", "dfn5b")
-    assert not registry.needs_quick_gelu("ViT-B-16", "laion400m_e32")
+def test_failed_lookup_names_the_closest_first():
+    with pytest.raises(UnknownModelError, match=r"closest: ViT-B-32-SigLIP2-256\b"):
+        registry.openclip("ViT-B-32-SigLIP2-265", "webli")
+    with pytest.raises(UnknownModelError, match=r"closest: openclip-vit-b-32-openai"):
+        registry.get("openclip-vit-b-32-opnai")
+    with pytest.raises(UnknownModelError, match="closest: small_plus"):
+        registry.dinov3("small_pls")
 
 
-@pytest.mark.parametrize("entry", OPENCLIP, ids=lambda e: e.id)
-def test_openclip_entries_agree_with_open_clip(entry):
-    """Registry data vs open_clip's own model config and PreprocessCfg (no weights needed)."""
+def test_quick_gelu_is_what_open_clip_records_per_tag():
+    """Not a prefix rule: every entry's flag is the tag's own pretrained cfg value."""
     import open_clip
-    from simx.export.sources import openclip_preprocess, preprocess_from_openclip
+
+    for e in OPENCLIP:
+        assert e.quick_gelu == bool(open_clip.get_pretrained_cfg(e.variant, e.pretrained)
+                                    .get("quick_gelu", False)), e.id
+    assert registry.openclip("ViT-B-32", "openai").quick_gelu
+    assert registry.openclip("ViT-B-32", "laion400m_e32").quick_gelu
+    assert registry.openclip("ViT-B-16", "metaclip_400m").quick_gelu
+    assert registry.openclip("ViT-H-14-quickgelu", "dfn5b").quick_gelu
+    assert not registry.openclip("ViT-B-32", "laion2b_s34b_b79k").quick_gelu
+    assert not registry.openclip("ViT-B-16", "laion400m_e32").quick_gelu
+    assert sum(e.quick_gelu for e in OPENCLIP) == 54
+
+
+@pytest.mark.parametrize("entry", [registry.get(i) for i in SAMPLE], ids=lambda e: e.id)
+def test_openclip_entries_agree_with_open_clip(entry):
+    """Catalogue data vs open_clip's own model config, PreprocessCfg and built tower."""
+    import open_clip
+    import torch
+    from open_clip.model import _build_vision_tower
+    from simx.export.families._openclip import openclip_preprocess
 
     cfg = open_clip.get_model_config(entry.variant)
     assert cfg["embed_dim"] == entry.dim
-    assert cfg["vision_cfg"]["patch_size"] == entry.patch_size
     assert cfg["vision_cfg"]["image_size"] == entry.default_size
-    tag_cfg = open_clip.get_pretrained_cfg(entry.variant, entry.pretrained)
-    assert tag_cfg, f"open_clip has no tag {entry.pretrained} for {entry.variant}"
-    # QuickGELU: the registry rule must agree with what open_clip records for the tag.
-    assert bool(tag_cfg.get("quick_gelu", False)) == entry.quick_gelu
-    for size in (entry.default_size, entry.default_size + 2 * entry.patch_size):
-        ours = entry.preprocess(size)
-        theirs = preprocess_from_openclip(openclip_preprocess(entry.variant, entry.pretrained, size))
-        assert ours == theirs
-    # The parameter count is counted from open_clip's own model, not copied from the code.
-    import torch
-
+    # (the entry's fields, not entry.preprocess(): squash/bilinear PreprocessSpecs need the
+    # runtime's preprocessing modes, which land separately)
+    theirs = openclip_preprocess(entry.variant, entry.pretrained, entry.default_size)
+    assert (entry.resize, entry.default_size) == (theirs["size"], theirs["size"])
+    assert (entry.mean, entry.std) == (tuple(theirs["mean"]), tuple(theirs["std"]))
+    assert (entry.resize_mode, entry.interpolation) == (theirs["resize_mode"],
+                                                        theirs["interpolation"])
+    # The parameter count is counted from open_clip's own tower, not copied from the code.
     with torch.device("meta"):  # no memory, no init time
-        m = open_clip.model.CLIP(**cfg, quick_gelu=entry.quick_gelu)
-    params = sum(p.numel() for p in m.visual.parameters()) / 1e6
+        m = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=entry.quick_gelu)
+    params = sum(p.numel() for p in m.parameters()) / 1e6
     assert abs(params - entry.params_m) / entry.params_m < 0.01, (entry.id, params)
+
+
+def test_preprocessing_modes_come_from_the_tags():
+    siglip = registry.get("openclip-vit-so400m-14-siglip-384-webli")
+    assert (siglip.default_size, siglip.resize_mode, siglip.mean) == (384, "squash", (0.5,) * 3)
+    mobile = registry.get("openclip-mobileclip-s1-datacompdr")
+    assert (mobile.interpolation, mobile.mean, mobile.std) == ("bilinear", (0.0,) * 3, (1.0,) * 3)
+    assert registry.get("openclip-vit-l-14-laion2b_s32b_b82k").mean == (0.5,) * 3
+    assert registry.get("openclip-vit-b-32-openai").mean == registry.OPENAI_MEAN
 
 
 @pytest.mark.parametrize("entry", [e for e in DINOV2 if not e.registers], ids=lambda e: e.id)
@@ -122,6 +203,14 @@ def test_dinov2_preprocess_scales_with_size():
         e.preprocess(225)
 
 
+def test_unknown_family_fails_loudly():
+    from simx.export.families import FAMILIES, UnknownFamilyError, family
+
+    assert set(FAMILIES) == set(registry.families())
+    with pytest.raises(UnknownFamilyError, match="unknown model family 'openclip'.*dinov2"):
+        family("openclip")
+
+
 def test_models_command_table():
     r = CliRunner().invoke(cli, ["models"])
     assert r.exit_code == 0, r.output
@@ -132,6 +221,28 @@ def test_models_command_table():
     assert "384" in body["dinov2-small"] and "resize 256 bicubic -> crop 224" in body["dinov2-small"]
     assert "QuickGELU" in body["openclip-vit-b-32-openai"]
     assert "QuickGELU" not in body["openclip-vit-b-32-laion2b_s34b_b79k"]
+    assert body["dinov3-small"].rstrip().endswith("simx export dinov3 --variant small")
+    assert "squash 384 bicubic -> crop 384, 0.5 mean/std" in body["openclip-vit-so400m-14-siglip-384-webli"]
+
+
+def test_models_command_filters_and_marks_exported(tmp_path, monkeypatch):
+    (tmp_path / "dinov2-small.onnx").write_bytes(b"x")
+    (tmp_path / "dinov2-small-int8.onnx").write_bytes(b"x")
+    (tmp_path / "not-a-model.onnx").write_bytes(b"x")
+    monkeypatch.setenv("SIMX_MODELS_DIR", str(tmp_path))
+    r = CliRunner().invoke(cli, ["models", "--family", "dinov2"])
+    assert r.exit_code == 0, r.output
+    body = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()[2:]}
+    assert set(body) == {e.id for e in DINOV2}
+    assert "fp32,int8" in body["dinov2-small"] and "-" in body["dinov2-base"]
+    r = CliRunner().invoke(cli, ["models", "siglip2", "--json"])
+    rows = json.loads(r.stdout)
+    assert rows and all("siglip2" in (x["id"] + x["source"]).lower() for x in rows)
+    r = CliRunner().invoke(cli, ["models", "--exported", "--json"])
+    assert [(x["id"], x["exported"]) for x in json.loads(r.stdout)] == [
+        ("dinov2-small", ["fp32", "int8"])]
+    r = CliRunner().invoke(cli, ["models", "no-such-thing"])
+    assert r.exit_code == 2 and "no model matches 'no-such-thing'" in r.stderr
 
 
 def test_models_command_json():
@@ -148,3 +259,4 @@ def test_models_command_json():
     assert by_id["openclip-vit-l-14-openai"]["quick_gelu"] is True
     h14 = "openclip-vit-h-14-laion2b_s32b_b79k"  # the count itself is checked against open_clip above
     assert by_id[h14]["params_m"] == registry.get(h14).params_m
+    assert by_id[h14]["command"] == "simx export openclip --model ViT-H-14 --pretrained laion2b_s32b_b79k"

@@ -1,0 +1,203 @@
+"""What the three OpenCLIP families share: names and preprocessing from open_clip's own
+configs, the image tower built by ``open_clip.create_model`` with its weight loading.
+
+The families differ in which architectures they own (how ``vision_cfg`` builds the
+tower: open_clip's VisionTransformer, its ModifiedResNet, or a timm trunk), in their
+random-weight recipe, and in how the size multiple is found.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from simx.errors import SimxError
+from simx.spec import PreprocessSpec
+
+from ._base import Family, count_params, entry_row
+
+if TYPE_CHECKING:
+    from simx.registry import ModelEntry
+
+    from ..sources import Built
+
+
+def tower_kind(model_cfg: dict[str, Any]) -> str:
+    """Which family owns an open_clip model config: "timm", "resnet" or "vit"."""
+    vision = model_cfg["vision_cfg"]
+    if vision.get("timm_model_name"):
+        return "timm"
+    if isinstance(vision.get("layers"), (list, tuple)):
+        return "resnet"
+    return "vit"
+
+
+def openclip_preprocess(model: str, tag: str, image_size: int) -> dict[str, Any]:
+    """open_clip's own PreprocessCfg for ``model``/``tag`` at ``image_size``, as a dict.
+
+    Built the way ``open_clip.create_model`` builds it (defaults, then the tag's
+    pretrained config, then the visual tower's size) but without touching any weights,
+    so random-weight exports describe the same preprocessing as real ones.
+    """
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfg = asdict(PreprocessCfg())
+    tag_cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not tag_cfg:
+        raise SimxError(f"open_clip {open_clip.__version__} has no pretrained tag {tag!r} for {model}")
+    cfg = merge_preprocess_dict(cfg, tag_cfg)
+    cfg["size"] = image_size
+    return cfg
+
+
+def preprocess_from_openclip(cfg: dict[str, Any]) -> PreprocessSpec:
+    size = cfg["size"]
+    if isinstance(size, (tuple, list)):
+        if size[0] != size[1]:
+            raise SimxError(f"open_clip preprocess size {size} is not square")
+        size = size[0]
+    return PreprocessSpec(
+        resize=int(size),
+        crop=int(size),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        resize_mode=cfg["resize_mode"],
+        interpolation=cfg["interpolation"],
+    )
+
+
+class OpenClipImage(nn.Module):
+    """``encode_image(x)`` (not normalized) of an open_clip model, keeping only the visual
+    tower. CoCa's tower returns (pooled, tokens); its ``encode_image`` keeps the pooled
+    latent, so this does too."""
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.visual(pixel_values)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class OpenClipFamily(Family):
+    """The image towers of ``open_clip.list_pretrained()`` whose config ``kind`` owns."""
+
+    kind: str = ""
+    library = "open_clip"
+    output = "encode_image (not normalized); runtime L2-normalizes"
+
+    def size_multiple(self, model_cfg: dict[str, Any], visual: nn.Module | None) -> int | None:
+        """The input size must be a multiple of this (patch size, or total stride); None
+        when only the built ``visual`` would tell."""
+        return int(model_cfg["vision_cfg"].get("patch_size", 32))
+
+    def entries(self, measure: bool = True) -> list[dict[str, Any]]:
+        import open_clip
+        from open_clip.model import _build_vision_tower
+
+        rows = []
+        built: dict[tuple[str, bool], tuple[float, int]] = {}
+        for model, tag in open_clip.list_pretrained():
+            cfg = open_clip.get_model_config(model)
+            if cfg is None or tower_kind(cfg) != self.kind:
+                continue
+            tag_cfg = open_clip.get_pretrained_cfg(model, tag)
+            quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+            if not measure:
+                built[model, quick_gelu] = (None, self.size_multiple(cfg, None))
+            elif (model, quick_gelu) not in built:
+                with torch.device("meta"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"],
+                                                 quick_gelu=quick_gelu)
+                built[model, quick_gelu] = (count_params(visual), self.size_multiple(cfg, visual))
+            params, multiple = built[model, quick_gelu]
+            size = cfg["vision_cfg"]["image_size"]
+            if isinstance(size, (list, tuple)):
+                size = size[0] if size[0] == size[1] else size
+            # The raw PreprocessCfg values, not a PreprocessSpec: the catalogue lists a tag
+            # even where this simx's runtime cannot yet run its preprocessing.
+            pre = openclip_preprocess(model, tag, size)
+            text_cfg = cfg.get("text_cfg", {})
+            rows.append(entry_row(
+                id=f"openclip-{model.lower()}-{tag}", family=self.name, variant=model,
+                source=f"open_clip:{model}/{tag}", dim=int(cfg["embed_dim"]), params_m=params,
+                patch_size=multiple, default_size=int(size), resize=int(size),
+                pretrained=tag, quick_gelu=quick_gelu, mean=pre["mean"], std=pre["std"],
+                resize_mode=pre["resize_mode"], interpolation=pre["interpolation"],
+                # simx ships the CLIP BPE tokenizer only, and exports CLIP's encode_text.
+                text=not text_cfg.get("hf_tokenizer_name") and "multimodal_cfg" not in cfg,
+                command=f"simx export openclip --model {model} --pretrained {tag}",
+            ))
+        return rows
+
+    def build(self, entry: ModelEntry, weights: str, image_size: int) -> Built:
+        """The visual tower of an open_clip model: ``encode_image`` without normalisation."""
+        import open_clip
+
+        from ..sources import (RANDOM_SEED, Built, WeightsError, _hub_download, first_line,
+                               is_torchscript, quiet_logging, read_checkpoint)
+
+        model_name, tag = entry.variant, entry.pretrained
+        assert tag is not None
+        common: dict[str, Any] = dict(
+            force_quick_gelu=entry.quick_gelu,
+            force_image_size=image_size,
+            pretrained_image=False,
+            pretrained_text=False,
+        )
+        if weights == "random":
+            torch.manual_seed(RANDOM_SEED)
+            with quiet_logging():
+                model = open_clip.create_model(model_name, pretrained=None, **common)
+            self.randomize(model.visual)
+            label = "random"
+        elif weights == "pretrained":
+            with _hub_download(entry.id):
+                model = open_clip.create_model(
+                    model_name, pretrained=tag, require_pretrained=True, **common
+                )
+            label = "pretrained"
+        else:
+            # Read it ourselves first: a clear error for a missing or unreadable file, and
+            # the digest. open_clip then loads it with its own key conversions and resizing.
+            _, digest = read_checkpoint(weights)
+            with quiet_logging():
+                model = open_clip.create_model(model_name, pretrained=None, **common)
+            jit = is_torchscript(Path(weights))
+            try:
+                # TorchScript archives need weights_only=False, which torch routes to
+                # torch.jit.load (no arbitrary unpickling); the rest stays weights_only.
+                with warnings.catch_warnings():
+                    if jit:  # torch's "dispatching to torch.jit.load" / "deprecated" notes
+                        warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+                    open_clip.load_checkpoint(model, str(weights), weights_only=not jit)
+            except Exception as e:
+                raise WeightsError(
+                    f"checkpoint {weights} does not fit {entry.id}: {first_line(e)}"
+                ) from None
+            label = f"sha256:{digest}"
+
+        pre = preprocess_from_openclip(openclip_preprocess(model_name, tag, image_size))
+        ours = entry.preprocess(image_size)
+        if pre != ours:
+            raise SimxError(
+                f"catalogue preprocessing for {entry.id} ({ours}) differs from open_clip's "
+                f"({pre}); regenerate runtime/catalogue.json with scripts/make_catalogue.py"
+            )
+        module = OpenClipImage(model.visual).eval()
+        del model
+        return Built(
+            module=module,
+            weights=label,
+            preprocess=pre,
+            normalize=True,  # encode_image is not L2-normalized; the runtime does it
+            extra={"output": self.output, "quick_gelu": entry.quick_gelu},
+        )
