@@ -315,3 +315,27 @@ def test_readers_never_see_a_mixed_state_while_a_writer_commits(tmp_path):
         stop.set()
         t.join()
     assert len(commits) >= 10
+
+
+def test_batches_seam_feeds_the_same_cache_in_any_order(folder, enc, tmp_path):
+    """Another engine (Ray) hands batches to embed_into_cache through ``batches``; they may
+    arrive in any order and any size, and the cache must equal the default run's."""
+    from simx.encoder import Batch
+
+    seen: list[list[str]] = []
+
+    def reversed_batches(todo: list[str]):
+        seen.append(list(todo))
+        got = list(enc.iter_embed(todo, 3))
+        for b in reversed(got):
+            yield Batch(list(b.indices), b.embeddings, list(b.failures))
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    rep = run(folder, enc, a, batches=reversed_batches, commit_every=4)
+    assert rep.embedded == len(seen[0]) > 0 and seen[0] == sorted(seen[0])
+    run(folder, enc, b)
+    assert_same_cache(a, b)
+    # An unchanged re-run asks the engine for nothing.
+    seen.clear()
+    run(folder, enc, a, batches=reversed_batches)
+    assert seen == [] or seen == [[]]
