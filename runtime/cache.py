@@ -867,6 +867,9 @@ class CacheWriter:
         self._lock_fd: int | None = None
         self.keep_meta: dict[str, Any] | None = None
         self._staged: _Staged | None = None
+        # Segment files without a cache.json are a crashed first commit if a simx writer
+        # held this folder (its .lock is there), else another tool's shards: not ours.
+        self._ours = (self.directory / LOCK).exists() or (self.directory / META).exists()
         self._clear_special(force)
         self._lock(lock_timeout)
         try:
@@ -980,7 +983,7 @@ class CacheWriter:
                 (d / MANIFEST).unlink()
             for name in (*(n + NEW for n in DATA_FILES), MANIFEST + TMP):
                 (d / name).unlink(missing_ok=True)
-            if (d / META).exists():
+            if (d / META).exists() or self._ours:
                 self._remove_orphans(set())
             return
         try:
@@ -1019,7 +1022,9 @@ class CacheWriter:
         d = self.directory
         empty = CacheState({}, [], [], np.zeros((0, int(self.spec.dim)), np.float32))
         if not (d / META).exists():
-            leftovers = [n for n in (EMBEDDINGS, INDEX, EMB_DIR, META_DIR) if (d / n).exists()]
+            mine = (EMB_DIR, META_DIR) if self._ours else ()
+            leftovers = [n for n in (EMBEDDINGS, INDEX, EMB_DIR, META_DIR)
+                         if (d / n).exists() and n not in mine]
             if leftovers and not force:
                 raise CacheError(
                     f"{d} holds {', '.join(leftovers)} but no {META}; not a simx cache "
@@ -1148,8 +1153,6 @@ class CacheWriter:
         new_segments = [dict(s) for s in self._segments]
         placed: list[Path] = []
         try:
-            if not (self.directory / META).exists():
-                self._publish([], [])  # a first manifest: files named by none are then orphans
             if self._v1 is not None:
                 placed += self._place_v1()
             if staged is not None and staged.rows:
