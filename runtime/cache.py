@@ -1,28 +1,41 @@
-"""The feature cache: a folder numpy and a JSON reader can use without simx.
+"""The feature cache: a folder numpy, pyarrow and embedding-reader can use without simx.
 
-Files (all rows in canonical order: sorted by path):
-- ``embeddings.npy``  float32 [N, D]; ``np.load(path, mmap_mode="r")`` works;
-- ``index.jsonl``     one ``{"path", "size", "mtime_ns"}`` per row of embeddings.npy;
-- ``failed.jsonl``    one ``{"path", "error", ...}`` per file that could not be embedded;
-- ``cache.json``      format, model id, spec hash, dim, count, failed, simx version.
+Format 2 (written by this simx), append-only segments:
+- ``cache.json``            the marker *and* the manifest: model identity (format, model id,
+  spec hash, dim, options), ``count``, the live ``segments`` (id, row count, tombstoned
+  rows), and the ``failures``. It is replaced by one atomic rename per commit: *that rename
+  is the commit point*, and the only file a commit rewrites.
+- ``img_emb/img_emb_N.npy``  float32 [n, D] rows of segment N (``np.load(mmap_mode="r")``);
+- ``metadata/metadata_N.parquet``  row-aligned: path (+ ``path_hex`` for names that are not
+  UTF-8), size, mtime_ns, ctime_ns, ino. This is the sharded npy + row-aligned metadata
+  layout of clip-retrieval, autofaiss and embedding-reader (``parquet_npy``); parquet rather
+  than jsonl because those tools read only parquet metadata, and pyarrow reads 1M rows in
+  a fraction of the time json does (benchmarks/results/cache_scale_amd-epyc-2c.md).
+- ``failed.jsonl``          a mirror of the manifest's failures, one ``{"path", "error"}`` a line.
+
+A live row is a segment row not in that segment's ``dead`` list (a file that changed,
+was re-embedded or is gone). ``FeatureCache.embeddings`` is the live rows, segment after
+segment. Tools that read ``img_emb/`` without the manifest see dead rows too until
+``simx cache compact`` merges the segments into one and drops them (also done
+automatically when dead rows pass ``COMPACT_DEAD_FRACTION``).
+
+Commit (cost O(rows added): nothing committed is rewritten). Rows stream to
+``.staging/img_emb_N.npy.new`` as batches finish (header patched at commit), so memory
+stays bounded. A commit fsyncs the staged files, renames them into ``img_emb/`` and
+``metadata/`` (segment files no manifest names are invisible: orphans), then renames the
+new ``cache.json``. A crash before that rename leaves the previous commit and orphans
+that the next writer deletes; after it, the new commit.
+
+Format 1 (``embeddings.npy`` + ``index.jsonl`` + ``failed.jsonl`` + ``cache.json``, with a
+``commit.json`` redo log) is still read, and upgraded at the first commit: its
+``embeddings.npy`` becomes a segment by hard link (not rewritten).
 
 Paths are absolute with their *directories* resolved (cwd, ``..`` and directory
 symlinks canonicalised) but the file name kept as walked, so a symlinked image is keyed
 by the name the user sees and a broken symlink is reported under its own name.
 
-Crash safety. Four files must change together, and a rename is atomic for one file
-only, so a commit is a tiny redo log:
-1. write every new file as ``NAME.new``, fsync each;
-2. write ``commit.json`` (the manifest naming the files) via a temp file, fsync, rename,
-   fsync the folder: *this rename is the commit point*;
-3. rename each ``NAME.new`` over ``NAME``, fsync the folder;
-4. remove ``commit.json``.
-Whoever next takes the write lock first finishes a pending manifest's renames (redo),
-then deletes stray ``*.new``/``*.tmp`` files of an uncommitted write. A crash before (2)
-leaves the previous commit; a crash after (2) leaves the new one. Readers never take the
-lock: they resolve a pending manifest themselves and check that the files agree.
-
 One writer at a time: ``fcntl.flock`` on ``.lock`` (never deleted, which would race).
+Readers never take the lock: they check that ``cache.json`` did not change while they read.
 """
 
 from __future__ import annotations
@@ -31,12 +44,13 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +65,26 @@ except ImportError:  # pragma: no cover - exercised by a subprocess test
     fcntl = None  # type: ignore[assignment]
 
 FORMAT = "simx-feature-cache"
-FORMAT_VERSION = 1
-EMBEDDINGS = "embeddings.npy"
-INDEX = "index.jsonl"
+FORMAT_VERSION = 2
+EMBEDDINGS = "embeddings.npy"  # format 1
+INDEX = "index.jsonl"  # format 1
 FAILED = "failed.jsonl"
 META = "cache.json"
-DATA_FILES = (EMBEDDINGS, INDEX, FAILED, META)
-MANIFEST = "commit.json"
+DATA_FILES = (EMBEDDINGS, INDEX, FAILED, META)  # format 1's four files
+MANIFEST = "commit.json"  # format 1's redo log
 LOCK = ".lock"
 NEW = ".new"
 TMP = ".tmp"
+EMB_DIR = "img_emb"
+META_DIR = "metadata"
+STAGING = ".staging"
+# Compact when more than this fraction of the stored rows are dead: below it, a reader
+# pays at most 1/(1-0.25) = 1.33x the bytes of the live rows, and each compaction rewrites
+# at most 3 live rows per dead one (benchmarks/cache_scale.py measures both ends).
+COMPACT_DEAD_FRACTION = 0.25
+# ... or when this many segments pile up (a long run commits every 30 s): opening a cache
+# costs one npy header and one parquet footer per segment.
+COMPACT_SEGMENTS = 512
 
 
 class CacheError(SimxError):
@@ -249,8 +273,10 @@ class CacheState:
     meta: dict[str, Any]
     rows: list[Row]
     failures: list[Failure]
-    embeddings: np.ndarray  # read-only memmap [N, D]
+    embeddings: Any  # read-only [N, D]: a memmap, or SegmentedEmbeddings over several
     identity: tuple = ()  # (path, inode, size, mtime_ns) of each file read: new at every commit
+    # Where each live row is stored: (segment id, row in the segment); -1 is format 1's file.
+    locs: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _pending_names(d: Path) -> list[str] | None:
@@ -299,6 +325,8 @@ class _Raced(Exception):
 
 
 def _read_once(d: Path) -> CacheState:
+    if _version_of(d) >= 2:
+        return _read_v2_once(d)
     files = _current_files(d)
     before = _identity(files)
     try:
@@ -316,6 +344,7 @@ def _read_once(d: Path) -> CacheState:
     if _identity(_current_files(d)) != before:
         raise _Raced()
     state.identity = before
+    state.locs = [(-1, i) for i in range(len(state.rows))]
     return state
 
 
@@ -330,11 +359,7 @@ def _parse(d: Path, files: dict[str, Path]) -> CacheState:
         raise damaged(files[META], f"a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT:
         raise CacheError(f"{d}: {META} is not a simx feature cache (format {meta.get('format')!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CacheError(f"{d}: cache format {meta['format_version']} is newer than this simx; upgrade")
-    for key in ("count", "dim"):
-        if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool) or meta[key] < 0:
-            raise damaged(files[META], f"{key} is {meta.get(key)!r}, not a count")
+    _check_meta(d, files[META], meta)
     rows = [_row_from(r) for r in _read_jsonl(files[INDEX])]
     _check_sorted([r.path for r in rows], files[INDEX])
     failures = [_failure_from(r) for r in _read_jsonl(files[FAILED])]
@@ -349,6 +374,264 @@ def _parse(d: Path, files: dict[str, Path]) -> CacheState:
 def _consistent(s: CacheState) -> bool:
     n, dim = s.meta["count"], s.meta["dim"]
     return len(s.rows) == n == s.embeddings.shape[0] and s.embeddings.shape[1] == dim
+
+
+# ----------------------------------------------------------------------------- format 2
+def _check_meta(d: Path, where: Path, meta: dict[str, Any]) -> None:
+    """The fields every reader relies on, for either format."""
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CacheError(f"{d}: cache format {meta['format_version']} is newer than this simx; upgrade")
+    for key in ("count", "dim"):
+        if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool) or meta[key] < 0:
+            raise damaged(where, f"{key} is {meta.get(key)!r}, not a count")
+
+
+def _version_of(d: Path) -> int:
+    """The format of the committed cache.json (1 when unreadable: format 1's reader explains)."""
+    p = d / META
+    try:
+        if not stat.S_ISREG(os.stat(p).st_mode):
+            return 1
+        meta = json.loads(p.read_bytes())
+    except (OSError, ValueError):
+        return 1
+    v = meta.get("format_version") if isinstance(meta, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) else 1
+
+
+def emb_path(d: Path, seg: int) -> Path:
+    return d / EMB_DIR / f"img_emb_{seg}.npy"
+
+
+def meta_path(d: Path, seg: int) -> Path:
+    return d / META_DIR / f"metadata_{seg}.parquet"
+
+
+_SEG_NAME = re.compile(r"^(?:img_emb|metadata)_(\d+)\.(?:npy|parquet)$")
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CacheError("simx caches keep their row metadata in parquet, which needs pyarrow: "
+                         "pip install 'simx-embed[cpu]' (or pip install pyarrow)") from None
+    return pa, pq
+
+
+def _rows_table(rows: Sequence[Row]) -> Any:
+    """Row-aligned metadata as an Arrow table (path_hex only where a name is not UTF-8)."""
+    pa, _ = _pyarrow()
+    enc = [encode_path(r.path) for r in rows]
+    cols: dict[str, Any] = {
+        "path": pa.array([e["path"] for e in enc], pa.string()),
+        "size": pa.array([r.size for r in rows], pa.int64()),
+        "mtime_ns": pa.array([r.mtime_ns for r in rows], pa.int64()),
+        "ctime_ns": pa.array([r.ctime_ns for r in rows], pa.int64()),
+        "ino": pa.array([r.ino for r in rows], pa.int64()),
+    }
+    if any("path_hex" in e for e in enc):
+        cols["path_hex"] = pa.array([e.get("path_hex") for e in enc], pa.string())
+    return pa.table(cols)
+
+
+def _write_rows_parquet(path: Path, rows: Sequence[Row]) -> None:
+    _, pq = _pyarrow()
+    pq.write_table(_rows_table(rows), str(path), compression="zstd")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_rows_parquet(path: Path) -> list[Row]:
+    _, pq = _pyarrow()
+    _require_regular(path)
+    t = pq.read_table(str(path))
+    cols = {n: t.column(n).to_pylist() for n in t.column_names}
+    paths = cols["path"]
+    if "path_hex" in cols:
+        paths = [os.fsdecode(bytes.fromhex(h)) if h else p for p, h in zip(paths, cols["path_hex"])]
+    if any(not isinstance(p, str) for p in paths):
+        raise damaged(path, "a path is not a string")
+    n = len(paths)
+    ctime = cols.get("ctime_ns", [None] * n)
+    ino = cols.get("ino", [None] * n)
+    return [Row(p, s, m, c, i) for p, s, m, c, i in
+            zip(paths, cols["size"], cols["mtime_ns"], ctime, ino)]
+
+
+def _segments_of(where: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    segs = meta.get("segments")
+    if not isinstance(segs, list):
+        raise damaged(where, "the manifest has no list of segments")
+    out = []
+    for s in segs:
+        if not (isinstance(s, dict) and isinstance(s.get("id"), int) and isinstance(s.get("rows"), int)
+                and isinstance(s.get("dead", []), list)):
+            raise damaged(where, f"a malformed segment entry {s!r}")
+        dead = s.get("dead", [])
+        if any(not isinstance(x, int) or not 0 <= x < s["rows"] for x in dead):
+            raise damaged(where, f"segment {s['id']} tombstones a row it does not have")
+        out.append({"id": s["id"], "rows": s["rows"], "dead": sorted(set(dead))})
+    return out
+
+
+class SegmentedEmbeddings:
+    """The live rows of several segments as one read-only array-like [N, D].
+
+    Indexing (an int, a slice, an int or bool array) gathers from the per-segment memmaps;
+    ``np.asarray`` concatenates. A compacted cache needs none of this: its ``embeddings``
+    is the single segment's memmap.
+    """
+
+    def __init__(self, parts: list[np.ndarray], keeps: list[np.ndarray | None], dim: int) -> None:
+        self._parts = parts
+        self._keeps = keeps
+        counts = [len(p) if k is None else len(k) for p, k in zip(parts, keeps)]
+        self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self.shape = (int(self._starts[-1]), int(dim))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _gather(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), self.shape[1]), np.float32)
+        seg = np.searchsorted(self._starts, idx, side="right") - 1
+        for j in np.unique(seg):
+            m = seg == j
+            local = idx[m] - self._starts[j]
+            keep = self._keeps[j]
+            out[m] = self._parts[j][local if keep is None else keep[local]]
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        n = self.shape[0]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (n if key < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {key} is out of range for {n} rows")
+            out = self._gather(np.array([i], np.int64))[0]
+        elif isinstance(key, slice):
+            out = self._gather(np.arange(n, dtype=np.int64)[key])
+        else:
+            a = np.asarray(key)
+            if a.dtype == bool:
+                if a.shape != (n,):
+                    raise IndexError(f"a boolean index of shape {a.shape} for {n} rows")
+                a = np.flatnonzero(a)
+            a = a.astype(np.int64)
+            a = np.where(a < 0, a + n, a)
+            if a.size and (a.min() < 0 or a.max() >= n):
+                raise IndexError(f"a row index is out of range for {n} rows")
+            out = self._gather(a.ravel()).reshape(*a.shape, self.shape[1])
+        return out[(Ellipsis, *rest)] if rest else out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.concatenate([p if k is None else p[k] for p, k in zip(self._parts, self._keeps)]
+                             or [np.zeros((0, self.shape[1]), np.float32)])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __iter__(self) -> Iterable[np.ndarray]:
+        for i in range(self.shape[0]):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"SegmentedEmbeddings(shape={self.shape}, segments={len(self._parts)})"
+
+
+def _stat_id(p: Path) -> tuple[str, int, int, int]:
+    try:
+        st = os.stat(p)
+        return (str(p), st.st_ino, st.st_size, st.st_mtime_ns)
+    except FileNotFoundError:
+        return (str(p), -1, -1, -1)
+
+
+def _read_v2_once(d: Path) -> CacheState:
+    """One read of a format-2 cache; a commit that replaced cache.json meanwhile is a race."""
+    before = (_stat_id(d / META),)
+    try:
+        raw = (d / META).read_bytes()
+        state = _parse_v2(d, raw)
+    except CacheError:
+        if (_stat_id(d / META),) != before:
+            raise _Raced() from None
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, IndexError) as e:
+        if (_stat_id(d / META),) != before:
+            raise _Raced() from None  # a compaction removed a segment we were opening
+        raise damaged(d, f"{type(e).__name__}: {e}") from None
+    if (_stat_id(d / META),) != before:
+        raise _Raced()
+    state.identity = (*before, ("manifest", hashlib.sha256(raw).hexdigest()))
+    return state
+
+
+def _parse_v2(d: Path, raw: bytes) -> CacheState:
+    where = d / META
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise damaged(where, "not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise damaged(where, f"a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT:
+        raise CacheError(f"{d}: {META} is not a simx feature cache (format {meta.get('format')!r})")
+    _check_meta(d, where, meta)
+    dim = meta["dim"]
+    parts, keeps, rows, locs = [], [], [], []
+    for s in _segments_of(where, meta):
+        ep, mp = emb_path(d, s["id"]), meta_path(d, s["id"])
+        _require_regular(ep)
+        emb = np.load(ep, mmap_mode="r", allow_pickle=False)
+        if not isinstance(emb, np.ndarray) or emb.dtype != np.float32 or emb.ndim != 2:
+            raise damaged(ep, "not one float32 [n, D] .npy array")
+        if emb.shape != (s["rows"], dim):
+            raise damaged(ep, f"shape {emb.shape}, the manifest says ({s['rows']}, {dim})")
+        seg_rows = _read_rows_parquet(mp)
+        if len(seg_rows) != s["rows"]:
+            raise damaged(mp, f"{len(seg_rows)} rows, the manifest says {s['rows']}")
+        if s["dead"]:
+            live = np.ones(s["rows"], bool)
+            live[s["dead"]] = False
+            keep = np.flatnonzero(live)
+            rows += [seg_rows[i] for i in keep]
+            locs += [(s["id"], int(i)) for i in keep]
+        else:
+            keep = None
+            rows += seg_rows
+            locs += [(s["id"], i) for i in range(s["rows"])]
+        parts.append(emb)
+        keeps.append(keep)
+    if len(rows) != meta["count"]:
+        raise damaged(where, f"{len(rows)} live rows, the manifest says {meta['count']}")
+    if len({r.path for r in rows}) != len(rows):
+        seen: set[str] = set()
+        dup = next(r.path for r in rows if r.path in seen or seen.add(r.path))
+        raise damaged(where, f"{dup!r} is duplicated: two live rows")
+    fails = meta.get("failures", [])
+    if not isinstance(fails, list) or any(not isinstance(f, dict) for f in fails):
+        raise damaged(where, "failures is not a list of objects")
+    failures = [_failure_from(f) for f in fails]
+    if len(parts) == 1 and keeps[0] is None:
+        embeddings: Any = parts[0]  # a compacted cache is one array
+    elif not parts:
+        embeddings = np.zeros((0, dim), np.float32)
+    else:
+        embeddings = SegmentedEmbeddings(parts, keeps, dim)
+    return CacheState(meta, rows, failures, embeddings, locs=locs)
 
 
 def read_state(d: str | os.PathLike[str], retries: int = 3,
@@ -380,10 +663,13 @@ def read_state(d: str | os.PathLike[str], retries: int = 3,
         time.sleep(0.01)
 
 
+
+
 class FeatureCache:
     """Read access to a cache folder that ``simx embed`` wrote.
 
-    ``embeddings`` is a read-only memmap [N, D]; row i belongs to ``paths[i]``.
+    ``embeddings`` is read-only [N, D] (one memmap once compacted, else a
+    ``SegmentedEmbeddings`` over the segments' memmaps); row i belongs to ``paths[i]``.
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
@@ -392,11 +678,11 @@ class FeatureCache:
         self.meta: dict[str, Any] = s.meta
         self.rows: list[Row] = s.rows
         self.failures: list[Failure] = s.failures
-        self.embeddings: np.ndarray = s.embeddings
+        self.embeddings: Any = s.embeddings  # [N, D]: a memmap, or SegmentedEmbeddings
         self.paths: list[str] = [r.path for r in s.rows]
         self._row = {p: i for i, p in enumerate(self.paths)}
-        # Every commit replaces all four files by rename, so their inodes and mtimes name
-        # the commit: what a derived file (the FAISS index) is keyed on.
+        # Every commit replaces cache.json (format 1: all four files) by rename, so inodes,
+        # mtimes and the manifest's hash name the commit: what the FAISS index is keyed on.
         ident = repr([(os.path.basename(p), *rest) for p, *rest in s.identity])
         self.commit_id: str = hashlib.sha256(ident.encode()).hexdigest()[:16]
 
@@ -464,30 +750,98 @@ def make_meta(spec: Any, count: int, failed: int,
     } | ({"model_path": os.path.abspath(os.fspath(model_path))} if model_path else {})
 
 
-def _preallocate(path: Path) -> None:
-    """Reserve a file's blocks now, so a full disk fails here with ENOSPC."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-    except OSError as e:
-        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
-    finally:
-        os.close(fd)
-
-
 def _flags(options: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items()) or "default options"
 
 
+def identity_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of cache.json that ``make_meta`` writes (what a re-run compares), without the
+    manifest's bookkeeping (segments, failures, generation)."""
+    return {k: v for k, v in meta.items() if k not in ("segments", "failures", "generation",
+                                                       "next_segment")}
+
+
+_NPY_HEADER = 128  # bytes reserved for a streamed segment's .npy header (patched at commit)
+
+
+def _npy_header(n: int, dim: int) -> bytes:
+    """A version-1.0 .npy header for float32 [n, dim], padded to exactly _NPY_HEADER bytes."""
+    d = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + f"{n}, {dim}" + "), }"
+    body = d.ljust(_NPY_HEADER - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
+
+
+class _Staged:
+    """The segment the next commit adds, streamed to disk as rows arrive."""
+
+    def __init__(self, directory: Path, seg: int, dim: int) -> None:
+        self.seg, self.dim = seg, dim
+        self.emb = directory / STAGING / f"img_emb_{seg}.npy{NEW}"
+        self.meta = directory / STAGING / f"metadata_{seg}.parquet{NEW}"
+        self.fd = os.open(self.emb, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.size = 0
+        self.rows: list[Row] = []
+        self.dead: set[int] = set()
+        try:
+            self._write(_npy_header(0, dim))
+        except OSError:
+            self.discard()
+            raise
+
+    def _write(self, data: bytes) -> None:
+        # Reserve the blocks first, so a full disk fails here with ENOSPC, not later.
+        try:
+            os.posix_fallocate(self.fd, self.size, len(data))
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        view = memoryview(data)
+        while view:
+            k = os.pwrite(self.fd, view, self.size)
+            self.size += k
+            view = view[k:]
+
+    def append(self, rows: Sequence[Row], emb: np.ndarray) -> None:
+        a = np.ascontiguousarray(emb, dtype=np.float32)
+        if a.shape != (len(rows), self.dim):
+            raise ValueError(f"embeddings are {a.shape}, expected {(len(rows), self.dim)}")
+        self._write(a.tobytes())
+        self.rows.extend(rows)
+
+    def finish(self) -> None:
+        """Patch the header with the row count; fsync; write the metadata beside it."""
+        os.pwrite(self.fd, _npy_header(len(self.rows), self.dim), 0)
+        os.fsync(self.fd)
+        self.close()
+        _write_rows_parquet(self.meta, self.rows)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        for p in (self.emb, self.meta):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
 class CacheWriter:
-    """The single writer of a cache folder: holds the lock, recovers, commits atomically.
+    """The single writer of a cache folder: holds the lock, recovers, appends, commits.
 
     Opening it takes the lock (waiting up to ``lock_timeout`` seconds; 0 fails at once,
     a negative value waits forever), finishes or discards any interrupted commit, and
     loads the committed state. A cache whose spec hash differs from ``spec`` is refused
-    unless ``force``, which starts from an empty state (the old files are replaced at
-    the first commit, so an interrupted ``--force`` run leaves the old cache intact).
+    unless ``force``, which starts from an empty state (the old files are dropped at the
+    first commit, so an interrupted ``--force`` run leaves the old cache intact).
+
+    The API every engine uses: ``add(rows, embeddings)`` streams rows to the next
+    segment (a path that already has a live row gets its old row tombstoned),
+    ``remove(paths)`` tombstones rows, and ``commit(failures)`` publishes both atomically.
+    ``rows`` (path -> Row) and ``failures`` are the state including what is staged.
     """
 
     def __init__(
@@ -499,21 +853,28 @@ class CacheWriter:
         lock_timeout: float = 0.0,
         options: dict[str, Any] | None = None,
         model_path: str | os.PathLike[str] | None = None,
+        compact_dead: float = COMPACT_DEAD_FRACTION,
     ) -> None:
         self.directory = Path(directory)
         self.spec = spec
         self.model_path = model_path
+        self.compact_dead = compact_dead
         # None: keep the cache's own options (a writer that only rewrites rows).
         self.options = None if options is None else dict(sorted(options.items()))
         if self.directory.exists() and not self.directory.is_dir():
             raise CacheError(f"cache path {self.directory} exists and is not a folder")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
+        self.keep_meta: dict[str, Any] | None = None
+        self._staged: _Staged | None = None
+        # Segment files without a cache.json are a crashed first commit if a simx writer
+        # held this folder (its .lock is there), else another tool's shards: not ours.
+        self._ours = (self.directory / LOCK).exists() or (self.directory / META).exists()
         self._clear_special(force)
         self._lock(lock_timeout)
         try:
             self.recover()
-            self.state = self._load(force)
+            self._init_from(self._load(force))
         except BaseException:
             self.close()
             raise
@@ -521,7 +882,7 @@ class CacheWriter:
     def _clear_special(self, force: bool) -> None:
         """A folder, FIFO or device where a cache file belongs: damage, removed by --force."""
         d = self.directory
-        names = (LOCK, MANIFEST, MANIFEST + TMP, *DATA_FILES, *(n + NEW for n in DATA_FILES))
+        names = (LOCK, MANIFEST, MANIFEST + TMP, META + TMP, *DATA_FILES, *(n + NEW for n in DATA_FILES))
         for name in names:
             p = d / name
             try:
@@ -536,7 +897,13 @@ class CacheWriter:
                 shutil.rmtree(p)
             else:
                 p.unlink()
-        if force:
+        for name in (EMB_DIR, META_DIR, STAGING):
+            p = d / name
+            if p.exists() and not p.is_dir():
+                if not force:
+                    raise damaged(p, "not a folder")
+                p.unlink()
+        if force and _version_of(d) < 2:
             try:
                 _pending_names(d)
             except CacheError:  # a malformed manifest cannot be redone: drop it
@@ -575,6 +942,13 @@ class CacheWriter:
 
     def close(self) -> None:
         """Release the lock. Committed data stays; nothing uncommitted is kept."""
+        if self._staged is not None:
+            self._staged.discard()
+            self._staged = None
+        try:
+            (self.directory / STAGING).rmdir()
+        except OSError:
+            pass
         if self._lock_fd is not None:
             try:
                 os.ftruncate(self._lock_fd, 0)
@@ -591,26 +965,66 @@ class CacheWriter:
 
     # -- recovery ------------------------------------------------------------------------
     def recover(self) -> None:
-        """Finish a commit whose manifest was written (redo), then drop uncommitted temp files."""
+        """Bring the folder to its last commit: finish a format-1 redo log, drop staged and
+        orphan segment files (written by a commit that never reached its manifest)."""
         d = self.directory
-        names = _pending_names(d)
-        if names is not None:
-            for name in names:
-                if (d / (name + NEW)).exists():
-                    os.replace(d / (name + NEW), d / name)
-            fsync_path(d)
-            (d / MANIFEST).unlink(missing_ok=True)
-            fsync_path(d)
-        elif (d / MANIFEST).exists():
-            (d / MANIFEST).unlink()
-        for name in (*(n + NEW for n in DATA_FILES), MANIFEST + TMP):
-            (d / name).unlink(missing_ok=True)
+        shutil.rmtree(d / STAGING, ignore_errors=True)
+        (d / (META + TMP)).unlink(missing_ok=True)
+        if _version_of(d) < 2:
+            names = _pending_names(d)
+            if names is not None:
+                for name in names:
+                    if (d / (name + NEW)).exists():
+                        os.replace(d / (name + NEW), d / name)
+                fsync_path(d)
+                (d / MANIFEST).unlink(missing_ok=True)
+                fsync_path(d)
+            elif (d / MANIFEST).exists():
+                (d / MANIFEST).unlink()
+            for name in (*(n + NEW for n in DATA_FILES), MANIFEST + TMP):
+                (d / name).unlink(missing_ok=True)
+            if (d / META).exists() or self._ours:
+                self._remove_orphans(set())
+            return
+        try:
+            meta = json.loads((d / META).read_bytes())
+            live = {s["id"] for s in _segments_of(d / META, meta)}
+        except (ValueError, CacheError, TypeError, KeyError):
+            return  # damaged: _load says so (or --force rebuilds)
+        self._remove_orphans(live)
+        for name in (EMBEDDINGS, INDEX, MANIFEST, *(n + NEW for n in DATA_FILES), MANIFEST + TMP):
+            (d / name).unlink(missing_ok=True)  # format 1 left over from an upgrade
+        self._mirror_failures(meta.get("failures", []))
+
+    def _remove_orphans(self, live: set[int]) -> None:
+        for sub in (EMB_DIR, META_DIR):
+            folder = self.directory / sub
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                m = _SEG_NAME.match(p.name)
+                if m and int(m.group(1)) not in live:
+                    p.unlink()
+
+    def _mirror_failures(self, failures: list[dict[str, Any]]) -> None:
+        """failed.jsonl, for people and scripts that grep it; the manifest is the truth."""
+        p = self.directory / FAILED
+        data = _jsonl(failures)
+        try:
+            if p.read_bytes() == data:
+                return
+        except FileNotFoundError:
+            pass
+        write_bytes_durably(self.directory / (FAILED + TMP), data)
+        os.replace(self.directory / (FAILED + TMP), p)
 
     def _load(self, force: bool) -> CacheState:
         d = self.directory
         empty = CacheState({}, [], [], np.zeros((0, int(self.spec.dim)), np.float32))
         if not (d / META).exists():
-            leftovers = [n for n in DATA_FILES if (d / n).exists()]
+            mine = (EMB_DIR, META_DIR) if self._ours else ()
+            leftovers = [n for n in (EMBEDDINGS, INDEX, EMB_DIR, META_DIR)
+                         if (d / n).exists() and n not in mine]
             if leftovers and not force:
                 raise CacheError(
                     f"{d} holds {', '.join(leftovers)} but no {META}; not a simx cache "
@@ -645,86 +1059,256 @@ class CacheWriter:
             )
         return state
 
-    # -- commit --------------------------------------------------------------------------
-    def commit(
-        self,
-        rows: Sequence[Row],
-        failures: Sequence[Failure],
-        fill_embeddings: Callable[[np.ndarray], None] | np.ndarray,
-    ) -> CacheState:
-        """Atomically replace the cache with ``rows`` (and their embeddings) and ``failures``.
+    def _init_from(self, state: CacheState) -> None:
+        """The writer's own view: live rows and where they are, segments and their tombstones."""
+        d = self.directory
+        self.meta = state.meta
+        self.rows: dict[str, Row] = {r.path: r for r in state.rows}
+        self.failures: list[Failure] = list(state.failures)
+        self._where: dict[str, tuple[int, int]] = dict(zip((r.path for r in state.rows), state.locs))
+        ids = {int(m.group(1)) for sub in (EMB_DIR, META_DIR) if (d / sub).is_dir()
+               for p in (d / sub).iterdir() if (m := _SEG_NAME.match(p.name))}
+        self._segments: list[dict[str, Any]] = []
+        self._v1: int | None = None  # segment id format 1's embeddings.npy will get
+        self._v1_rows: list[Row] = []
+        if state.meta.get("format_version", FORMAT_VERSION) >= 2:
+            self._segments = [{"id": s["id"], "rows": s["rows"], "dead": set(s["dead"])}
+                              for s in _segments_of(d / META, state.meta)] if state.meta else []
+            ids |= {s["id"] for s in self._segments}
+            ids.add(int(state.meta.get("next_segment", 0)) - 1)
+        self._next = max(ids, default=-1) + 1
+        self._generation = int(state.meta.get("generation", 0))
+        if state.meta and state.meta.get("format_version", 1) < 2:
+            self._v1 = self._next
+            self._next += 1
+            self._v1_rows = list(state.rows)
+            self._segments = [{"id": self._v1, "rows": len(state.rows), "dead": set()}]
+            self._where = {r.path: (self._v1, i) for i, r in enumerate(state.rows)}
+        self._dirty = False
+        self._mm: dict[int, np.ndarray] = {}
 
-        ``fill_embeddings`` is the [N, D] array in row order, or a function that fills the
-        writable [N, D] memmap it is given (so a large cache is merged without a copy in RAM).
-        Returns the new committed state (its embeddings memmap the new file).
-        """
+    # -- the engine API ------------------------------------------------------------------
+    def _check_open(self) -> None:
         if self._lock_fd is None:
             raise CacheError("the cache writer is closed")
-        d = self.directory
-        n, dim = len(rows), int(self.spec.dim)
-        # A commit interrupted in this process (Ctrl-C) may have left a manifest; finish it
-        # before overwriting any NAME.new it names.
-        self.recover()
-        crash_point("commit-begin")
-        try:
-            self._write_new(rows, failures, fill_embeddings, n, dim)
-            meta = make_meta(self.spec, n, len(failures), self.options or {}, self.model_path)
-            write_bytes_durably(d / (META + NEW), (json.dumps(meta, indent=2) + "\n").encode())
-            fsync_path(d)  # the .new names are durable before the manifest that names them
-            crash_point("commit-written")
-            # The commit point: the manifest appears atomically, after everything it names.
-            write_bytes_durably(d / (MANIFEST + TMP), json.dumps({"files": list(DATA_FILES)}).encode())
-            os.replace(d / (MANIFEST + TMP), d / MANIFEST)
-        except OSError as e:
-            self._discard_new()
-            where = f" ({e.filename})" if e.filename else ""
-            raise CacheWriteError(
-                f"could not commit the cache {d}: {e.strerror or e}{where}; the previous "
-                "commit is kept and this one's partial files are removed") from None
-        fsync_path(d)
-        crash_point("commit-manifest")
-        for name in DATA_FILES:
-            os.replace(d / (name + NEW), d / name)
-            crash_point("commit-rename")
-        fsync_path(d)
-        (d / MANIFEST).unlink()
-        fsync_path(d)
-        crash_point("commit-done")
-        self.state = CacheState(meta, list(rows), list(failures),
-                                np.load(d / EMBEDDINGS, mmap_mode="r"))
-        return self.state
 
-    def _write_new(self, rows: Sequence[Row], failures: Sequence[Failure],
-                   fill_embeddings: Callable[[np.ndarray], None] | np.ndarray, n: int, dim: int) -> None:
-        """Write and fsync every NAME.new of a commit but cache.json's."""
-        d = self.directory
-        emb_new = d / (EMBEDDINGS + NEW)
-        if n == 0:
-            with open(emb_new, "wb") as f:
-                np.save(f, np.zeros((0, dim), np.float32))
-                f.flush()
-                os.fsync(f.fileno())
+    def _tombstone(self, path: str) -> None:
+        seg, local = self._where.pop(path)
+        del self.rows[path]
+        if self._staged is not None and seg == self._staged.seg:
+            self._staged.dead.add(local)
         else:
-            mm = np.lib.format.open_memmap(emb_new, mode="w+", dtype=np.float32, shape=(n, dim))
-            _preallocate(emb_new)  # a sparse file mapped on a full disk dies of SIGBUS
-            if callable(fill_embeddings):
-                fill_embeddings(mm)
-            else:
-                arr = np.asarray(fill_embeddings, dtype=np.float32)
-                if arr.shape != (n, dim):
-                    raise ValueError(f"embeddings are {arr.shape}, expected {(n, dim)}")
-                mm[:] = arr
-            mm.flush()
-            del mm
-            with open(emb_new, "rb+") as f:
-                os.fsync(f.fileno())
-        write_bytes_durably(d / (INDEX + NEW), _jsonl(_record(r) for r in rows))
-        write_bytes_durably(d / (FAILED + NEW), _jsonl(_record(f) for f in failures))
+            next(s for s in self._segments if s["id"] == seg)["dead"].add(local)
+        self._dirty = True
 
-    def _discard_new(self) -> None:
-        """Remove an uncommitted commit's files, so they do not hold disk space."""
-        for name in (*(n + NEW for n in DATA_FILES), MANIFEST + TMP):
-            try:
-                (self.directory / name).unlink(missing_ok=True)
-            except OSError:
-                pass
+    def add(self, rows: Sequence[Row], embeddings: np.ndarray) -> None:
+        """Stream ``rows`` and their [n, D] ``embeddings`` to the next segment."""
+        self._check_open()
+        if not rows:
+            return
+        try:
+            if self._staged is None:
+                (self.directory / STAGING).mkdir(exist_ok=True)
+                self._staged = _Staged(self.directory, self._next, int(self.spec.dim))
+                self._next += 1
+            base = len(self._staged.rows)
+            self._staged.append(rows, embeddings)
+        except OSError as e:
+            self._failed(e)
+        for j, r in enumerate(rows):
+            if r.path in self._where:
+                self._tombstone(r.path)
+            self._where[r.path] = (self._staged.seg, base + j)
+            self.rows[r.path] = r
+
+    def remove(self, paths: Iterable[str]) -> None:
+        """Tombstone the rows of ``paths`` (files that changed or are gone)."""
+        self._check_open()
+        for p in paths:
+            if p in self._where:
+                self._tombstone(p)
+
+    def pending(self) -> bool:
+        """Whether a commit would change anything but the failures and cache.json's identity."""
+        return self._dirty or self._v1 is not None or (
+            self._staged is not None and bool(self._staged.rows))
+
+    def _failed(self, e: OSError) -> None:
+        if self._staged is not None:
+            self._staged.discard()
+        self._staged = None
+        self.close()
+        where = f" ({e.filename})" if e.filename else ""
+        raise CacheWriteError(
+            f"could not commit the cache {self.directory}: {e.strerror or e}{where}; the previous "
+            "commit is kept and this one's partial files are removed") from None
+
+    def commit(self, failures: Sequence[Failure] | None = None) -> None:
+        """Atomically publish the staged segment, the tombstones and ``failures``."""
+        self._check_open()
+        if failures is not None:
+            self.failures = list(failures)
+        crash_point("commit-begin")
+        staged, self._staged = self._staged, None
+        new_segments = [dict(s) for s in self._segments]
+        placed: list[Path] = []
+        try:
+            if self._v1 is not None:
+                placed += self._place_v1()
+            if staged is not None and staged.rows:
+                staged.finish()
+                crash_point("commit-written")
+                for src, dst in ((staged.emb, emb_path(self.directory, staged.seg)),
+                                 (staged.meta, meta_path(self.directory, staged.seg))):
+                    dst.parent.mkdir(exist_ok=True)
+                    os.replace(src, dst)
+                    placed.append(dst)
+                    crash_point("commit-rename")
+                new_segments.append({"id": staged.seg, "rows": len(staged.rows), "dead": staged.dead})
+            elif staged is not None:
+                staged.discard()
+            for sub in (EMB_DIR, META_DIR):
+                if (self.directory / sub).is_dir():
+                    fsync_path(self.directory / sub)
+            self._publish(new_segments, self.failures)
+        except OSError as e:
+            for p in placed:
+                p.unlink(missing_ok=True)
+            if staged is not None:
+                self._staged = staged
+            self._failed(e)
+        crash_point("commit-manifest")
+        self._segments = new_segments
+        self._dirty = False
+        self._v1 = None
+        self._v1_rows = []
+        for name in (EMBEDDINGS, INDEX):  # format 1's files, now a segment (or dropped by --force)
+            (self.directory / name).unlink(missing_ok=True)
+        self._remove_orphans({s["id"] for s in self._segments})
+        self._mirror_failures([_record(f) for f in self.failures])
+        crash_point("commit-done")
+        if self._should_compact():
+            self.compact()
+
+    def _place_v1(self) -> list[Path]:
+        """Format 1's embeddings.npy becomes a segment: a hard link (a copy where links fail),
+        with its index.jsonl as parquet metadata. Done once, at the first commit."""
+        d = self.directory
+        dst = emb_path(d, self._v1)
+        dst.parent.mkdir(exist_ok=True)
+        meta_path(d, self._v1).parent.mkdir(exist_ok=True)
+        tmp = d / STAGING / (dst.name + NEW)
+        tmp.parent.mkdir(exist_ok=True)
+        try:
+            os.link(d / EMBEDDINGS, tmp)
+        except OSError:
+            shutil.copyfile(d / EMBEDDINGS, tmp)
+            fsync_path(tmp)
+        mtmp = d / STAGING / (meta_path(d, self._v1).name + NEW)
+        _write_rows_parquet(mtmp, self._v1_rows)
+        os.replace(tmp, dst)
+        os.replace(mtmp, meta_path(d, self._v1))
+        return [dst, meta_path(d, self._v1)]
+
+    def _manifest(self, segments: list[dict[str, Any]], failures: Sequence[Failure]) -> dict[str, Any]:
+        count = sum(s["rows"] - len(s["dead"]) for s in segments)
+        if self.keep_meta is not None:  # a writer without the model (compact): same identity
+            meta = identity_meta(self.keep_meta) | {"format_version": FORMAT_VERSION,
+                                                    "count": count, "failed": len(failures)}
+        else:
+            meta = make_meta(self.spec, count, len(failures), self.options or {}, self.model_path)
+        return meta | {
+            "generation": self._generation + 1,
+            "next_segment": self._next,
+            "segments": [{"id": s["id"], "rows": s["rows"], "dead": sorted(s["dead"])}
+                         for s in segments],
+            "failures": [_record(f) for f in failures],
+        }
+
+    def _publish(self, segments: list[dict[str, Any]], failures: Sequence[Failure]) -> None:
+        """The commit point: cache.json replaced by one rename, after everything it names."""
+        d = self.directory
+        meta = self._manifest(segments, failures)
+        write_bytes_durably(d / (META + TMP), (json.dumps(meta, indent=1) + "\n").encode())
+        os.replace(d / (META + TMP), d / META)
+        fsync_path(d)
+        self._generation += 1
+        self.meta = meta
+
+    @property
+    def dead_rows(self) -> int:
+        return sum(len(s["dead"]) for s in self._segments)
+
+    @property
+    def stored_rows(self) -> int:
+        return sum(s["rows"] for s in self._segments)
+
+    def _should_compact(self) -> bool:
+        stored = self.stored_rows
+        return stored > 0 and (self.dead_rows > self.compact_dead * stored
+                               or len(self._segments) > COMPACT_SEGMENTS)
+
+    def _segment_array(self, seg: int) -> np.ndarray:
+        if seg not in self._mm:
+            self._mm[seg] = np.load(emb_path(self.directory, seg), mmap_mode="r")
+        return self._mm[seg]
+
+    def compact(self, chunk: int = 16384) -> None:
+        """Merge every segment into one, in path order, without the dead rows.
+
+        Streams ``chunk`` rows at a time (bounded memory); the old segments stay valid
+        until the manifest naming only the new one is renamed in, then become orphans.
+        """
+        self._check_open()
+        if self.pending() or (self._staged is not None and self._staged.dead):
+            self.commit()
+        crash_point("compact-begin")
+        paths = sorted(self._where)
+        (self.directory / STAGING).mkdir(exist_ok=True)
+        staged = _Staged(self.directory, self._next, int(self.spec.dim))
+        self._next += 1
+        try:
+            for s in range(0, len(paths), chunk):
+                part = paths[s:s + chunk]
+                locs = np.array([self._where[p] for p in part], np.int64).reshape(-1, 2)
+                block = np.empty((len(part), int(self.spec.dim)), np.float32)
+                for seg in np.unique(locs[:, 0]):
+                    m = locs[:, 0] == seg
+                    block[m] = self._segment_array(int(seg))[locs[m, 1]]
+                staged.append([self.rows[p] for p in part], block)
+        except OSError as e:
+            staged.discard()
+            self._failed(e)
+        self._segments = []
+        self._staged = staged
+        self._mm = {}
+        self.commit()
+        self._where = {p: (staged.seg, i) for i, p in enumerate(paths)}
+        crash_point("compact-done")
+
+
+def compact(directory: str | os.PathLike[str], *, lock_timeout: float = 0.0) -> dict[str, int]:
+    """``simx cache compact``: merge the segments of a cache, dropping dead rows."""
+    d = Path(directory)
+    state = read_state(d)
+
+    class _Spec:  # the writer needs the cache's own identity, not a model file
+        dim = int(state.meta["dim"])
+        id = state.meta.get("model_id")
+
+        @staticmethod
+        def embedding_hash() -> str:
+            return str(state.meta.get("spec_hash"))
+
+    before = _disk_bytes(d)
+    with CacheWriter(d, _Spec(), lock_timeout=lock_timeout, options=None) as w:
+        w.keep_meta = state.meta
+        segs, dead = len(w._segments), w.dead_rows
+        w.compact()
+        rows = len(w.rows)
+    return {"rows": rows, "segments_before": segs, "dead_dropped": dead,
+            "bytes_before": before, "bytes_after": _disk_bytes(d)}
+
+
+def _disk_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())

@@ -6,9 +6,10 @@ A run leaves the cache equal to a clean run over the current files:
 - rows of files that are gone are dropped;
 - bad files never stop the run: each gets one line in failed.jsonl.
 
-It commits every ``commit_every`` images and/or ``commit_seconds`` seconds (the time
-trigger backs off to 10x the last commit's duration, so rewriting a large cache costs
-at most ~10% of the run), so a kill -9 loses at most the work since the last commit.
+Rows stream to the cache's next segment as batches finish (memory stays bounded); it
+commits every ``commit_every`` images and/or ``commit_seconds`` seconds (a commit costs
+O(rows added); the time trigger still backs off to 10x the last commit's duration), so
+a kill -9 loses at most the work since the last commit.
 Ctrl-C commits what is done before stopping.
 """
 
@@ -18,14 +19,14 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .cache import FAILED, CacheWriter, Failure, Row, canonical_path, crash_point, make_meta
-from .encoder import Encoder
+from .cache import FAILED, CacheWriter, Failure, Row, canonical_path, crash_point, identity_meta, make_meta
+from .encoder import Batch, Encoder
 from .image import IMAGE_EXTENSIONS
 
 DEFAULT_COMMIT_SECONDS = 30.0
@@ -140,55 +141,6 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> Listing:
     return out
 
 
-class _Store:
-    """The rows of the next commit: committed rows still valid, plus rows embedded since."""
-
-    def __init__(self, writer: CacheWriter, keep: set[str]) -> None:
-        self.writer = writer
-        self.dim = int(writer.spec.dim)
-        self._rebase(writer.state.rows, writer.state.embeddings, keep)
-
-    def _rebase(self, rows: list[Row], emb: np.ndarray, keep: set[str] | None) -> None:
-        self.old_emb = emb
-        self.old = {r.path: (i, r) for i, r in enumerate(rows) if keep is None or r.path in keep}
-        self.new_rows: dict[str, tuple[int, Row]] = {}
-        self.new_chunks: list[np.ndarray] = []
-        self.new_count = 0
-
-    def add(self, rows: list[Row], emb: np.ndarray) -> None:
-        for j, r in enumerate(rows):
-            self.new_rows[r.path] = (self.new_count + j, r)
-        self.new_chunks.append(np.ascontiguousarray(emb, dtype=np.float32))
-        self.new_count += len(rows)
-
-    def rows(self) -> list[Row]:
-        merged = {p: r for p, (_, r) in self.old.items()}
-        merged.update({p: r for p, (_, r) in self.new_rows.items()})
-        return [merged[p] for p in sorted(merged)]
-
-    def commit(self, failures: list[Failure]) -> None:
-        rows = self.rows()
-        new = (np.concatenate(self.new_chunks) if self.new_chunks
-               else np.zeros((0, self.dim), np.float32))
-
-        def fill(mm: np.ndarray, chunk: int = 16384) -> None:
-            # Gather in row order, a chunk at a time, from the old memmap and the new rows.
-            for s in range(0, len(rows), chunk):
-                part = rows[s:s + chunk]
-                from_new = np.array([r.path in self.new_rows for r in part], bool)
-                src = np.array([self.new_rows[r.path][0] if f else self.old[r.path][0]
-                                for r, f in zip(part, from_new)], np.int64)
-                block = np.empty((len(part), self.dim), np.float32)
-                if from_new.any():
-                    block[from_new] = new[src[from_new]]
-                if (~from_new).any():
-                    block[~from_new] = self.old_emb[src[~from_new]]
-                mm[s:s + len(part)] = block
-
-        state = self.writer.commit(rows, failures, fill)
-        self._rebase(state.rows, state.embeddings, None)
-
-
 def embed_into_cache(
     paths: Iterable[str | os.PathLike[str]],
     encoder: Encoder,
@@ -200,8 +152,16 @@ def embed_into_cache(
     commit_every: int = 0,
     commit_seconds: float = DEFAULT_COMMIT_SECONDS,
     progress: bool | None = None,
+    batches: Callable[[list[str]], Iterable[Batch]] | None = None,
 ) -> EmbedReport:
-    """Bring the cache at ``cache_dir`` up to date with the image files under ``paths``."""
+    """Bring the cache at ``cache_dir`` up to date with the image files under ``paths``.
+
+    ``batches`` is the seam for other engines (the Ray engine): given the sorted list of
+    canonical paths to embed, it yields ``Batch`` objects whose ``indices`` point into
+    that list, exactly like ``encoder.iter_embed(todo, batch_size)``, which is the
+    default. Everything else (diff, streaming to the cache, commits, crash safety) stays
+    here, so every engine writes the same cache.
+    """
     cache_dir = Path(cache_dir)
     report = EmbedReport(cache_dir=cache_dir, providers=encoder.providers)
     options = {"fast": bool(encoder.fast), "exif_transpose": bool(encoder.exif_transpose)}
@@ -210,8 +170,8 @@ def embed_into_cache(
         listing = scan(paths)
         files, stat_failures = listing.files, listing.failures
         report.found = len(files) + len(stat_failures)
-        old_rows = {r.path: r for r in writer.state.rows}
-        old_failed = {f.path: f for f in writer.state.failures}
+        old_rows = dict(writer.rows)
+        old_failed = {f.path: f for f in writer.failures}
         # Rows we cannot see this run (an unreadable folder, a file stat refused) are kept:
         # unseen is not gone.
         unseen = {p for p in old_rows if listing.hides(p)}
@@ -223,7 +183,9 @@ def embed_into_cache(
         todo = sorted(k for k in files if k not in unchanged)
         report.unchanged = len(unchanged)
         report.removed = sum(1 for p in old_rows if p not in walked)
-        store = _Store(writer, unchanged)
+        # Rows of files that changed or are gone are tombstoned at the first commit (a
+        # changed file gets its new row when it is re-embedded, or a failure line).
+        writer.remove([p for p in old_rows if p not in unchanged])
         run_failures: dict[str, Failure] = dict(stat_failures)
         done: set[str] = set()
 
@@ -236,7 +198,7 @@ def embed_into_cache(
             return [out[k] for k in sorted(out)]
 
         def commit() -> None:
-            store.commit(failures_now())
+            writer.commit(failures_now())
             report.commits += 1
 
         bar = None
@@ -251,7 +213,9 @@ def embed_into_cache(
         commit_cost = 0.0
         since_commit = 0
         try:
-            for batch in encoder.iter_embed(todo, batch_size):
+            source = (batches(todo) if batches is not None
+                      else encoder.iter_embed(todo, batch_size))
+            for batch in source:
                 # A non-finite row would poison every search; that file is a failure instead.
                 finite = np.isfinite(batch.embeddings).all(axis=1)
                 rows = []
@@ -262,7 +226,7 @@ def embed_into_cache(
                        for i, ok in zip(batch.indices, finite) if not ok]
                 rows = [r for r, ok in zip(rows, finite) if ok]
                 if rows:
-                    store.add(rows, batch.embeddings[finite])
+                    writer.add(rows, batch.embeddings[finite])  # streamed to disk now
                 for i, err in [*batch.failures, *bad]:
                     st = files[todo[i]]
                     run_failures[todo[i]] = Failure(todo[i], err, int(st.st_size),
@@ -292,15 +256,15 @@ def embed_into_cache(
                 bar.close()
         final_failures = failures_now()
         changed = (
-            store.rows() != writer.state.rows
-            or final_failures != writer.state.failures
-            or writer.state.meta != make_meta(encoder.spec, len(store.rows()), len(final_failures),
-                                              options, encoder.path)
+            writer.pending()
+            or final_failures != writer.failures
+            or identity_meta(writer.meta) != make_meta(encoder.spec, len(writer.rows),
+                                                       len(final_failures), options, encoder.path)
         )
         if changed:
             commit()
         report.embed_seconds = time.perf_counter() - t0
         report.failures = final_failures
         report.failed = len(final_failures)
-        report.rows = len(writer.state.rows)
+        report.rows = len(writer.rows)
     return report

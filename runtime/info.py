@@ -37,7 +37,7 @@ def model_info(model: str | os.PathLike[str]) -> dict[str, Any]:
 
 def cache_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """A cache's model, identity and size."""
-    from .cache import DATA_FILES, FeatureCache
+    from .cache import DATA_FILES, EMB_DIR, FAILED, META, META_DIR, FeatureCache
 
     d = Path(directory)
     c = FeatureCache(d)
@@ -47,7 +47,12 @@ def cache_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
             "weights": m.get("weights"), "precision": m.get("precision"), "dim": c.dim,
             "rows": len(c), "failed": len(c.failures), "options": m.get("options", {}),
             "format_version": m.get("format_version"), "simx_version": m.get("simx_version"),
-            "files": {n: _size(d / n) for n in DATA_FILES}}
+            "segments": len(m.get("segments", [])) if m.get("format_version", 1) >= 2 else None,
+            "dead_rows": sum(len(s.get("dead", [])) for s in m.get("segments", [])),
+            "files": ({n: _size(d / n) for n in DATA_FILES} if m.get("format_version", 1) < 2 else
+                      {META: _size(d / META), FAILED: _size(d / FAILED),
+                       **{f"{sub}/": sum(_size(p) for p in (d / sub).glob("*"))
+                          for sub in (EMB_DIR, META_DIR)}})}
 
 
 def info(target: str | os.PathLike[str]) -> dict[str, Any]:
@@ -72,6 +77,8 @@ def render(d: dict[str, Any]) -> str:
             f"model file {d['model_path'] or '(not recorded)'}",
             f"weights    {weights}, {d['precision']}",
             f"rows       {d['rows']} x {d['dim']}, failed {d['failed']}",
+            *([f"segments   {d['segments']}, dead rows {d['dead_rows']} (simx cache compact drops them)"]
+              if d.get("segments") is not None else []),
             f"options    {opts}",
             f"files      {files}",
         ])

@@ -19,8 +19,11 @@ from tiny_model import build_tiny_model  # noqa: E402
 
 from simx.cache import (  # noqa: E402
     DATA_FILES,
+    EMBEDDINGS,
+    INDEX,
     MANIFEST,
     NEW,
+    STAGING,
     CacheError,
     CacheLockedError,
     CacheMismatchError,
@@ -28,6 +31,7 @@ from simx.cache import (  # noqa: E402
     Row,
     FeatureCache,
     canonical_path,
+    identity_meta,
 )
 from simx.encoder import Encoder  # noqa: E402
 from simx.indexer import embed_into_cache  # noqa: E402
@@ -61,50 +65,77 @@ def run(folder: Path, enc: Encoder, cache: Path, **kw):
 
 
 def snapshot(cache: Path) -> dict[str, object]:
-    """Everything a user can observe in a cache folder."""
+    """Everything a user can observe in a cache, whatever its segmentation: rows by path
+    (with their stat), their vectors, the failures (manifest and failed.jsonl) and the
+    identity part of cache.json."""
+    fc = FeatureCache(cache)
+    order = np.argsort(np.array(fc.paths, dtype=object)) if len(fc) else np.zeros(0, np.int64)
+    meta = identity_meta(fc.meta)
     return {
-        "index": (cache / "index.jsonl").read_text(),
+        "rows": sorted(fc.rows, key=lambda r: r.path),
         "failed": (cache / "failed.jsonl").read_text(),
-        "meta": (cache / "cache.json").read_text(),
-        "emb": np.load(cache / "embeddings.npy"),
+        "failures": fc.failures,
+        "meta": meta,
+        "emb": np.asarray(fc.embeddings)[order] if len(fc) else np.zeros((0, fc.dim), np.float32),
     }
 
 
+def leftovers(cache: Path) -> list[str]:
+    """Files a finished writer must not leave: format 1's redo log and temp files, staged
+    segments, and segment files no manifest names."""
+    out = [n for n in (MANIFEST, *(x + NEW for x in DATA_FILES), "cache.json.tmp", EMBEDDINGS, INDEX)
+           if (cache / n).exists()]
+    out += [str(p) for p in (cache / STAGING).glob("*")] if (cache / STAGING).exists() else []
+    live = {s["id"] for s in FeatureCache(cache).meta.get("segments", [])}
+    for p in [*(cache / "img_emb").glob("*"), *(cache / "metadata").glob("*")]:
+        if int(p.stem.rsplit("_", 1)[1]) not in live:
+            out.append(str(p))
+    return out
+
+
 def assert_same_cache(a: Path, b: Path) -> None:
-    """Byte-identical index, failures and metadata; equal embeddings; no leftovers.
+    """The same rows, stat, failures and identity; equal embeddings; no leftovers.
 
     ORT's CPU kernels give each image the same numbers whatever its batch mates
-    (checked in test_encoder.py), so a re-run can equal a clean run exactly.
+    (checked in test_encoder.py), so a re-run can equal a clean run exactly. Segments
+    (which commit added which rows) differ by history and are not compared.
     """
     sa, sb = snapshot(a), snapshot(b)
-    for k in ("index", "failed", "meta"):
+    for k in ("rows", "failed", "failures", "meta"):
         assert sa[k] == sb[k], k
     np.testing.assert_array_equal(sa["emb"], sb["emb"])
-    leftovers = [n for n in (MANIFEST, *(x + NEW for x in DATA_FILES)) if (a / n).exists()]
-    assert not leftovers
+    assert not leftovers(a)
 
 
 def test_clean_run_writes_the_documented_format(folder, enc, tmp_path):
+    import pyarrow.parquet as pq
+
     cache = tmp_path / "cache"
     rep = run(folder, enc, cache)
     assert (rep.embedded, rep.unchanged, rep.removed, rep.failed) == (len(list(folder.rglob("*.*"))), 0, 0, 0)
-    emb = np.load(cache / "embeddings.npy", mmap_mode="r")
+    meta = json.loads((cache / "cache.json").read_text())
+    assert meta["format_version"] == 2 and meta["failures"] == []
+    (seg,) = meta["segments"]
+    assert seg["rows"] == rep.embedded and seg["dead"] == []
+    emb = np.load(cache / "img_emb" / f"img_emb_{seg['id']}.npy", mmap_mode="r")
     assert isinstance(emb, np.memmap) and emb.dtype == np.float32 and emb.shape == (rep.embedded, enc.dim)
-    rows = [json.loads(x) for x in (cache / "index.jsonl").read_text().splitlines()]
+    rows = pq.read_table(cache / "metadata" / f"metadata_{seg['id']}.parquet").to_pylist()
     paths = [r["path"] for r in rows]
     assert paths == sorted(paths) and all(os.path.isabs(p) for p in paths)
     for r in rows:
         st = os.stat(r["path"])
-        assert (r["size"], r["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
-    meta = json.loads((cache / "cache.json").read_text())
+        assert (r["size"], r["mtime_ns"], r["ctime_ns"], r["ino"]) == (
+            st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     assert meta["model_id"] == "tiny-test" and meta["dim"] == enc.dim and meta["count"] == len(rows)
     assert meta["spec_hash"] == enc.spec.embedding_hash() and meta["simx_version"]
     assert (cache / "failed.jsonl").read_text() == ""
-    assert not any((cache / (n + NEW)).exists() for n in DATA_FILES) and not (cache / MANIFEST).exists()
+    assert not leftovers(cache)
     # Row i is the embedding of paths[i], and distinct photos are distinct.
     direct = enc.embed(paths)
     np.testing.assert_array_equal(np.asarray(emb), direct)
     assert np.abs(direct[0] - direct[1]).max() > 1e-3
+    # One segment and no dead rows: the reader's embeddings are that one memmap.
+    assert isinstance(FeatureCache(cache).embeddings, np.memmap)
 
 
 def test_feature_cache_reader(folder, enc, tmp_path):
@@ -112,7 +143,7 @@ def test_feature_cache_reader(folder, enc, tmp_path):
     run(folder, enc, cache)
     fc = FeatureCache(cache)
     assert len(fc) == fc.embeddings.shape[0] == len(fc.paths)
-    assert not fc.embeddings.flags.writeable
+    assert not fc.embeddings.flags.writeable  # one segment: the memmap itself
     p = folder / "sub" / "coffee_half.png"
     i = fc.row(p)
     assert fc.paths[i] == canonical_path(p) and p in fc
@@ -144,11 +175,14 @@ def test_incremental_add_change_delete_equals_clean_run(folder, enc, tmp_path, r
     clean = tmp_path / "clean"
     run(folder, enc, clean)
     assert_same_cache(cache, clean)
+    # The second run added one segment of 2 rows and tombstoned 2; the first is untouched.
+    segs = FeatureCache(cache).meta["segments"]
+    assert [(s["rows"], len(s["dead"])) for s in segs] == [(first.embedded, 2), (2, 0)]
     # Nothing to do: nothing is rewritten.
-    before = os.stat(cache / "embeddings.npy").st_mtime_ns
+    before = {p: os.stat(p).st_mtime_ns for p in cache.rglob("*") if p.is_file() and p.name != ".lock"}
     rep = run(folder, enc, cache)
     assert (rep.embedded, rep.unchanged, rep.removed) == (0, first.embedded, 0)
-    assert os.stat(cache / "embeddings.npy").st_mtime_ns == before
+    assert {p: os.stat(p).st_mtime_ns for p in cache.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
 def test_failed_files_are_retried(folder, enc, tmp_path, rgb_photos):
@@ -207,8 +241,25 @@ def test_second_writer_fails_or_waits(folder, enc, tmp_path):
         pass
 
 
+def make_format_1(cache: Path) -> None:
+    """Turn a cache into the format-1 folder an older simx wrote (rows sorted by path)."""
+    from simx.cache import _jsonl, _record
+
+    fc = FeatureCache(cache)
+    order = sorted(range(len(fc)), key=lambda i: fc.paths[i])
+    emb = np.asarray(fc.embeddings)[order]
+    meta = identity_meta(fc.meta) | {"format_version": 1}
+    shutil.rmtree(cache / "img_emb")
+    shutil.rmtree(cache / "metadata")
+    np.save(cache / "embeddings.npy", emb)
+    (cache / "index.jsonl").write_bytes(_jsonl(_record(fc.rows[i]) for i in order))
+    (cache / "failed.jsonl").write_bytes(_jsonl(_record(f) for f in fc.failures))
+    (cache / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def _fake_pending_commit(cache: Path, renamed: int, manifest: bool) -> None:
-    """Put the folder in the state a crash leaves mid-commit: new files written, some renamed."""
+    """Put a format-1 folder in the state a crash leaves mid-commit: new files written,
+    some renamed."""
     emb = np.load(cache / "embeddings.npy")
     rows = (cache / "index.jsonl").read_text().splitlines()
     meta = json.loads((cache / "cache.json").read_text())
@@ -230,10 +281,31 @@ def _fake_pending_commit(cache: Path, renamed: int, manifest: bool) -> None:
         os.replace(cache / (name + NEW), cache / name)
 
 
+def test_format_1_is_read_and_upgraded_on_the_first_write(folder, enc, tmp_path, rgb_photos):
+    cache, clean = tmp_path / "cache", tmp_path / "clean"
+    run(folder, enc, cache)
+    make_format_1(cache)
+    fc = FeatureCache(cache)
+    n = len(fc)
+    assert fc.meta["format_version"] == 1 and isinstance(fc.embeddings, np.memmap) and n > 2
+    old_inode = os.stat(cache / "embeddings.npy").st_ino
+    _save(rgb_photos["coffee"][::5, ::5], folder / "added.jpg")
+    (folder / "rocket.jpg").unlink()
+    rep = run(folder, enc, cache)
+    assert (rep.embedded, rep.removed, rep.unchanged) == (1, 1, n - 1)
+    meta = FeatureCache(cache).meta
+    assert meta["format_version"] == 2 and [s["rows"] for s in meta["segments"]] == [n, 1]
+    # format 1's rows became a segment by hard link: nothing was rewritten
+    assert os.stat(cache / "img_emb" / f"img_emb_{meta['segments'][0]['id']}.npy").st_ino == old_inode
+    run(folder, enc, clean)
+    assert_same_cache(cache, clean)
+
+
 @pytest.mark.parametrize("renamed", [0, 1, 2, 4])
-def test_pending_manifest_is_redone(folder, enc, tmp_path, renamed):
+def test_format_1_pending_manifest_is_redone(folder, enc, tmp_path, renamed):
     cache = tmp_path / "cache"
     run(folder, enc, cache)
+    make_format_1(cache)
     n = len(FeatureCache(cache))
     _fake_pending_commit(cache, renamed, manifest=True)
     # A reader sees the new commit even before anyone finishes it...
@@ -241,31 +313,55 @@ def test_pending_manifest_is_redone(folder, enc, tmp_path, renamed):
     assert len(fc) == fc.embeddings.shape[0] == n - 1
     # ...and the next writer finishes the renames and cleans up.
     with CacheWriter(cache, enc.spec) as w:
-        assert len(w.state.rows) == n - 1
+        assert len(w.rows) == n - 1
     assert not (cache / MANIFEST).exists()
     assert not any((cache / (x + NEW)).exists() for x in DATA_FILES)
     assert len(FeatureCache(cache)) == n - 1
-    run(folder, enc, cache)  # and a re-run embeds the missing row back
-    assert len(FeatureCache(cache)) == n
+    run(folder, enc, cache)  # and a re-run embeds the missing row back (and upgrades)
+    assert len(FeatureCache(cache)) == n and FeatureCache(cache).meta["format_version"] == 2
 
 
-def test_uncommitted_temp_files_are_discarded(folder, enc, tmp_path):
+def test_format_1_uncommitted_temp_files_are_discarded(folder, enc, tmp_path):
     cache = tmp_path / "cache"
     run(folder, enc, cache)
+    make_format_1(cache)
     n = len(FeatureCache(cache))
     _fake_pending_commit(cache, 0, manifest=False)
     assert len(FeatureCache(cache)) == n
     with CacheWriter(cache, enc.spec) as w:
-        assert len(w.state.rows) == n
+        assert len(w.rows) == n
     assert sorted(p.name for p in cache.iterdir()) == sorted([*DATA_FILES, ".lock"])
+
+
+def test_orphan_and_staged_segments_are_discarded(folder, enc, tmp_path):
+    """What a crash between streaming and the manifest leaves: staged files, and segment
+    files no manifest names. Readers ignore them; the next writer deletes them."""
+    cache = tmp_path / "cache"
+    run(folder, enc, cache)
+    fc = FeatureCache(cache)
+    (seg,) = fc.meta["segments"]
+    orphan = seg["id"] + 7
+    shutil.copy(cache / "img_emb" / f"img_emb_{seg['id']}.npy", cache / "img_emb" / f"img_emb_{orphan}.npy")
+    shutil.copy(cache / "metadata" / f"metadata_{seg['id']}.parquet",
+                cache / "metadata" / f"metadata_{orphan}.parquet")
+    (cache / STAGING).mkdir()
+    (cache / STAGING / "img_emb_99.npy.new").write_bytes(b"partial")
+    assert len(FeatureCache(cache)) == len(fc)
+    with CacheWriter(cache, enc.spec) as w:
+        assert len(w.rows) == len(fc)
+    assert not leftovers(cache)
 
 
 def test_damaged_cache_is_a_clear_error(folder, enc, tmp_path):
     cache = tmp_path / "cache"
     run(folder, enc, cache)
-    lines = (cache / "index.jsonl").read_text().splitlines()
-    (cache / "index.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(CacheError, match="disagree"):
+    import pyarrow.parquet as pq
+
+    (mp,) = (cache / "metadata").glob("*.parquet")
+    t = pq.read_table(mp)
+    pq.write_table(t.slice(0, t.num_rows - 1), mp)
+    n = t.num_rows
+    with pytest.raises(CacheError, match=rf"damaged \({n - 1} rows, the manifest says {n}\).*--force"):
         FeatureCache(cache)
     not_cache = tmp_path / "nc"
     not_cache.mkdir()
@@ -273,6 +369,12 @@ def test_damaged_cache_is_a_clear_error(folder, enc, tmp_path):
     with pytest.raises(CacheError, match="not a simx cache"):
         run(folder, enc, not_cache)
     shutil.rmtree(not_cache)
+    # A folder of another tool's shards (clip-retrieval output) is not taken over either.
+    (not_cache / "img_emb").mkdir(parents=True)
+    np.save(not_cache / "img_emb" / "img_emb_0.npy", np.zeros((2, enc.dim), np.float32))
+    with pytest.raises(CacheError, match="img_emb but no cache.json"):
+        run(folder, enc, not_cache)
+    assert (not_cache / "img_emb" / "img_emb_0.npy").exists()
 
 
 def test_readers_never_see_a_mixed_state_while_a_writer_commits(tmp_path):
@@ -293,7 +395,9 @@ def test_readers_never_see_a_mixed_state_while_a_writer_commits(tmp_path):
         with CacheWriter(cache, spec) as w:
             g = 1
             while not stop.is_set() or not commits:
-                w.commit(rows[g], [], np.full((50, spec.dim), g, np.float32))
+                # every row replaced: half the stored rows dead, so each commit also compacts
+                w.add(rows[g], np.full((50, spec.dim), g, np.float32))
+                w.commit([])
                 commits.append(g)
                 g = 3 - g
                 time.sleep(0.002)  # real writers commit every 30 s; keep readers' retries finite
@@ -315,3 +419,27 @@ def test_readers_never_see_a_mixed_state_while_a_writer_commits(tmp_path):
         stop.set()
         t.join()
     assert len(commits) >= 10
+
+
+def test_batches_seam_feeds_the_same_cache_in_any_order(folder, enc, tmp_path):
+    """Another engine (Ray) hands batches to embed_into_cache through ``batches``; they may
+    arrive in any order and any size, and the cache must equal the default run's."""
+    from simx.encoder import Batch
+
+    seen: list[list[str]] = []
+
+    def reversed_batches(todo: list[str]):
+        seen.append(list(todo))
+        got = list(enc.iter_embed(todo, 3))
+        for b in reversed(got):
+            yield Batch(list(b.indices), b.embeddings, list(b.failures))
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    rep = run(folder, enc, a, batches=reversed_batches, commit_every=4)
+    assert rep.embedded == len(seen[0]) > 0 and seen[0] == sorted(seen[0])
+    run(folder, enc, b)
+    assert_same_cache(a, b)
+    # An unchanged re-run asks the engine for nothing.
+    seen.clear()
+    run(folder, enc, a, batches=reversed_batches)
+    assert seen == [] or seen == [[]]

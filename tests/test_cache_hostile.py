@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cache import _save, run  # noqa: E402
+from test_cache import _save, leftovers, run  # noqa: E402
 from test_embed_cli import simx_embed, summary  # noqa: E402
 
 from simx.cache import CacheError, CacheWriteError, FeatureCache, Row  # noqa: E402
@@ -128,9 +128,14 @@ def test_rows_without_ctime_still_compare_on_size_and_mtime():
 def test_duplicated_index_line_is_damage(folder, tiny_enc, tmp_path):
     cache = tmp_path / "c"
     run(folder, tiny_enc, cache)
-    lines = (cache / "index.jsonl").read_text().splitlines()
-    lines[2] = lines[1]  # same count, one row shifted onto the wrong vector
-    (cache / "index.jsonl").write_text("\n".join(lines) + "\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (mp,) = (cache / "metadata").glob("*.parquet")
+    t = pq.read_table(mp)
+    paths = t.column("path").to_pylist()
+    paths[2] = paths[1]  # same count, one row shifted onto the wrong vector
+    pq.write_table(t.set_column(0, "path", pa.array(paths)), mp)
     with pytest.raises(CacheError, match="duplicated.*--force"):
         FeatureCache(cache)
 
@@ -160,9 +165,12 @@ def test_non_utf8_file_name_round_trips(folder, tiny_enc, tmp_path):
     cache = tmp_path / "c"
     rep = run(folder, tiny_enc, cache)
     assert rep.embedded == 7 and rep.failed == 0
-    raw = (cache / "index.jsonl").read_bytes()
-    raw.decode("utf-8")  # valid UTF-8 JSON lines, for every other reader
-    assert b"path_hex" in raw
+    import pyarrow.parquet as pq
+
+    (mp,) = (cache / "metadata").glob("*.parquet")
+    t = pq.read_table(mp).to_pylist()  # valid UTF-8 strings, for every other reader
+    (bad,) = [r for r in t if r["path_hex"]]
+    assert "\ufffd" in bad["path"] and bytes.fromhex(bad["path_hex"]).endswith(b"caf\xe9.jpg")
     c = FeatureCache(cache)
     assert str((folder / name).resolve()) in c.paths
     c.vector(folder / name)
@@ -171,12 +179,15 @@ def test_non_utf8_file_name_round_trips(folder, tiny_enc, tmp_path):
 
 
 # ------------------------------------------------------------------ item 14: full disk
-def _state(cache: Path) -> tuple[str, bytes]:
-    return (cache / "index.jsonl").read_text(), (cache / "embeddings.npy").read_bytes()
+def _state(cache: Path) -> tuple[str, dict[str, bytes]]:
+    """The manifest and every segment file, byte for byte."""
+    segs = {str(p.relative_to(cache)): p.read_bytes()
+            for p in [*cache.glob("img_emb/*"), *cache.glob("metadata/*")]}
+    return (cache / "cache.json").read_text(), segs
 
 
 def _leftovers(cache: Path) -> list[str]:
-    return sorted(p.name for p in cache.iterdir() if p.name.endswith((".new", ".tmp")))
+    return sorted(p.name for p in cache.iterdir() if p.name.endswith((".new", ".tmp"))) + leftovers(cache)
 
 
 def test_enospc_at_preallocation_keeps_the_previous_commit(folder, tiny_enc, tmp_path, rgb_photos,
@@ -226,9 +237,9 @@ def test_file_size_limit_is_one_line_exit_2(folder, tiny, tmp_path, rgb_photos):
     cache = tmp_path / "c"
     assert simx_embed(folder, "--model", tiny, "--cache", cache).returncode == 0
     before = _state(cache)
-    for i in range(40):  # enough new rows that embeddings.npy.new passes the limit
+    for i in range(40):  # enough new rows that the new segment passes the limit
         _save(rgb_photos["coffee"][i:: 7, ::7], folder / f"n{i}.jpg")
-    limit = os.path.getsize(cache / "embeddings.npy") + 512
+    limit = os.path.getsize(next(cache.glob("img_emb/*.npy"))) + 512
     code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
             "from simx.cli import main; sys.argv = ['simx'] + sys.argv[1:]; main()")
@@ -240,13 +251,17 @@ def test_file_size_limit_is_one_line_exit_2(folder, tiny, tmp_path, rgb_photos):
 
 
 # ------------------------------------------------------------------ item 15: damaged caches
+def _seg(c: Path) -> Path:
+    return next(c.glob("img_emb/*.npy"))
+
+
 def _zero_npy(c: Path) -> None:
-    (c / "embeddings.npy").write_bytes(b"")
+    _seg(c).write_bytes(b"")
 
 
 def _npz(c: Path) -> None:
-    a = np.load(c / "embeddings.npy")
-    with open(c / "embeddings.npy", "wb") as f:
+    a = np.load(_seg(c))
+    with open(_seg(c), "wb") as f:
         np.savez(f, a=a)
 
 
@@ -256,16 +271,18 @@ def _meta(value: object) -> callable:
     return damage
 
 
-def _meta_count(c: Path) -> None:
-    m = json.loads((c / "cache.json").read_text())
-    m["count"] = "six"
-    (c / "cache.json").write_text(json.dumps(m))
-
-
-def _manifest(doc: object) -> callable:
+def _meta_field(key: str, value: object) -> callable:
     def damage(c: Path) -> None:
-        (c / "commit.json").write_text(json.dumps(doc))
+        m = json.loads((c / "cache.json").read_text())
+        m[key] = value
+        (c / "cache.json").write_text(json.dumps(m))
     return damage
+
+
+def _dead_out_of_range(c: Path) -> None:
+    m = json.loads((c / "cache.json").read_text())
+    m["segments"][0]["dead"] = [999]
+    (c / "cache.json").write_text(json.dumps(m))
 
 
 def _as_dir(name: str) -> callable:
@@ -277,11 +294,17 @@ def _as_dir(name: str) -> callable:
     return damage
 
 
-def _fifo(name: str) -> callable:
+def _fifo(pick: callable) -> callable:
     def damage(c: Path) -> None:
-        (c / name).unlink()
-        os.mkfifo(c / name)
+        p = pick(c)
+        p.unlink()
+        os.mkfifo(p)
     return damage
+
+
+def _file_for_dir(c: Path) -> None:
+    shutil.rmtree(c / "metadata")
+    (c / "metadata").write_text("x")
 
 
 DAMAGE = {
@@ -289,14 +312,17 @@ DAMAGE = {
     "npz for npy": _npz,
     "cache.json list": _meta([1, 2]),
     "cache.json null": _meta(None),
-    "count not integer": _meta_count,
-    "manifest list": _manifest([1]),
-    "manifest files not list": _manifest({"files": 3}),
-    "commit.json dir": _as_dir("commit.json"),
+    "count not integer": _meta_field("count", "six"),
+    "segments not list": _meta_field("segments", 3),
+    "segment entry malformed": _meta_field("segments", [{"id": "x"}]),
+    "tombstone out of range": _dead_out_of_range,
+    "failures not list": _meta_field("failures", {"a": 1}),
+    "cache.json.tmp dir": _as_dir("cache.json.tmp"),
     "lock dir": _as_dir(".lock"),
-    "fifo embeddings": _fifo("embeddings.npy"),
-    "fifo index": _fifo("index.jsonl"),
-    "fifo cache.json": _fifo("cache.json"),
+    "metadata is a file": _file_for_dir,
+    "fifo segment npy": _fifo(_seg),
+    "fifo segment metadata": _fifo(lambda c: next(c.glob("metadata/*.parquet"))),
+    "fifo cache.json": _fifo(lambda c: c / "cache.json"),
 }
 
 

@@ -28,7 +28,8 @@ def test_info_cache(tiny, photo_dir, tmp_path):
     rep = embed_into_cache([photo_dir], Encoder(tiny, provider="cpu"), cache, progress=False)
     d = json.loads(CliRunner().invoke(main, ["info", str(cache), "--json"]).stdout)
     assert d["rows"] == rep.rows and d["dim"] == 16 and d["model_path"] == str(tiny)
-    assert d["files"]["embeddings.npy"] == (cache / "embeddings.npy").stat().st_size
+    assert d["files"]["img_emb/"] == sum(p.stat().st_size for p in (cache / "img_emb").glob("*"))
+    assert d["segments"] == 1 and d["dead_rows"] == 0
     r = CliRunner().invoke(main, ["info", str(cache)])
     assert r.exit_code == 0 and f"rows       {rep.rows} x 16" in r.stdout
 
