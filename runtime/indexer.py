@@ -18,14 +18,14 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .cache import FAILED, CacheWriter, Failure, Row, canonical_path, crash_point, make_meta
-from .encoder import Encoder
+from .encoder import Batch, Encoder
 from .image import IMAGE_EXTENSIONS
 
 DEFAULT_COMMIT_SECONDS = 30.0
@@ -200,8 +200,15 @@ def embed_into_cache(
     commit_every: int = 0,
     commit_seconds: float = DEFAULT_COMMIT_SECONDS,
     progress: bool | None = None,
+    batches: Callable[[list[str]], Iterable[Batch]] | None = None,
 ) -> EmbedReport:
-    """Bring the cache at ``cache_dir`` up to date with the image files under ``paths``."""
+    """Bring the cache at ``cache_dir`` up to date with the image files under ``paths``.
+
+    ``batches`` computes the embeddings of ``todo`` somewhere else (``simx.ray_engine``: on
+    a Ray cluster) instead of ``encoder.iter_embed(todo, batch_size)``; it yields Batches
+    whose ``indices`` point into ``todo``, in any order. The listing, the diff against the
+    cache, the commits and the failure bookkeeping stay here, in the driver.
+    """
     cache_dir = Path(cache_dir)
     report = EmbedReport(cache_dir=cache_dir, providers=encoder.providers)
     options = {"fast": bool(encoder.fast), "exif_transpose": bool(encoder.exif_transpose)}
@@ -251,7 +258,9 @@ def embed_into_cache(
         commit_cost = 0.0
         since_commit = 0
         try:
-            for batch in encoder.iter_embed(todo, batch_size):
+            source = (batches(todo) if batches is not None
+                      else encoder.iter_embed(todo, batch_size))
+            for batch in source:
                 # A non-finite row would poison every search; that file is a failure instead.
                 finite = np.isfinite(batch.embeddings).all(axis=1)
                 rows = []
