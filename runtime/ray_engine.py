@@ -40,12 +40,14 @@ from .encoder import Batch, Encoder
 from .errors import SimxError
 from .indexer import DEFAULT_COMMIT_SECONDS, EmbedReport, embed_into_cache
 
-# Rows per Ray task: big enough that the Encoder's decode pipeline overlaps inference
-# inside the task and Ray's per-task overhead (~ms) vanishes, small enough that a block
-# completes (and can be committed) every few seconds on a CPU worker.
+# Rows per Ray task, at most: big enough that the Encoder's decode pipeline overlaps
+# inference inside the task and Ray's per-task overhead (~ms) vanishes, small enough that a
+# block completes (and can be committed) every few seconds on a CPU worker. A small job is
+# cut finer, into at least TASKS_PER_WORKER blocks per worker, so every worker gets some.
 DEFAULT_ROWS_PER_TASK = 64
+TASKS_PER_WORKER = 4
 # Test-only hooks, forwarded to the workers through the job's runtime_env: the actor writes
-# its pid into this folder (so a test can SIGKILL it) and sleeps this long per task.
+# its pid into this folder, the file holding its node id (so a test can SIGKILL it) and sleeps this long per task.
 _TEST_PID_DIR = "SIMX_TEST_RAY_PID_DIR"
 _TEST_TASK_DELAY = "SIMX_TEST_RAY_DELAY"
 
@@ -81,7 +83,9 @@ class EncoderActor:
         self.delay = float(os.environ.get(_TEST_TASK_DELAY, "0") or 0)
         pid_dir = os.environ.get(_TEST_PID_DIR)
         if pid_dir:
-            Path(pid_dir, str(os.getpid())).touch()
+            import ray
+
+            Path(pid_dir, str(os.getpid())).write_text(ray.get_runtime_context().get_node_id())
 
     def __call__(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .uri import image_input
@@ -171,12 +175,14 @@ class RayBatches:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = self.progress
             ctx.print_on_execution_start = False
+            rows = max(1, min(self.rows_per_task,
+                              -(-len(todo) // (TASKS_PER_WORKER * self.workers))))
             ds = ray.data.from_items([{"i": i, "path": p} for i, p in enumerate(todo)],
-                                     override_num_blocks=max(1, -(-len(todo) // self.rows_per_task)))
+                                     override_num_blocks=-(-len(todo) // rows))
             # Ray Data's actor pools restart a dead actor and retry its task by default
             # (max_restarts=-1, max_task_retries=-1); tests/test_ray.py kills one to prove it.
             out = ds.map_batches(EncoderActor, fn_constructor_kwargs=self.actor_kwargs,
-                                 batch_size=self.rows_per_task,
+                                 batch_size=rows,
                                  compute=ray.data.ActorPoolStrategy(size=self.workers),
                                  num_cpus=self.cpus, num_gpus=self.gpus or None,
                                  batch_format="numpy")
