@@ -21,7 +21,8 @@ A worker that dies mid-task is restarted by Ray and its task retried
 already seen, so a retried block can never add a row twice.
 
 Inputs: local paths, or any URI that pyarrow's filesystems read (``file://``, ``s3://``,
-``gs://``, ``hdfs://``); see ``simx.uri``.
+``gs://``, ``hdfs://``), mixed freely; see ``simx.uri``. The driver lists URIs with
+pyarrow and the workers read their bytes, so the files need not be on the driver at all.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ import numpy as np
 from .encoder import Batch, Encoder
 from .errors import SimxError
 from .indexer import DEFAULT_COMMIT_SECONDS, EmbedReport, embed_into_cache
+from .uri import UriReader, is_uri, scan_any
 
 # Rows per Ray task, at most: big enough that the Encoder's decode pipeline overlaps
 # inference inside the task and Ray's per-task overhead (~ms) vanishes, small enough that a
@@ -80,6 +83,7 @@ class EncoderActor:
                                exif_transpose=exif_transpose, fast=fast)
         self.batch_size = batch_size
         self.provider = self.encoder.providers[0] if self.encoder.providers else "?"
+        self.reader = UriReader()
         self.delay = float(os.environ.get(_TEST_TASK_DELAY, "0") or 0)
         pid_dir = os.environ.get(_TEST_PID_DIR)
         if pid_dir:
@@ -88,18 +92,27 @@ class EncoderActor:
             Path(pid_dir, str(os.getpid())).write_text(ray.get_runtime_context().get_node_id())
 
     def __call__(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .uri import image_input
-
         keys = [str(p) for p in block["path"]]
         n, dim = len(keys), self.encoder.dim
         emb = np.zeros((n, dim), np.float32)
         ok = np.zeros(n, bool)
         errors = [""] * n
-        for b in self.encoder.iter_embed([image_input(k) for k in keys], self.batch_size):
-            emb[b.indices] = b.embeddings
-            ok[b.indices] = True
-            for j, err in b.failures:
-                errors[j] = err
+        with ExitStack() as stack:
+            inputs: list[str] = list(keys)
+            remote = [j for j, k in enumerate(keys) if is_uri(k)]
+            if remote:
+                for j, got in zip(remote, self.reader.fetch([keys[j] for j in remote], stack)):
+                    if isinstance(got, Exception):
+                        errors[j] = str(got)
+                    else:
+                        inputs[j] = got
+            todo = [j for j in range(n) if not errors[j]]
+            for b in self.encoder.iter_embed([inputs[j] for j in todo], self.batch_size):
+                rows = [todo[t] for t in b.indices]
+                emb[rows] = b.embeddings
+                ok[rows] = True
+                for t, err in b.failures:
+                    errors[todo[t]] = err
         if self.delay:
             time.sleep(self.delay)
         return {"i": np.asarray(block["i"], np.int64), "emb": emb, "ok": ok,
@@ -254,7 +267,8 @@ def embed_on_ray(
                          progress=bool(progress))
     report = embed_into_cache(paths, enc, cache_dir, batch_size=batch_size, force=force,
                               lock_timeout=lock_timeout, commit_every=commit_every,
-                              commit_seconds=commit_seconds, progress=progress, batches=batches)
+                              commit_seconds=commit_seconds, progress=progress, batches=batches,
+                              lister=scan_any)
     if batches.providers:
         report.providers = [f"ray:{p}" for p in sorted(batches.providers)]
     return report
