@@ -169,8 +169,9 @@ class RayBatches:
             else:
                 # A private single-node instance: loopback only, bounded to what the
                 # workers need (at least the machine's cores, so decoding has room).
+                # address="local": never join a cluster found in RAY_ADDRESS or /tmp/ray.
                 cpus = max(os.cpu_count() or 1, int(np.ceil(self.workers * self.cpus)))
-                ray.init(num_cpus=cpus, num_gpus=int(np.ceil(self.workers * self.gpus)),
+                ray.init(address="local", num_cpus=cpus, num_gpus=int(np.ceil(self.workers * self.gpus)),
                          _node_ip_address="127.0.0.1", **common)
         except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
             where = self.address or "a local Ray instance"

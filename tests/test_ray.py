@@ -283,3 +283,14 @@ def test_file_uris_are_listed_and_read_through_pyarrow(ray_cluster, images, tiny
     finally:
         os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))  # the module's files are shared
     assert (third.embedded, third.unchanged) == (1, len(want.paths) - 1)
+
+
+def test_without_address_a_private_local_instance_does_the_work(ray_cluster, images, tiny,
+                                                                reference, tmp_path):
+    """No --address: simx starts (and stops) its own Ray, even with a cluster running here
+    (joining the RAY_ADDRESS cluster would fail: ray.init refuses num_cpus for a join)."""
+    r = simx_embed(images, "--model", tiny, "--cache", tmp_path / "cache", "--engine", "ray",
+                   "--workers", "1", env={**RAY_ENV, "RAY_ADDRESS": ray_cluster}, timeout=180)
+    assert r.returncode == 1, r.stderr
+    assert "providers ray:CPUExecutionProvider" in r.stdout
+    assert_same_rows(tmp_path / "cache", reference)
