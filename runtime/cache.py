@@ -150,12 +150,18 @@ class Failure:
     mtime_ns: int | None = None
 
 
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def canonical_path(p: str | os.PathLike[str], dirs: dict[str, str] | None = None) -> str:
     """The key a file has in the cache: absolute, directories resolved, name kept.
 
     ``dirs`` memoizes resolved folders during one walk (resolving costs a few syscalls
-    per path component, and a folder holds many files).
+    per path component, and a folder holds many files). A URI (``s3://b/k``, the Ray
+    engine's keys) is its own key.
     """
+    if _URI.match(os.fspath(p)):
+        return os.fspath(p)
     parent, name = os.path.split(os.path.abspath(os.fspath(p)))
     if dirs is None:
         return os.path.join(str(Path(parent).resolve()), name)

@@ -254,7 +254,8 @@ EXIT_INTERRUPTED = 130  # simx embed: Ctrl-C; the work done so far is committed
 
 
 @main.command("embed")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+# str, not Path: a URI (file:///x, s3://b/k) must reach the Ray engine unmangled.
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--model", "-m", default=None, help="An .onnx file, or a model id in $SIMX_MODELS_DIR.")
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="The cache folder (created if missing).")
@@ -275,11 +276,20 @@ EXIT_INTERRUPTED = 130  # simx embed: Ctrl-C; the work done so far is committed
               help="Also commit every N images (0: time-based only).")
 @click.option("--commit-seconds", type=cliparams.NON_NEGATIVE, default=30.0, show_default=True,
               help="Commit at least this often during a long run.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data actors on a cluster (simx-embed[ray]).")
+@click.option("--address", default=None,
+              help="--engine ray: a running Ray cluster (`auto`, or host:port) [default: start a local one].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="--engine ray: encoder actors [default: 2].")
+@click.option("--gpus-per-worker", type=cliparams.NON_NEGATIVE, default=None,
+              help="--engine ray: GPUs each actor reserves [default: 0].")
 @click.pass_context
-def embed_cmd(ctx: click.Context, paths: tuple[Path, ...], model: str | None,
+def embed_cmd(ctx: click.Context, paths: tuple[str, ...], model: str | None,
               cache_dir: Path | None, config: Path | None, batch_size: int | None,
               threads: int | None, provider: str, force: bool, exif_transpose: bool, fast: bool,
-              lock_timeout: float, commit_every: int, commit_seconds: float) -> None:
+              lock_timeout: float, commit_every: int, commit_seconds: float, engine: str,
+              address: str | None, workers: int | None, gpus_per_worker: float | None) -> None:
     """Embed the images under PATH... into a crash-safe feature cache.
 
     Folders are walked recursively. The cache mirrors PATH...: a re-run embeds only new
@@ -307,15 +317,33 @@ def embed_cmd(ctx: click.Context, paths: tuple[Path, ...], model: str | None,
                             provider=provider if given_provider else None, threads=threads)
     model, cache_dir, batch_size, provider, threads = (
         o["model"], o["cache_dir"], o["batch_size"], o["provider"], o["threads"])
-    missing = [str(p) for p in paths if not (p.exists() or p.is_symlink())]
+    from .uri import is_uri
+
+    missing = [p for p in paths if not is_uri(p) and not (Path(p).exists() or Path(p).is_symlink())]
     if missing:
         raise SimxError(f"no such file or folder: {', '.join(missing)}")
-    enc = Encoder(model, provider=provider, threads=threads, exif_transpose=exif_transpose,
-                  fast=fast)
+    if engine != "ray":
+        ray_only = [n for n, v in (("--address", address), ("--workers", workers),
+                                   ("--gpus-per-worker", gpus_per_worker)) if v is not None]
+        ray_only += [f"the URI {p}" for p in paths if is_uri(p)][:1]
+        if ray_only:
+            raise SimxError(f"{', '.join(ray_only)}: only with --engine ray")
+    enc = None if engine == "ray" else Encoder(model, provider=provider, threads=threads,
+                                                 exif_transpose=exif_transpose, fast=fast)
     try:
-        report = embed_into_cache(paths, enc, cache_dir, batch_size=batch_size, force=force,
-                                  lock_timeout=lock_timeout, commit_every=commit_every,
-                                  commit_seconds=commit_seconds)
+        if enc is None:
+            from .ray_engine import embed_on_ray
+
+            report = embed_on_ray(paths, model, cache_dir, address=address, workers=workers or 2,
+                                  gpus_per_worker=gpus_per_worker or 0.0, provider=provider,
+                                  threads=threads, exif_transpose=exif_transpose, fast=fast,
+                                  batch_size=batch_size, force=force, lock_timeout=lock_timeout,
+                                  commit_every=commit_every, commit_seconds=commit_seconds)
+        else:
+            report = embed_into_cache([Path(p) for p in paths], enc, cache_dir,
+                                      batch_size=batch_size, force=force,
+                                      lock_timeout=lock_timeout, commit_every=commit_every,
+                                      commit_seconds=commit_seconds)
     except KeyboardInterrupt:
         click.echo("simx: interrupted; what was embedded is committed, re-run to finish", err=True)
         ctx.exit(EXIT_INTERRUPTED)

@@ -153,21 +153,24 @@ def embed_into_cache(
     commit_seconds: float = DEFAULT_COMMIT_SECONDS,
     progress: bool | None = None,
     batches: Callable[[list[str]], Iterable[Batch]] | None = None,
+    lister: Callable[[Iterable[str | os.PathLike[str]]], Listing] | None = None,
 ) -> EmbedReport:
     """Bring the cache at ``cache_dir`` up to date with the image files under ``paths``.
 
-    ``batches`` is the seam for other engines (the Ray engine): given the sorted list of
-    canonical paths to embed, it yields ``Batch`` objects whose ``indices`` point into
-    that list, exactly like ``encoder.iter_embed(todo, batch_size)``, which is the
-    default. Everything else (diff, streaming to the cache, commits, crash safety) stays
-    here, so every engine writes the same cache.
+    ``batches`` computes the embeddings of ``todo`` somewhere else (``simx.ray_engine``: on
+    a Ray cluster) instead of ``encoder.iter_embed(todo, batch_size)``; it yields Batches
+    whose ``indices`` point into ``todo``, in any order. The listing, the diff against the
+    cache, the commits and the failure bookkeeping stay here, in the driver. ``lister``
+    replaces ``scan`` (``simx.uri.scan_any``: URIs listed through pyarrow's filesystems).
+    Everything else (diff, streaming to the cache, commits, crash safety) stays here, so
+    every engine writes the same cache.
     """
     cache_dir = Path(cache_dir)
     report = EmbedReport(cache_dir=cache_dir, providers=encoder.providers)
     options = {"fast": bool(encoder.fast), "exif_transpose": bool(encoder.exif_transpose)}
     with CacheWriter(cache_dir, encoder.spec, force=force, lock_timeout=lock_timeout,
                      options=options, model_path=encoder.path) as writer:
-        listing = scan(paths)
+        listing = (lister or scan)(paths)
         files, stat_failures = listing.files, listing.failures
         report.found = len(files) + len(stat_failures)
         old_rows = dict(writer.rows)
