@@ -102,3 +102,23 @@ def test_export_dinov3_cli_refuses_unknown_variants_in_one_line(tmp_path):
     r = CliRunner().invoke(cli, ["export", "dinov3", "--variant", "tiny", "--output-dir",
                                  str(tmp_path / "out")])
     assert r.exit_code == 2 and "only with --qkvb" in r.stderr
+
+
+def test_user_weights_that_collapse_warn_loudly_and_are_recorded(tmp_path):
+    """timm's own random DINOv2 init (LayerScale 1e-5) collapses every photo to one
+    embedding. As --weights PATH that is the user's call: the export warns, records the
+    warning and the parity of the centred embeddings, and does not refuse."""
+    import timm
+
+    torch.manual_seed(0)
+    m = timm.create_model("vit_small_patch14_dinov2", num_classes=0, img_size=518)
+    ckpt = tmp_path / "collapsed.pth"
+    torch.save(m.state_dict(), ckpt)
+    lines: list[str] = []
+    path = api.export_model(registry.dinov2("small"), weights=str(ckpt),
+                            output_dir=tmp_path / "out", log=lines.append)
+    spec = open_model(path, provider="cpu").spec
+    assert spec.parity["collapsed"] == 1.0 and spec.parity["max_pairwise_cosine"] >= 0.98
+    assert spec.parity["centred_min_cosine"] > 0.99  # parity still measured meaningfully
+    assert "near-identical embeddings" in spec.extra["warning"]
+    assert any(ln.startswith("WARNING: distinct photos") for ln in lines)
