@@ -122,3 +122,14 @@ def test_user_weights_that_collapse_warn_loudly_and_are_recorded(tmp_path):
     assert spec.parity["centred_min_cosine"] > 0.99  # parity still measured meaningfully
     assert "near-identical embeddings" in spec.extra["warning"]
     assert any(ln.startswith("WARNING: distinct photos") for ln in lines)
+
+
+@pytest.mark.parametrize("model_id", ["openclip-rn50-openai", "openclip-vit-b-32-laion2b_s34b_b79k",
+                                      "dinov2-small"])
+def test_random_recipe_keeps_distinct_photos_distinct(model_id, rgb_photos):
+    """Median pairwise cosine over 8 distinct photos < 0.9 (RN50's default init: 0.999)."""
+    e = registry.get(model_id)
+    built = sources.build(e, "random", e.default_size)
+    with torch.no_grad():
+        out = built.module(_pixels(rgb_photos, built.preprocess)).numpy()
+    assert median_pairwise_cosine(out) < MAX_MEDIAN_COSINE, model_id
