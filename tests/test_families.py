@@ -133,3 +133,12 @@ def test_random_recipe_keeps_distinct_photos_distinct(model_id, rgb_photos):
     with torch.no_grad():
         out = built.module(_pixels(rgb_photos, built.preprocess)).numpy()
     assert median_pairwise_cosine(out) < MAX_MEDIAN_COSINE, model_id
+
+
+def test_rn50_exports_with_parity(tmp_path):
+    """ResNet-CLIP representative: random weights (BN-calibrated), batch 1 and 3 gated."""
+    path = api.export_model(registry.get("openclip-rn50-openai"), weights="random",
+                            output_dir=tmp_path)
+    spec = open_model(path, provider="cpu").spec
+    assert spec.family == "openclip-resnet" and spec.dim == 1024
+    assert spec.parity["min_cosine"] >= 0.99999 and spec.parity["max_pairwise_cosine"] < 0.98
