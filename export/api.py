@@ -176,13 +176,23 @@ def export_model(
         say("[3/5] onnx.checker (full) on the written graph")
         verify.check_graph(tmp, what=f"{entry.id} ({precision})")
         say(f"[4/5] parity against torch ({precision}, batches 1 and 3, photos and random tensors)")
-        parity = verify.compare(tmp, batches, refs, precision, what=entry.id)
+        user_weights = built.weights.startswith("sha256:")
+        parity = verify.compare(tmp, batches, refs, precision, what=entry.id,
+                                collapse="warn" if user_weights else "refuse")
+        warning = None
+        if parity.get("collapsed"):
+            # The user's own checkpoint: their weights, their call; but say it loudly and
+            # keep it in the file, since every similarity it gives will be near 1.
+            warning = (f"WARNING: distinct photos get near-identical embeddings with these "
+                       f"weights (max pairwise cosine {parity['max_pairwise_cosine']:.4f}); "
+                       f"centred parity min cosine {parity['centred_min_cosine']:.6f}")
+            say(warning)
         spec = replace(
             spec,
             weights_sha256=weights_sha256(tmp),  # metadata excluded, so the final file agrees
             parity={k: float(v) for k, v in parity.items()},
             extra={**spec.extra, "export_seconds": round(time.perf_counter() - started, 1),
-                   "external_data": external},
+                   "external_data": external, **({"warning": warning} if warning else {})},
         )
         to_onnx.set_metadata(model, METADATA_KEY, spec.to_json())
         path = writer.commit(model)

@@ -127,7 +127,10 @@ def _unknown(what: str, name: str, valid: list[str], kind: str) -> UnknownModelE
     """The error for an unknown name: the closest matches first, then all valid ones."""
     close = difflib.get_close_matches(name, valid, n=5, cutoff=0.6)
     near = f"closest: {', '.join(close)}; " if close else ""
-    return UnknownModelError(f"unknown {what} {name!r}; {near}valid {kind}: {_choices(valid)}")
+    what, _, where = what.partition(" for ")
+    where = f" for {where}" if where else ""
+    return UnknownModelError(
+        f"unknown {what} {name!r}{where}; {near}valid {kind}: {_choices(valid)}")
 
 
 def get(model_id: str) -> ModelEntry:
@@ -169,5 +172,5 @@ def openclip(model: str, pretrained: str) -> ModelEntry:
         raise _unknown("OpenCLIP model", model, models, "models")
     tags = [e.pretrained for e in entries if e.variant == model]
     if pretrained not in tags:
-        raise _unknown("pretrained tag", pretrained, tags, f"tags for {model}")
+        raise _unknown(f"pretrained tag for {model}", pretrained, tags, "tags")
     return get(f"openclip-{model.lower()}-{pretrained}")

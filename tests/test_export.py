@@ -465,8 +465,8 @@ def checkpoints(tmp_path) -> dict[str, Path]:
     "args, expect",
     [
         (["dinov2", "--variant", "tiny"], "valid variants: base, giant, large, small"),
-        (["openclip", "--model", "ViT-X-1", "--pretrained", "openai"], "valid models: ViT-B-16"),
-        (["openclip", "--model", "ViT-H-14", "--pretrained", "openai"], "valid tags: laion2b_s32b_b79k"),
+        (["openclip", "--model", "ViT-X-1", "--pretrained", "openai"], "closest: ViT-g-14, ViT-L-14"),
+        (["openclip", "--model", "ViT-H-14", "--pretrained", "openai"], "valid tags: dfn5b, laion2b_s32b_b79k"),
         (["dinov2", "--variant", "small", "--weights", "/nonexistent/ckpt.pth"], "checkpoint not found"),
         (["dinov2", "--variant", "small", "--weights", "{corrupt}"], "cannot read checkpoint"),
         (["dinov2", "--variant", "small", "--weights", "{photo}"],

@@ -46,7 +46,10 @@ DEFAULT_TAG = "lvd1689m"
 def timm_dinov3(name: str, image_size: int, **kw: Any) -> nn.Module:
     import timm
 
-    return timm.create_model(name, num_classes=0, img_size=image_size, init_values=1.0, **kw)
+    # A fixed grid (no dynamic_img_size): patches come out flat, and DinoV3ClsToken gives
+    # the rotary table of that grid as a constant.
+    return timm.create_model(name, num_classes=0, img_size=image_size, init_values=1.0,
+                             dynamic_img_size=False, **kw)
 
 
 class FixedRope(nn.Module):
@@ -70,10 +73,6 @@ class DinoV3ClsToken(nn.Module):
         with torch.no_grad():
             embed = model.rope.get_embed(shape=grid)
         model.rope = FixedRope(embed, grid)
-        model.dynamic_img_size = False
-        if hasattr(model.patch_embed, "dynamic_img_size"):
-            model.patch_embed.dynamic_img_size = False
-            model.patch_embed.flatten = True
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,9 @@
 """ViT-CLIP: open_clip's own VisionTransformer towers (OpenAI, LAION, DFN, MetaCLIP,
 CoCa, ViT-bigG ...). Output: ``encode_image``, not normalized.
 
-Random weights: open_clip's default init gives a median pairwise cosine of 0.94
-between distinct photos for ViT-B-16 (close to collapse: the class and position
-embeddings, identical for every image, dominate the residual stream). The recipe
-scales the patch embedding up so the image content dominates.
+Random weights: open_clip's default init is kept; it measured a median pairwise cosine
+of 0.73 between 8 distinct skimage photos for ViT-B-32 (0.94 reported for ViT-B-16),
+under the 0.9 the tests require. No extra recipe is applied yet.
 """
 
 from __future__ import annotations
@@ -23,5 +22,3 @@ class VitClip(OpenClipFamily):
     def size_multiple(self, model_cfg: dict[str, Any], visual: nn.Module | None) -> int:
         return int(model_cfg["vision_cfg"]["patch_size"])
 
-    def randomize(self, module: nn.Module) -> None:
-        pass
