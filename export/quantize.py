@@ -3,10 +3,30 @@
 Export calls these on the fused fp32 graph (``optimize.fuse_for_ort``) and gates the
 result against torch; nothing here measures accuracy or writes the final file.
 
-**int8** is onnxruntime's dynamic quantization of the weight MatMuls (and Gemms), signed
-int8 weights per output channel, uint8 activations quantized per batch at run time. Why
-this recipe, measured on this machine (AMD EPYC with AVX512-VNNI, onnxruntime 1.32;
-``benchmarks/results/precision.md``; random weights, so cosines are indicative only):
+**int8** has two recipes; ``export --precision int8`` uses the static one by default.
+
+*Static QDQ* (``to_int8_static``, ``spec.extra["quantization"] = "static-qdq"``): weight
+MatMuls/Gemms with signed int8 weights per output channel and signed int8 activations
+whose scales are fixed at export from calibration photos (``simx.export.calibration``,
+run through simx's own preprocessing). No scale depends on the batch, so an image's
+embedding is bit-identical whatever its batch mates, and the Encoder runs these files in
+batches. Choices, measured here (AMD EPYC, avx512_vnni, onnxruntime 1.32, DINOv2-S random
+weights, 57-image evaluation set, CPU provider):
+
+- calibration method: MinMax, min cosine vs torch fp32 0.99841, top-10 overlap 0.995,
+  17 s; Entropy the same figures (0.99841, 0.995) in 84 s; Percentile lower (0.99825,
+  0.993). MinMax it is (``STATIC_METHOD``);
+- MatMul outputs left float (``OpTypesToExcludeOutputQuantization``): 0.99841 against
+  0.99737 when every output is re-quantized, and onnxruntime then fuses
+  ``DequantizeLinear -> MatMul`` into ``MatMulIntegerToFloat`` (integer GEMM on VNNI; the
+  optimised graph has 48 of them and no float weight MatMul, ``tests/test_quantize.py``);
+- batch 8 against one at a time: max abs difference 0 (the gate allows 1e-5 x max|e|).
+
+*Dynamic* (``to_int8``, ``"dynamic"``): onnxruntime's dynamic quantization, activation
+scales computed per batch at run time, so an image's embedding moves with its batch mates
+and the Encoder runs it one image per call. It is kept (``export --int8 dynamic``) because
+it needs no calibration; speed against static is in ``benchmarks/results/compare_*.md``.
+Measured earlier (``benchmarks/results/precision.md``):
 
 - 2-3x fp32 in single-thread CPU time at batch 8 (DINOv2-S ~2.0-2.4x, ViT-B-32 ~2.9x):
   onnxruntime fuses DynamicQuantizeLinear + MatMulInteger + scale into
@@ -14,16 +34,14 @@ this recipe, measured on this machine (AMD EPYC with AVX512-VNNI, onnxruntime 1.
   ~1.4x;
 - per-channel weights: min cosine 0.9987 vs 0.9979 per-tensor (DINOv2-S), same speed;
 - ``reduce_range`` (7-bit weights, meant for CPUs without VNNI): lower cosine (0.9984),
-  no speed gain here;
-- static QDQ calibrated on real photos: same speed (1.95x vs 1.93x), cosine 0.9983: no
-  better, and it would need calibration data at export, so dynamic it is;
-- the patch-embedding Conv stays float: it is 1-2% of int8 run time in the profile, so
-  ConvInteger could gain at most that;
-- attention's activation x activation products stay float (inside MultiHeadAttention when
-  the graph is fused). Quantizing them too (unfused graph, ``MatMulConstBOnly=False``)
-  measured 2.38x vs 2.03x with cosine 0.9990 on random weights, but it quantizes softmax
-  probabilities to 8 bits per tensor, which peaked real attention maps may not survive;
-  it is not adopted without real-weight evidence.
+  no speed gain here.
+
+Both recipes: the patch-embedding Conv stays float (1-2% of int8 run time in the
+profile), and attention's activation x activation products stay float (inside
+MultiHeadAttention when the graph is fused). Quantizing them too (unfused graph,
+``MatMulConstBOnly=False``) measured 2.38x vs 2.03x with cosine 0.9990 on random weights,
+but it quantizes softmax probabilities to 8 bits per tensor, which peaked real attention
+maps may not survive; it is not adopted without real-weight evidence.
 
 **fp16** converts weights and compute to float16 with float32 graph inputs and outputs
 (``keep_io_types``), so callers feed and read float32 as with the fp32 file. On the CPU
@@ -70,7 +88,8 @@ def _tensor_bytes(model: onnx.ModelProto) -> int:
 
 
 def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
-    """CPU int8: dynamic quantization of weight MatMuls, per-channel signed weights.
+    """CPU int8, dynamic: quantization of weight MatMuls, per-channel signed weights,
+    activation scales per batch at run time (not batch-invariant: run it per image).
 
     The input proto is not modified. Any size works: onnxruntime's quantizer goes through
     files, written with external data in a temporary folder and loaded back into memory.

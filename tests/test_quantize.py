@@ -6,7 +6,7 @@ What static int8 promises, each asserted here on real files:
   CPU provider), so the Encoder runs static int8 files in batches;
 * accuracy: min cosine >= 0.99 against fp32 on photos (DINOv2-S and ViT-B-32, random
   weights with LayerScale 1.0), and top-10 neighbour overlap >= 0.9 against fp32 on the
-  57-image evaluation set of ``simx.export.calibration``;
+  54-image evaluation set of ``simx.export.calibration``;
 * distinct images keep distinct int8 embeddings (no collapse hiding behind the gates);
 * onnxruntime runs the weight products on integer kernels (MatMulIntegerToFloat: u8/s8
   x s8, VNNI on this CPU), not float MatMul.
@@ -14,6 +14,7 @@ What static int8 promises, each asserted here on real files:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from dataclasses import replace
@@ -65,9 +66,12 @@ def test_calibration_and_evaluation_sets_are_distinct_real_photos():
     labels = [n for n, _ in ev]
     assert len(set(labels)) == len(labels)
     # No two evaluation images are the same pixels, and none is a calibration image.
-    digests = {a.tobytes()[:4096] + bytes(str(a.shape), "ascii") for _, a in ev}
+    def digest(a: np.ndarray) -> str:
+        return hashlib.sha1(a.tobytes() + str(a.shape).encode()).hexdigest()
+
+    digests = {digest(a) for _, a in ev}
     assert len(digests) == len(ev)
-    assert not digests & {a.tobytes()[:4096] + bytes(str(a.shape), "ascii") for a in cal}
+    assert not digests & {digest(a) for a in cal}
     # The gate photos are kept out of calibration.
     assert set(calibration.GATE_PHOTOS) == set(verify.PHOTOS)
     assert not set(calibration.GATE_PHOTOS) & set(calibration.OTHER_PHOTOS)
@@ -208,14 +212,18 @@ def test_real_static_int8_keeps_cosine_and_neighbours(static_file, eval_pixels, 
     assert verify.neighbour_overlap(e32, e8).mean() >= 0.9
     # distinct images, distinct int8 embeddings: no two rows alike
     full = [i for i, n in enumerate(labels) if ":" not in n]
-    assert verify.max_pairwise_cosine(e8[full]) < verify.MAX_PAIRWISE_COSINE
+    # (random-weight ViT-B-32 puts some grey textures at 0.98 in fp32 already: int8 must
+    # not pull distinct photos closer than fp32 does)
+    assert verify.max_pairwise_cosine(e8[full]) <= verify.max_pairwise_cosine(e32[full]) + 0.005
+    assert verify.max_pairwise_cosine(e8[full]) < 0.995
     d = np.abs(e8[:, None] - e8[None]).max(-1) + np.eye(len(e8)) * 1e9
     assert d.min() > 1e-3 * np.abs(e8).max()
 
 
 def test_real_static_int8_runs_integer_kernels_and_batches(static_file, tmp_path):
     ops = _optimized_ops(static_file, tmp_path)
-    assert ops["MatMulIntegerToFloat"] >= 48, ops  # every weight product, u8/s8 x s8
-    assert "MatMul" not in ops and "DynamicQuantizeMatMul" not in ops, ops
+    # every weight product on integer kernels (s8 x s8; OpenCLIP's Gemms become QGemm)
+    assert ops["MatMulIntegerToFloat"] + ops["QGemm"] >= 48, ops
+    assert not {"MatMul", "Gemm", "DynamicQuantizeMatMul"} & set(ops), ops
     assert not Encoder(static_file, "cpu").per_image
     assert open_model(static_file, provider="cpu").spec.extra["quantization"] == "static-qdq"
