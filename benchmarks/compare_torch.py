@@ -217,7 +217,7 @@ def measure_model(entry: registry.ModelEntry, files: dict[str, Path], images: li
 
     # End-to-end through the Encoder, against the same session's model-only rate.
     e2e = {}
-    jpegs = [images[i % len(images)] for i in range(max(6 * batch, 48))]
+    jpegs = [images[i % len(images)] for i in range(max(3 * batch, 24))]
     for key, file_key in (("simx_int8_static", "static"), ("simx_fp32", "fp32")):
         enc = Encoder(files[file_key], provider="cpu", threads=threads)
         enc.embed(jpegs[:2 * batch], batch_size=batch)  # warm-up
