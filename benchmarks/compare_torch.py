@@ -1,43 +1,58 @@
 #!/usr/bin/env python3
-"""simx side by side with what users run today, in ONE process, on the same models and images.
+"""simx's paths beside the best peers, in ONE process, on the same models, tensors and files.
 
-For each model (random weights: speed does not depend on their values) and batch size:
+For each model (random weights: speed does not depend on their values), at one batch size
+(default 8) and ``--threads`` threads (default: the usable cores), model-only:
 
-* **torch eager**, the old way: PIL decode + torchvision Resize/CenterCrop/ToTensor/
-  Normalize, the torch module exactly as simx's exporter builds it, ``torch.inference_mode``,
-  ``torch.set_num_threads(cores)``. Model-only and end-to-end (decode + preprocess + model,
-  one after the other, as a plain loop does).
-* **simx model-only**: the exported .onnx through ``simx.session`` on the same tensors.
-* **simx end-to-end**: ``simx.Encoder.embed`` on the same JPEG files (threaded decode
-  overlapped with inference).
-* **efficiency**: model GFLOP/s ÷ numpy sgemm GFLOP/s measured in the same run (all cores),
-  so the figures travel between machines.
+* **torch fp32**: the torch module exactly as simx's exporter builds it, eager,
+  ``torch.inference_mode``, ``torch.set_num_threads(threads)``. Every ratio is against it.
+* **torch bf16**: the same under ``torch.autocast("cpu", torch.bfloat16)``, where the CPU
+  has bf16 units (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo); else skipped, said so.
+* **openvino**: OpenVINO's own runtime on simx's fp32 ``.onnx`` (``Core().compile_model(
+  path, "CPU")``, default settings); the precision it chose is recorded.
+* **simx fp32**: the fp32 file on onnxruntime's CPU provider (today's default).
+* **simx int8 static**: the static QDQ int8 file (export's default int8), batched.
+* **simx int8 dynamic**: the dynamic int8 file one image per call, as the Encoder runs it.
+* **ort openvino-ep bf16**: onnxruntime with the OpenVINO execution-provider plugin
+  (``onnxruntime-ep-openvino``) on the fp32 file, ``load_config`` INFERENCE_PRECISION_HINT
+  bf16; skipped with the reason where the plugin offers no device.
 
-The four variants alternate in ``--rounds`` rounds, each round after its own sgemm sample;
-img/s is images ÷ seconds over all rounds, efficiency the median over rounds of
-(round GFLOP/s ÷ that round's sgemm). Load that drifts during the run hits every variant.
+Rounds alternate the paths (each round after its own numpy sgemm sample), so load that
+drifts during the run hits every path. Accuracy: min cosine of each path against torch fp32
+on the four verification photos. Then **end-to-end**: ``simx.Encoder.embed`` (decode +
+exact preprocess + model, threaded decoding) on the JPEGs in ``samples/`` against the same
+session's model-only rate, for simx's fastest Encoder path and for fp32.
 
-Writes ``benchmarks/results/compare_<cpu>-<cores>c.md`` and ``.json`` with the machine facts.
-Usage: ``python3 benchmarks/compare_torch.py [--seconds 10] [--batch-sizes 1,8]``.
+Writes ``benchmarks/results/compare_<cpu>-<cores>c.md`` and ``.json`` with the machine's
+CPU model, ISA flags and load averages. Usage::
+
+    python3 benchmarks/compare_torch.py --models-dir DIR [--seconds 12] [--rounds 3]
+
+``--models-dir`` holds (or receives) ``<id>.onnx`` and ``<id>-int8.onnx`` (static), and
+``DIR/dynamic/<id>-int8.onnx``; missing files are exported there with random weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from simx import bench, registry, sysinfo
-from simx.session import open_model
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODELS = ("dinov2-small", "openclip-vit-b-32-laion2b_s34b_b79k")
+DEFAULT_MODELS = ("dinov2-small", "dinov2-base")
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_fp16")
+ORDER = ("torch_fp32", "torch_bf16", "openvino", "simx_fp32", "simx_int8_static",
+         "simx_int8_dynamic_per_image", "ort_openvino_ep_bf16")
 
 
 def host_slug(facts: dict[str, Any]) -> str:
@@ -46,224 +61,265 @@ def host_slug(facts: dict[str, Any]) -> str:
     return f"{cpu}-{facts['usable_cores']}c"
 
 
-def torch_module(entry: registry.ModelEntry) -> Any:
-    """The torch module exactly as the exporter builds it (random weights, eval mode), and
-    the preprocessing the exporter records for it."""
-    from simx.export import sources
-
-    built = sources.build(entry, "random", entry.default_size)
-    return built.module.eval(), built.preprocess
-
-
-def torch_transform(p: Any) -> Callable[[Any], Any]:
-    """The reference eval transform users run today: PIL + torchvision, from a PreprocessSpec."""
-    from torchvision import transforms as T
-
-    return T.Compose([
-        T.Resize(p.resize, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(p.crop),
-        T.ToTensor(),
-        T.Normalize(p.mean, p.std),
-    ])
+def isa_flags() -> list[str]:
+    """The ISA flags that decide which fast paths exist, as /proc/cpuinfo lists them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    m = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+    have = set(m.group(1).split()) if m else set()
+    return [f for f in ISA_FLAGS if f in have]
 
 
-class Reference:
-    """Interleaved sgemm samples; the figure is their median (see simx.bench)."""
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-        self.last = 0.0
-
-    def sample(self) -> None:
-        sg = sysinfo.sgemm_gflops(2048, repeats=2)
-        self.samples += sg["gflops_samples"]
-        self.last = sg["gflops"]
-
-    @property
-    def gflops(self) -> float:
-        return float(np.median(self.samples))
+def _cos_min(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
-def measure_model(
-    entry: registry.ModelEntry,
-    onnx_path: Path,
-    images: list[Path],
-    batch_sizes: Sequence[int],
-    seconds: float,
-    rounds: int,
-    ref: Reference,
-    cores: int,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
+def ensure_files(entry: registry.ModelEntry, models_dir: Path, log: Callable[[str], None]) -> dict[str, Path]:
+    """fp32, static int8 and dynamic int8 files for ``entry`` (exported where missing)."""
+    from simx.export.api import export_model
+
+    want = {"fp32": (models_dir, "fp32", "static"), "static": (models_dir, "int8", "static"),
+            "dynamic": (models_dir / "dynamic", "int8", "dynamic")}
+    out = {}
+    for key, (d, precision, int8) in want.items():
+        suffix = "" if precision == "fp32" else "-int8"
+        path = d / f"{entry.id}{suffix}.onnx"
+        if not path.exists():
+            log(f"exporting {path} (random weights) ...")
+            path = Path(export_model(entry, weights="random", output_dir=d, precision=precision,
+                                     int8=int8))
+        out[key] = path
+    return out
+
+
+def openvino_ep_session(path: Path, threads: int) -> tuple[Any | None, str]:
+    """onnxruntime + the OpenVINO EP plugin in bf16, or (None, why not)."""
+    import onnxruntime as ort
+
+    try:
+        import onnxruntime_ep_openvino as ovep
+    except ImportError:
+        return None, "onnxruntime-ep-openvino is not installed"
+    name = ovep.get_ep_name()
+    try:
+        ort.register_execution_provider_library(name, ovep.get_library_path())
+    except Exception as e:  # already registered in this process is fine
+        if "already" not in str(e).lower():
+            return None, f"plugin did not register: {str(e).splitlines()[0]}"
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == name]
+    if not devices:
+        seen = sorted({d.ep_name for d in ort.get_ep_devices()})
+        return None, (f"the plugin registered but offers no device on this CPU "
+                      f"(onnxruntime lists devices only for {', '.join(seen)})")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    cfg = {"CPU": {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": str(threads)}}
+    so.add_provider_for_devices(devices, {"device_type": "CPU", "load_config": json.dumps(cfg)})
+    return ort.InferenceSession(str(path), so), "bf16 (load_config INFERENCE_PRECISION_HINT)"
+
+
+def build_paths(entry: registry.ModelEntry, files: dict[str, Path], x: np.ndarray, threads: int,
+                flags: list[str]) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]], dict[str, str]]:
+    """name -> batch runner (float32 [B,3,S,S] -> [B,D]) and name -> note (skips, precisions)."""
     import torch
-    from PIL import Image
 
-    torch.set_num_threads(cores)
-    tmod, pre = torch_module(entry)
-    tf = torch_transform(pre)
-    ms = open_model(onnx_path, provider="cpu", threads=cores)
-    gflops, gflops_source, _ = bench.model_gflops(onnx_path, ms.spec)
+    from simx.export import sources
+    from simx.session import open_model
+
+    torch.set_num_threads(threads)
+    tmod = sources.build(entry, "random", entry.default_size).module.eval()
+    notes: dict[str, str] = {}
+    paths: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+
+    def torch_fp32(b: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return tmod(torch.from_numpy(b)).float().numpy()
+
+    paths["torch_fp32"] = torch_fp32
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        def torch_bf16(b: np.ndarray) -> np.ndarray:
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+                return tmod(torch.from_numpy(b)).float().numpy()
+
+        paths["torch_bf16"] = torch_bf16
+    else:
+        notes["torch_bf16"] = "skipped: no avx512_bf16 / amx_bf16 on this CPU"
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(str(files["fp32"]), "CPU")
+        notes["openvino"] = (f"openvino {ov.__version__}, default settings: inference precision "
+                             f"{compiled.get_property('INFERENCE_PRECISION_HINT')}, "
+                             f"{compiled.get_property('INFERENCE_NUM_THREADS')} threads")
+        request = compiled.create_infer_request()
+        paths["openvino"] = lambda b: np.asarray(request.infer({0: b})[0]).copy()
+    except ImportError:
+        notes["openvino"] = "skipped: openvino is not installed"
+    fp32 = open_model(files["fp32"], provider="cpu", threads=threads)
+    static = open_model(files["static"], provider="cpu", threads=threads)
+    dynamic = open_model(files["dynamic"], provider="cpu", threads=threads)
+    paths["simx_fp32"] = fp32.run
+    paths["simx_int8_static"] = static.run
+    paths["simx_int8_dynamic_per_image"] = lambda b: np.concatenate(
+        [dynamic.run(b[i:i + 1]) for i in range(len(b))])
+    ep, why = openvino_ep_session(files["fp32"], threads)
+    if ep is None:
+        notes["ort_openvino_ep_bf16"] = f"skipped: {why}"
+    else:
+        notes["ort_openvino_ep_bf16"] = f"{why}; providers {ep.get_providers()}"
+        name = ep.get_inputs()[0].name
+        paths["ort_openvino_ep_bf16"] = lambda b: ep.run(None, {name: b})[0]
+    for run in paths.values():  # warm-up (compilation, first-call allocations)
+        run(x), run(x)
+    return paths, notes
+
+
+def measure_model(entry: registry.ModelEntry, files: dict[str, Path], images: list[Path], batch: int,
+                  seconds: float, rounds: int, threads: int, flags: list[str], ref: list[float],
+                  log: Callable[[str], None]) -> dict[str, Any]:
     from simx import Encoder
+    from simx.export import calibration, verify
+    from simx.session import read_spec
 
-    enc = Encoder(onnx_path, provider="cpu", threads=cores)
+    spec = registry.get(entry.id)
+    pre = spec.preprocess(entry.default_size)
+    photos = calibration.pixels([calibration.photo(n) for n in verify.PHOTOS], pre)
+    x = calibration.pixels([calibration.photo(n) for n in (verify.PHOTOS * batch)[:batch]], pre)
+    paths, notes = build_paths(entry, files, x, threads, flags)
+    truth = paths["torch_fp32"](photos)
+    cosine = {k: _cos_min(run(photos), truth) for k, run in paths.items()}
 
-    # The same tensors for both model-only runs: torchvision's output.
-    pixels = torch.stack([tf(Image.open(p).convert("RGB")) for p in images])
+    acc: dict[str, dict[str, list[float]]] = {k: {"lat": [], "img_s": []} for k in paths}
+    for r in range(rounds):
+        ref += sysinfo.sgemm_gflops(2048, repeats=2)["gflops_samples"]
+        time.sleep(0.3)
+        order = list(paths) if r % 2 == 0 else list(paths)[::-1]  # alternate the order too
+        for name in order:
+            lat = bench.time_calls(lambda: paths[name](x), seconds / rounds, warmup=0, min_calls=2)
+            acc[name]["lat"] += lat
+            acc[name]["img_s"].append(batch * len(lat) / sum(lat))
+            log(f"  {entry.id} round {r + 1}/{rounds} {name}: {acc[name]['img_s'][-1]:.2f} img/s")
+    gflops, _, _ = bench.model_gflops(files["fp32"], read_spec(files["fp32"]))
+    base = sum(acc["torch_fp32"]["lat"]) / len(acc["torch_fp32"]["lat"])
+    rows = {}
+    for name in ORDER:
+        if name not in acc:
+            continue
+        lat = acc[name]["lat"]
+        img_s = batch * len(lat) / sum(lat)
+        rows[name] = {"img_s": img_s, "x_torch_fp32": img_s / (batch / base),
+                      "rounds_img_s": acc[name]["img_s"], "latency_ms": bench.latency_ms(lat),
+                      "min_cosine_vs_torch_fp32": cosine[name], "note": notes.get(name, "")}
 
-    def torch_e2e(paths: list[Path], b: int) -> None:
-        """The old way: decode and preprocess a batch, then run it, one step after another."""
-        with torch.inference_mode():
-            for i in range(0, len(paths), b):
-                x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths[i:i + b]])
-                tmod(x)
-
-    def torch_model(x: Any) -> Any:
-        with torch.inference_mode():
-            return tmod(x)
-
-    rows = []
-    for b in batch_sizes:
-        idx = [i % len(images) for i in range(b)]
-        xt = pixels[idx].contiguous()
-        xn = xt.numpy().copy()
-        model_only = {"torch_model_only": lambda: torch_model(xt),
-                      "simx_model_only": lambda: ms.run(xn)}
-        streams = {"torch_e2e": lambda ps: torch_e2e(ps, b),
-                   "simx_e2e": lambda ps: enc.embed(ps, batch_size=b)}
-        for call in model_only.values():  # warm-up
-            call(), call()
-        for run in streams.values():
-            run([images[i % len(images)] for i in range(2 * b)])
-
-        # The four variants alternate in rounds, each round after its own sgemm sample,
-        # so load that drifts during the run hits torch and simx alike.
-        acc: dict[str, dict[str, list[float]]] = {
-            k: {"lat": [], "images": [], "secs": [], "ratio": []}
-            for k in (*model_only, *streams)
-        }
-        for r in range(rounds):
-            ref.sample()
-            sg = ref.last
-            time.sleep(0.3)  # BLAS / OpenMP workers spin briefly after a call
-            for name, call in model_only.items():
-                lat = bench.time_calls(call, seconds / rounds, warmup=0, min_calls=1)
-                acc[name]["lat"] += lat
-                acc[name]["images"].append(b * len(lat))
-                acc[name]["secs"].append(sum(lat))
-                acc[name]["ratio"].append(b * len(lat) / sum(lat) / sg)
-            for name, run in streams.items():
-                rate = acc[name.replace("e2e", "model_only")]["images"][-1] / (
-                    acc[name.replace("e2e", "model_only")]["secs"][-1])
-                n = max(2 * b, int(np.ceil(rate * seconds / rounds)))
-                paths = [images[(r * n + i) % len(images)] for i in range(n)]
-                t0 = time.perf_counter()
-                run(paths)
-                dt = time.perf_counter() - t0
-                acc[name]["images"].append(n)
-                acc[name]["secs"].append(dt)
-                acc[name]["ratio"].append(n / dt / sg)
-        row: dict[str, Any] = {"batch_size": b}
-        for name, a in acc.items():
-            img_s = sum(a["images"]) / sum(a["secs"])
-            row[name] = {
-                "img_s": img_s,
-                "images": sum(a["images"]),
-                "img_s_per_sgemm_gflops": float(np.median(a["ratio"])),
-                "rounds_img_s": [i / t for i, t in zip(a["images"], a["secs"])],
-            }
-            if a["lat"]:
-                row[name]["latency_ms"] = bench.latency_ms(a["lat"])
-            log(f"  {entry.id} b={b} {name}: {img_s:.2f} img/s ({sum(a['images'])} images)")
-        rows.append(row)
-    meta_gflops = ms.spec.gflops
-    tmod = ms = enc = None  # free the models before the next one loads
-    return {
-        "id": entry.id,
-        "source": entry.source,
-        "weights": "random",
-        "gflops_per_image": gflops,
-        "gflops_source": gflops_source,
-        "gflops_metadata": meta_gflops,
-        "onnx_file_mb": round(onnx_path.stat().st_size / 2**20, 1),
-        "rows": rows,
-    }
+    # End-to-end through the Encoder, against the same session's model-only rate.
+    e2e = {}
+    jpegs = [images[i % len(images)] for i in range(max(3 * batch, 24))]
+    for key, file_key in (("simx_int8_static", "static"), ("simx_fp32", "fp32")):
+        enc = Encoder(files[file_key], provider="cpu", threads=threads)
+        enc.embed(jpegs[:2 * batch], batch_size=batch)  # warm-up
+        xs = np.stack([enc.prepare(p) for p in jpegs])
+        model_s, e2e_s = [], []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for i in range(0, len(xs), batch):
+                enc.run(xs[i:i + batch])
+            model_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            enc.embed(jpegs, batch_size=batch)
+            e2e_s.append(time.perf_counter() - t0)
+        m, e = len(jpegs) / min(model_s), len(jpegs) / min(e2e_s)
+        e2e[key] = {"model_only_img_s": m, "end_to_end_img_s": e, "ratio": e / m,
+                    "workers": enc.workers, "images": len(jpegs)}
+        log(f"  {entry.id} e2e {key}: {e:.2f} img/s vs model-only {m:.2f} ({100 * e / m:.0f}%)")
+    return {"id": entry.id, "source": entry.source, "weights": "random", "batch_size": batch,
+            "gflops_per_image": gflops, "paths": rows, "skipped": {k: v for k, v in notes.items()
+                                                                    if v.startswith("skipped")},
+            "end_to_end": e2e,
+            "files": {k: {"name": str(p.relative_to(p.parent.parent) if k == "dynamic" else p.name),
+                          "mb": round(p.stat().st_size / 2**20, 1)} for k, p in files.items()}}
 
 
-def finish(result: dict[str, Any]) -> None:
-    """Add efficiency and ratios once the run's reference is known."""
-    for m in result["models"]:
-        g = m["gflops_per_image"]
-        for r in m["rows"]:
-            for k in ("torch_model_only", "simx_model_only", "torch_e2e", "simx_e2e"):
-                # median over rounds of (round img/s x GFLOP / that round's sgemm)
-                r[k]["efficiency"] = r[k]["img_s_per_sgemm_gflops"] * g if g else None
-            r["simx_vs_torch_model_only"] = r["simx_model_only"]["img_s"] / r["torch_model_only"]["img_s"]
-            r["simx_vs_torch_e2e"] = r["simx_e2e"]["img_s"] / r["torch_e2e"]["img_s"]
-            r["simx_e2e_vs_model_only"] = r["simx_e2e"]["img_s"] / r["simx_model_only"]["img_s"]
+LABELS = {
+    "torch_fp32": "torch eager fp32",
+    "torch_bf16": "torch eager + `torch.autocast(\"cpu\", torch.bfloat16)`",
+    "openvino": "OpenVINO's own runtime on simx's fp32 `.onnx` (default settings)",
+    "simx_fp32": "simx fp32 (onnxruntime CPU provider)",
+    "simx_int8_static": "**simx int8 static QDQ, batched** (new default int8)",
+    "simx_int8_dynamic_per_image": "simx int8 dynamic, one image per call (as the Encoder runs it)",
+    "ort_openvino_ep_bf16": "onnxruntime + OpenVINO EP plugin, bf16",
+}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     f = result["machine"]
-    pct = lambda x: "n/a" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+    ms = result["models"]
     lines = [
-        "# simx vs PyTorch eager",
+        "# simx beside its peers (model-only, one run)",
         "",
-        f"Measured {result['timestamp']} on **{f['cpu_model']}, {f['usable_cores']} cores** "
-        f"(python {f['python']}, torch {result['torch_version']}, onnxruntime {f['onnxruntime']}, "
-        f"numpy {f['numpy']}, simx {f['simx']}); reference numpy sgemm "
-        f"**{result['reference']['gflops']:.1f} GFLOP/s** (2048² float32, all cores, median of "
-        f"{len(result['reference']['samples'])} samples taken between the measurements).",
+        f"Measured {result['timestamp']} on **{f['cpu_model']}, {f['usable_cores']} cores**, ISA "
+        f"flags {', '.join(result['isa_flags'])} (no AMX). python {f['python']}, torch "
+        f"{result['torch_version']}, onnxruntime {f['onnxruntime']}, openvino "
+        f"{result.get('openvino_version')}, simx {f['simx']}. Batch {result['batch_size']}, "
+        f"{result['threads']} threads, **random weights** (speed does not depend on them), "
+        f"{result['seconds']:g} s per path and model in {result['rounds']} alternated rounds. "
+        f"numpy sgemm reference {result['reference_gflops']:.0f} GFLOP/s (2048², median of the "
+        "samples taken between rounds).",
         "",
-        "**Random weights** (the model hubs are unreachable here): speed does not depend on the "
-        "weight values, so these figures hold for pretrained weights too.",
-        "",
-        f"Images: the {result['n_images']} JPEGs in `samples/`. Threads: torch "
-        f"`set_num_threads({result['threads']})`, onnxruntime intra-op {result['threads']}. "
-        f"{result['seconds']:g} s of model time per figure after warm-up, in {result['rounds']} "
-        "rounds alternating the four variants, all in one process.",
-        "",
-        "| model | batch | torch eager img/s | simx model-only img/s | simx / torch | "
-        "torch end-to-end img/s | simx end-to-end img/s | simx e2e / model-only | "
-        "efficiency torch | efficiency simx |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | " + " | ".join(f"{m['id']} img/s | × torch fp32 | min cos" for m in ms) + " |",
+        "|---|" + "---:|---:|---:|" * len(ms),
     ]
-    for m in result["models"]:
-        for r in m["rows"]:
-            lines.append(
-                f"| {m['id']} ({m['gflops_per_image']:.2f} GFLOP) | {r['batch_size']} | "
-                f"{r['torch_model_only']['img_s']:.2f} | {r['simx_model_only']['img_s']:.2f} | "
-                f"{r['simx_vs_torch_model_only']:.2f}× | {r['torch_e2e']['img_s']:.2f} | "
-                f"{r['simx_e2e']['img_s']:.2f} | {pct(r['simx_e2e_vs_model_only'])} | "
-                f"{pct(r['torch_model_only']['efficiency'])} | "
-                f"{pct(r['simx_model_only']['efficiency'])} |"
-            )
-    la, lb = f.get("load_average_1_5_15"), result.get("load_average_at_end")
-    lines += [
-        "",
-        "Efficiency = model GFLOP/s ÷ the same run's sgemm GFLOP/s, the median over rounds of "
-        "each round's ratio (FLOPs counted from the exported ONNX graph: MatMul/Gemm/Conv/"
-        "attention, multiply-add = 2; the same FLOPs for torch and simx). End-to-end = decode + preprocess + model on JPEG files: torch one "
-        "step after another (PIL + torchvision), simx through `simx.Encoder` with decoding "
-        "overlapped with inference.",
-        "",
-        f"Machine load (1/5/15 min) at start {la}, at end {lb}. "
-        + (result.get("load_note") or ""),
-        "",
-        "Reproduce: `python3 benchmarks/compare_torch.py` (raw figures in the .json beside this file).",
-    ]
+    for name in ORDER:
+        cells = []
+        for m in ms:
+            r = m["paths"].get(name)
+            cells += (["—", "—", "—"] if r is None else
+                      [f"{r['img_s']:.2f}", f"{r['x_torch_fp32']:.2f}",
+                       f"{r['min_cosine_vs_torch_fp32']:.5f}"])
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += ["", "min cos: against torch fp32 on the four verification photos (astronaut, "
+              "coffee, chelsea, rocket), preprocessed exactly."]
+    notes = {f"{k}: {v}" for m in ms for k, v in ((k, r["note"]) for k, r in m["paths"].items()) if v}
+    notes |= {f"{k}: {v}" for m in ms for k, v in m["skipped"].items()}
+    lines += ["", "Notes:"] + [f"- {n}" for n in sorted(notes)]
+    lines += ["", "## int8: static vs dynamic", ""]
+    for m in ms:
+        p = m["paths"]
+        s, d, f32 = (p[k]["img_s"] for k in ("simx_int8_static", "simx_int8_dynamic_per_image",
+                                             "simx_fp32"))
+        lines.append(f"- {m['id']}: static batched {s:.2f} img/s = {s / f32:.2f}× the fp32 file; "
+                     f"dynamic one image a call {d:.2f} img/s = {d / f32:.2f}× "
+                     f"(static / dynamic {s / d:.2f}×).")
+    lines += ["", "## End-to-end keeps up (decode + exact preprocess + model, `simx.Encoder`)", "",
+              "| model | path | model-only img/s | end-to-end img/s | e2e / model-only | decode workers |",
+              "|---|---|---:|---:|---:|---:|"]
+    for m in ms:
+        for k, e in m["end_to_end"].items():
+            lines.append(f"| {m['id']} | {k} | {e['model_only_img_s']:.2f} | {e['end_to_end_img_s']:.2f} | "
+                         f"{100 * e['ratio']:.0f}% | {e['workers']} |")
+    lines += ["", f"The {result['n_images']} JPEGs of `samples/`, repeated to "
+              f"{ms[0]['end_to_end']['simx_fp32']['images']} images; best of two alternated runs each. "
+              "End-to-end is measured for the fastest path the Encoder runs on this host (the "
+              "OpenVINO paths are not Encoder providers in this build).", "",
+              f"Machine load (1/5/15 min, `os.getloadavg()`): at start {result['load_at_start']}, "
+              f"at end {result['load_at_end']}. {result.get('load_note', '')}", "",
+              "Reproduce: `python3 benchmarks/compare_torch.py --models-dir DIR` (raw figures in "
+              "the .json beside this file)."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
-    ap.add_argument("--batch-sizes", default="1,8")
-    ap.add_argument("--seconds", type=float, default=10.0,
-                    help="Timed model seconds per variant and batch size (split over the rounds).")
-    ap.add_argument("--rounds", type=int, default=3, help="Alternations of the four variants.")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None, help="Default: the usable cores.")
+    ap.add_argument("--seconds", type=float, default=12.0, help="Timed seconds per path and model.")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--images", type=Path, default=ROOT / "samples")
-    ap.add_argument("--models-dir", type=Path, default=None,
-                    help="Reuse random-weight exports here (default: export into a temp dir).")
+    ap.add_argument("--models-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--load-note", default="", help="A sentence about other processes running.")
     args = ap.parse_args()
@@ -271,47 +327,32 @@ def main() -> None:
     import torch
 
     facts = sysinfo.machine_facts()
-    cores = facts["usable_cores"]
+    load_start = list(os.getloadavg())
+    threads = args.threads or facts["usable_cores"]
+    flags = isa_flags()
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-    if not images:
-        raise SystemExit(f"no JPEGs in {args.images}")
-    batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     log = lambda s: print(s, flush=True)  # noqa: E731
-
-    tmp = tempfile.TemporaryDirectory(prefix="simx-compare-")
-    models_dir = args.models_dir or Path(tmp.name)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    from simx.export.api import export_model
-
-    ref = Reference()
-    out_models = []
+    ref: list[float] = []
+    models = []
     for mid in args.models.split(","):
         entry = registry.get(mid)
-        path = models_dir / f"{entry.id}.onnx"
-        if not path.exists():
-            log(f"exporting {entry.id} with random weights into {models_dir} ...")
-            path = Path(export_model(entry, weights="random", output_dir=models_dir))
-        out_models.append(measure_model(entry, path, images, batch_sizes, args.seconds,
-                                        args.rounds, ref, cores, log))
-    ref.sample()
+        files = ensure_files(entry, args.models_dir, log)
+        models.append(measure_model(entry, files, images, args.batch_size, args.seconds,
+                                    args.rounds, threads, flags, ref, log))
+    try:
+        import openvino
 
+        ov_version = openvino.__version__
+    except ImportError:
+        ov_version = None
     result = {
-        "schema": "simx-compare/1",
-        "timestamp": facts["timestamp"],
-        "machine": facts,
-        "load_average_at_end": sysinfo.load_average(),
-        "load_note": args.load_note,
-        "torch_version": torch.__version__,
-        "threads": cores,
-        "seconds": args.seconds,
-        "rounds": args.rounds,
-        "n_images": len(images),
-        "images": [p.name for p in images],
-        "reference": {"kind": "numpy sgemm 2048^2 float32, all cores, median",
-                      "gflops": ref.gflops, "samples": ref.samples},
-        "models": out_models,
+        "schema": "simx-compare/2", "timestamp": facts["timestamp"], "machine": facts,
+        "isa_flags": flags, "torch_version": torch.__version__, "openvino_version": ov_version,
+        "threads": threads, "batch_size": args.batch_size, "seconds": args.seconds,
+        "rounds": args.rounds, "n_images": len(images), "reference_gflops": float(np.median(ref)),
+        "reference_samples": ref, "load_at_start": load_start, "load_at_end": list(os.getloadavg()),
+        "load_note": args.load_note, "models": models,
     }
-    finish(result)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"compare_{host_slug(facts)}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

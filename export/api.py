@@ -82,6 +82,7 @@ def export_model(
     precision: str = "fp32",
     text: bool = False,
     log: Callable[[str], None] | None = None,
+    int8: str = "static",
 ) -> Path | list[Path]:
     """Export ``entry``'s image tower to ``output_dir`` and return the file's path
     (with ``text``: ``[image path, text path]``).
@@ -89,9 +90,12 @@ def export_model(
     ``weights``: "pretrained" (timm / open_clip download), "random" (seeded; speed tests),
     or a checkpoint path (recorded by sha256). ``precision``: fp32 (strict parity gate),
     int8 or fp16 (their own file and gate). ``text``: also export the OpenCLIP text tower.
+    ``int8``: "static" (QDQ, activations calibrated on bundled photos, batch-invariant:
+    the default) or "dynamic" (activation scales per batch; the Encoder runs it one image
+    at a time). Both are also held to the retrieval gate (``verify.int8_gates``).
     Raises SimxError with a one-line message on any failure; then no file is left behind.
     """
-    from . import optimize, quantize, sources, to_onnx, verify
+    from . import calibration, optimize, quantize, sources, to_onnx, verify
 
     if precision not in PRECISIONS:
         raise SimxError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -111,6 +115,8 @@ def export_model(
         raise SimxError(
             f"checkpoint not found: {weights} (--weights takes 'pretrained', 'random' or a file path)"
         )
+    if int8 not in quantize.INT8_KINDS:
+        raise SimxError(f"unknown int8 kind {int8!r}; choose from {', '.join(quantize.INT8_KINDS)}")
     to_precision = getattr(quantize, f"to_{precision}") if precision != "fp32" else None
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
@@ -123,6 +129,21 @@ def export_model(
     batches = verify.probes(built.preprocess)
     refs = verify.torch_reference(built.module, batches)
     flops = verify.gflops(built.module, image_size)
+    quant_extra: dict[str, object] = {}
+    if precision == "int8":
+        # The retrieval evaluation set's torch fp32 reference, before the module is freed;
+        # static int8 also needs the calibration photos, preprocessed the runtime's way.
+        eval_probe = verify.Probe("evaluation", "evaluation", calibration.pixels(
+            [a for _, a in calibration.evaluation_images()], built.preprocess))
+        eval_ref = verify.torch_reference(built.module, [eval_probe])[0]
+        if int8 == "static":
+            calib = calibration.pixels(calibration.calibration_images(), built.preprocess)
+            to_precision = lambda m: quantize.to_int8_static(m, calib)  # noqa: E731
+            quant_extra = {"quantization": quantize.STATIC_QDQ, "calibration": {
+                "method": quantize.STATIC_METHOD, "images": len(calib),
+                "set": "simx.export.calibration: bundled skimage photos, mirrored, and centre crops"}}
+        else:
+            quant_extra = {"quantization": quantize.DYNAMIC}
     say(f"[2/5] exporting to ONNX (opset {opset}, symbolic batch axis)")
     model = to_onnx.export_onnx(built.module, image_size, opset, what=entry.id)
     built.module = None  # type: ignore[assignment]  # free torch weights before ORT loads its copy
@@ -162,7 +183,7 @@ def export_model(
         output_name=to_onnx.OUTPUT_NAME,
         gflops=flops,
         fusions={k: int(v) for k, v in fusions.items()},
-        extra={**built.extra, "versions": _versions(entry.family)},
+        extra={**built.extra, **quant_extra, "versions": _versions(entry.family)},
     )
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if len(out_dims) != 2 or out_dims[1].dim_value not in (0, entry.dim):
@@ -187,6 +208,11 @@ def export_model(
                        f"weights (max pairwise cosine {parity['max_pairwise_cosine']:.4f}); "
                        f"centred parity min cosine {parity['centred_min_cosine']:.6f}")
             say(warning)
+        if precision == "int8":
+            say("[4/5] int8 gates: batch invariance and top-10 neighbour overlap on "
+                f"{len(eval_ref)} images")
+            parity.update(verify.int8_gates(tmp, eval_probe.pixels, eval_ref,
+                                            batch_invariant=(int8 == "static"), what=entry.id))
         spec = replace(
             spec,
             weights_sha256=weights_sha256(tmp),  # metadata excluded, so the final file agrees

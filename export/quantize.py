@@ -3,10 +3,30 @@
 Export calls these on the fused fp32 graph (``optimize.fuse_for_ort``) and gates the
 result against torch; nothing here measures accuracy or writes the final file.
 
-**int8** is onnxruntime's dynamic quantization of the weight MatMuls (and Gemms), signed
-int8 weights per output channel, uint8 activations quantized per batch at run time. Why
-this recipe, measured on this machine (AMD EPYC with AVX512-VNNI, onnxruntime 1.32;
-``benchmarks/results/precision.md``; random weights, so cosines are indicative only):
+**int8** has two recipes; ``export --precision int8`` uses the static one by default.
+
+*Static QDQ* (``to_int8_static``, ``spec.extra["quantization"] = "static-qdq"``): weight
+MatMuls/Gemms with signed int8 weights per output channel and signed int8 activations
+whose scales are fixed at export from calibration photos (``simx.export.calibration``,
+run through simx's own preprocessing). No scale depends on the batch, so an image's
+embedding is bit-identical whatever its batch mates, and the Encoder runs these files in
+batches. Choices, measured here (AMD EPYC, avx512_vnni, onnxruntime 1.32, DINOv2-S random
+weights, CPU provider; evaluation set then 57 images, with skimage's cat, which is chelsea):
+
+- calibration method: MinMax, min cosine vs torch fp32 0.99841, top-10 overlap 0.995,
+  17 s; Entropy the same figures (0.99841, 0.995) in 84 s; Percentile lower (0.99825,
+  0.993). MinMax it is (``STATIC_METHOD``);
+- MatMul outputs left float (``OpTypesToExcludeOutputQuantization``): 0.99841 against
+  0.99737 when every output is re-quantized, and onnxruntime then fuses
+  ``DequantizeLinear -> MatMul`` into ``MatMulIntegerToFloat`` (integer GEMM on VNNI; the
+  optimised graph has 48 of them and no float weight MatMul, ``tests/test_quantize.py``);
+- batch 8 against one at a time: max abs difference 0 (the gate allows 1e-5 x max|e|).
+
+*Dynamic* (``to_int8``, ``"dynamic"``): onnxruntime's dynamic quantization, activation
+scales computed per batch at run time, so an image's embedding moves with its batch mates
+and the Encoder runs it one image per call. It is kept (``export --int8 dynamic``) because
+it needs no calibration; speed against static is in ``benchmarks/results/compare_*.md``.
+Measured earlier (``benchmarks/results/precision.md``):
 
 - 2-3x fp32 in single-thread CPU time at batch 8 (DINOv2-S ~2.0-2.4x, ViT-B-32 ~2.9x):
   onnxruntime fuses DynamicQuantizeLinear + MatMulInteger + scale into
@@ -14,16 +34,14 @@ this recipe, measured on this machine (AMD EPYC with AVX512-VNNI, onnxruntime 1.
   ~1.4x;
 - per-channel weights: min cosine 0.9987 vs 0.9979 per-tensor (DINOv2-S), same speed;
 - ``reduce_range`` (7-bit weights, meant for CPUs without VNNI): lower cosine (0.9984),
-  no speed gain here;
-- static QDQ calibrated on real photos: same speed (1.95x vs 1.93x), cosine 0.9983: no
-  better, and it would need calibration data at export, so dynamic it is;
-- the patch-embedding Conv stays float: it is 1-2% of int8 run time in the profile, so
-  ConvInteger could gain at most that;
-- attention's activation x activation products stay float (inside MultiHeadAttention when
-  the graph is fused). Quantizing them too (unfused graph, ``MatMulConstBOnly=False``)
-  measured 2.38x vs 2.03x with cosine 0.9990 on random weights, but it quantizes softmax
-  probabilities to 8 bits per tensor, which peaked real attention maps may not survive;
-  it is not adopted without real-weight evidence.
+  no speed gain here.
+
+Both recipes: the patch-embedding Conv stays float (1-2% of int8 run time in the
+profile), and attention's activation x activation products stay float (inside
+MultiHeadAttention when the graph is fused). Quantizing them too (unfused graph,
+``MatMulConstBOnly=False``) measured 2.38x vs 2.03x with cosine 0.9990 on random weights,
+but it quantizes softmax probabilities to 8 bits per tensor, which peaked real attention
+maps may not survive; it is not adopted without real-weight evidence.
 
 **fp16** converts weights and compute to float16 with float32 graph inputs and outputs
 (``keep_io_types``), so callers feed and read float32 as with the fp32 file. On the CPU
@@ -46,12 +64,16 @@ import copy
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .optimize import require_loaded_data
 
 #: Weight op types quantized to int8. Conv (patch embedding) deliberately left out.
 INT8_OP_TYPES = ("MatMul", "Gemm")
+
+#: Calibration method for static int8 (onnxruntime ``CalibrationMethod``), by measurement.
+STATIC_METHOD = "MinMax"
 
 #: protobuf cannot serialize a message over 2 GiB; above this, only path-based tools work.
 _PROTO_LIMIT = 2**31 - 2**26
@@ -66,7 +88,8 @@ def _tensor_bytes(model: onnx.ModelProto) -> int:
 
 
 def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
-    """CPU int8: dynamic quantization of weight MatMuls, per-channel signed weights.
+    """CPU int8, dynamic: quantization of weight MatMuls, per-channel signed weights,
+    activation scales per batch at run time (not batch-invariant: run it per image).
 
     The input proto is not modified. Any size works: onnxruntime's quantizer goes through
     files, written with external data in a temporary folder and loaded back into memory.
@@ -95,6 +118,74 @@ def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
         q = onnx.load(str(out), load_external_data=True)
     # The quantizer rewrites the graph but keeps metadata_props and the io names; say
     # nothing else here: export records precision and gate figures in its spec.
+    return q
+
+
+#: What ``spec.extra["quantization"]`` says for each int8 recipe. The Encoder batches
+#: ``static-qdq`` files and runs ``dynamic`` ones one image at a time.
+STATIC_QDQ = "static-qdq"
+DYNAMIC = "dynamic"
+INT8_KINDS = ("static", "dynamic")
+
+
+class _Frames:
+    """onnxruntime's CalibrationDataReader over a float32 [N, 3, S, S] array, one image a
+    call (the calibrator concatenates the per-call statistics)."""
+
+    def __init__(self, name: str, pixels: np.ndarray) -> None:
+        self._it = iter([{name: pixels[i:i + 1]} for i in range(len(pixels))])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # pragma: no cover - called by some calibrators only
+        raise RuntimeError("calibration data is read once")
+
+
+def to_int8_static(
+    model: onnx.ModelProto, calibration: np.ndarray, method: str = STATIC_METHOD
+) -> onnx.ModelProto:
+    """CPU int8, batch-invariant: static QDQ quantization of the weight MatMuls.
+
+    Weights: signed int8 per output channel. Activations: signed int8 per tensor with a
+    scale fixed here from ``calibration`` (float32 [N, 3, S, S] photos, preprocessed the
+    runtime's way), so no scale depends on the batch at run time: an image's embedding is
+    bit-identical whatever its batch mates. Only the MatMul *inputs* are quantized
+    (``OpTypesToExcludeOutputQuantization``): onnxruntime fuses ``DequantizeLinear ->
+    MatMul`` into ``MatMulIntegerToFloat`` (u8/s8 x s8 on VNNI) and the float output goes
+    on unrounded, which measured closer to fp32 than re-quantizing every output.
+    ``method``: onnxruntime CalibrationMethod name (chosen by measurement, see module doc).
+    The input proto is not modified.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    import onnx_ir as ir
+
+    require_loaded_data(model)
+    if calibration.ndim != 4 or len(calibration) == 0:
+        raise ValueError(f"calibration must be a non-empty [N, 3, S, S] batch, got {calibration.shape}")
+    name = model.graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="simx-int8s.") as tmp:
+        src, out = Path(tmp) / "model.onnx", Path(tmp) / "model-int8.onnx"
+        ir.save(ir.from_proto(model), src, external_data="model.data")
+        quantize_static(
+            src,
+            out,
+            _Frames(name, np.ascontiguousarray(calibration, np.float32)),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+            use_external_data_format=True,
+            extra_options={
+                "MatMulConstBOnly": True,
+                "OpTypesToExcludeOutputQuantization": list(INT8_OP_TYPES),
+            },
+        )
+        q = onnx.load(str(out), load_external_data=True)
     return q
 
 

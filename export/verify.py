@@ -42,6 +42,13 @@ class Gate:
     random_inputs: bool  # whether random tensors are gated too
 
 
+#: int8 gates beyond cosine (``int8_gates``): batch invariance of static files, and
+#: retrieval kept against torch fp32 on the evaluation set (``simx.export.calibration``).
+BATCH_INVARIANCE_REL = 1e-5  # max |batch 8 - one at a time| / max |e|
+NEIGHBOURS = 10
+MIN_NEIGHBOUR_OVERLAP = 0.9  # mean over queries of |top-10 int8 ∩ top-10 fp32| / 10
+INVARIANCE_BATCH = 8
+
 GATES: dict[str, Gate] = {
     "fp32": Gate(min_cosine=0.99999, max_abs_rel=1e-4, random_inputs=True),
     "fp16": Gate(min_cosine=0.999, max_abs_rel=None, random_inputs=False),
@@ -248,3 +255,71 @@ def compare(
         "collapsed": float(collapsed),
         "n_images": float(sum(p.pixels.shape[0] for p in batches)),
     }
+
+
+def top_k_neighbours(e: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+    """Each row's ``k`` nearest other rows by cosine, as indices [N, k] (itself excluded)."""
+    x = e.astype(np.float64)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
+
+
+def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+    """Per query, the share of its top-``k`` neighbours under ``a`` also found under ``b``."""
+    na, nb = top_k_neighbours(a, k), top_k_neighbours(b, k)
+    return np.array([len(set(x) & set(y)) / k for x, y in zip(na, nb)])
+
+
+def int8_gates(
+    path: Path,
+    pixels: np.ndarray,
+    ref: np.ndarray,
+    *,
+    batch_invariant: bool,
+    what: str = "model",
+) -> dict[str, float]:
+    """The int8 file against torch fp32 on the evaluation set; raise VerificationError if
+    it fails, else return the figures the spec records.
+
+    * batch invariance (``batch_invariant``, static files): every image's embedding at
+      batch 8 equals its embedding run alone, to ``BATCH_INVARIANCE_REL`` x max |e|;
+    * retrieval: mean top-10 neighbour overlap with fp32 >= ``MIN_NEIGHBOUR_OVERLAP``.
+      Static files run in batches of 8 here, dynamic ones one image at a time (as the
+      Encoder runs each).
+    """
+    from simx.session import open_model
+
+    ms = open_model(path, provider="cpu")
+    name, out_name = ms.session.get_inputs()[0].name, ms.spec.output_name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(ms.session.run([out_name], {name: x})[0], np.float32)
+
+    step = INVARIANCE_BATCH if batch_invariant else 1
+    got = np.concatenate([run(pixels[i:i + step]) for i in range(0, len(pixels), step)])
+    figures: dict[str, float] = {}
+    if batch_invariant:
+        n = min(len(pixels), 2 * INVARIANCE_BATCH)
+        alone = np.concatenate([run(pixels[i:i + 1]) for i in range(n)])
+        rel = float(np.abs(alone - got[:n]).max() / max(float(np.abs(alone).max()), 1e-30))
+        if rel > BATCH_INVARIANCE_REL:
+            raise VerificationError(
+                f"{what} (int8) is not batch-invariant: batch {INVARIANCE_BATCH} differs from "
+                f"one image at a time by {rel:.3g} x max|e| > {BATCH_INVARIANCE_REL}"
+            )
+        figures["batch_invariance_max_rel"] = rel
+    overlap = neighbour_overlap(ref, got)
+    if overlap.mean() < MIN_NEIGHBOUR_OVERLAP:
+        raise VerificationError(
+            f"{what} (int8) loses retrieval: top-{NEIGHBOURS} neighbour overlap with fp32 "
+            f"{overlap.mean():.3f} < {MIN_NEIGHBOUR_OVERLAP} on {len(ref)} images"
+        )
+    figures.update({
+        "eval_images": float(len(ref)),
+        "eval_min_cosine": float(_cosines(got, ref).min()),
+        "top10_overlap_mean": float(overlap.mean()),
+        "top10_overlap_min": float(overlap.min()),
+    })
+    return figures

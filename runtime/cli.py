@@ -172,6 +172,14 @@ def _export_options(f):
         show_default=True,
         help="int8 for the CPU, fp16 for the GPU; each is accuracy-gated and gets its own file.",
     )(f)
+    f = click.option(
+        "--int8",
+        type=click.Choice(["static", "dynamic"]),
+        default="static",
+        show_default=True,
+        help="int8 recipe: static QDQ (calibrated on bundled photos, batch-invariant, runs in "
+        "batches) or dynamic (scales per batch; the Encoder runs it one image at a time).",
+    )(f)
     return f
 
 

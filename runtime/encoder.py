@@ -20,11 +20,16 @@ Default batch size: 8 on the CPU (throughput is flat above 8 there and latency g
 Batch invariance. fp32 on onnxruntime's CPU kernels gives every image bit-identical
 numbers whatever its batch mates (measured for DINOv2-S and the tiny test model, any
 batch size or thread count), which is what lets an incremental cache equal a clean run
-exactly. int8 files are quantized *dynamically*: the activation scale is computed over
-the whole batch, so one bright image changes its neighbours' embeddings (max abs 0.14
-measured on a random-weight DINOv2-S int8, random inputs). For those files
-(``spec.precision == "int8"``) the Encoder runs the model one image at a time by
-default (``per_image``); decoding still overlaps.
+exactly. int8 files come in two kinds (``spec.extra["quantization"]``):
+
+- ``static-qdq`` (the export default): every activation scale was fixed at export from
+  calibration photos, so an image's embedding is bit-identical whatever its batch mates
+  (export gates it: batch 8 against one at a time). These run in batches.
+- ``dynamic`` (and int8 files from before the key existed): the activation scale is
+  computed over the whole batch, so one bright image changes its neighbours' embeddings
+  (max abs 0.14 measured on a random-weight DINOv2-S int8, random inputs). For those the
+  Encoder runs the model one image at a time by default (``per_image``); decoding still
+  overlaps.
 """
 
 from __future__ import annotations
@@ -80,6 +85,16 @@ def default_workers(on_gpu: bool) -> int:
     return max(1, min(16, cores)) if on_gpu else max(1, min(4, cores // 4))
 
 
+#: The ``spec.extra["quantization"]`` value of int8 files that are batch-invariant.
+STATIC_INT8 = "static-qdq"
+
+
+def needs_per_image(spec: ModelSpec) -> bool:
+    """Whether a file must run one image at a time to keep results independent of batch
+    mates: only int8 that is not static QDQ (dynamic activation scales)."""
+    return spec.precision == "int8" and spec.extra.get("quantization") != STATIC_INT8
+
+
 def _worker_init() -> None:
     try:
         import cv2
@@ -120,7 +135,7 @@ class Encoder:
         self.exif_transpose = exif_transpose
         self.fast = fast
         # Run the model one image at a time, so no image depends on its batch mates.
-        self.per_image = (self.spec.precision == "int8") if per_image is None else per_image
+        self.per_image = needs_per_image(self.spec) if per_image is None else per_image
         self.workers = workers or default_workers(self._session.on_gpu)
         self.threads = threads
         self._text: TextEncoder | None = None  # built on the first embed_text call
