@@ -322,7 +322,15 @@ class BenchConfig:
     sgemm_n: int = 2048
     sgemm_repeats: int = 2  # timed sgemm calls per round (best of), after one warm-up
     rounds: int = 5  # sgemm / model alternations per batch size
+    precision: str | None = None  # None: the file's; "auto": calibrated (simx.autoselect)
+    provider_options: dict[str, str] = field(default_factory=dict)
+    device_id: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def session_kwargs(self) -> dict[str, Any]:
+        """How open_model and the Encoder are asked for this run's provider and precision."""
+        return {"provider": self.provider, "threads": self.threads, "precision": self.precision,
+                "provider_options": self.provider_options or None, "device_id": self.device_id}
 
 
 def _model_block(ms: Any, gflops: float | None, gflops_source: str | None,
@@ -389,7 +397,7 @@ def _decode_and_preprocess(
 def _make_encoder(cfg: BenchConfig) -> Any:
     from .encoder import Encoder
 
-    return Encoder(cfg.model, provider=cfg.provider, threads=cfg.threads)
+    return Encoder(cfg.model, **cfg.session_kwargs())
 
 
 def _encoder_embed(encoder: Any, paths: Sequence[Path], batch_size: int) -> Any:
@@ -423,7 +431,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
     say("cold start: import times in a fresh interpreter ...")
     cold = sysinfo.cold_start()
     t0 = time.perf_counter()
-    ms = open_model(cfg.model, provider=cfg.provider, threads=cfg.threads)
+    ms = open_model(cfg.model, **cfg.session_kwargs())
+    if ms.choice:
+        say(ms.choice["line"])
+        if ms.choice.get("warning"):
+            say(f"warning: {ms.choice['warning']}")
     cold["session_create_s"] = time.perf_counter() - t0
     spec = ms.spec
     s = spec.image_size
@@ -526,6 +538,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         "model": _model_block(ms, gflops, gsrc, g_graph),
         "config": {
             "provider_requested": cfg.provider,
+            "precision_requested": cfg.precision,
+            "provider": ms.provider,
+            "precision": ms.precision,
+            "auto_choice": ms.choice,
             "providers": list(ms.providers),
             "threads": cfg.threads,
             "batch_sizes": list(cfg.batch_sizes),

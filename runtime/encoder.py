@@ -115,8 +115,16 @@ class Encoder:
         fast: bool = False,
         workers: int | None = None,
         per_image: bool | None = None,
+        precision: str | None = None,
+        provider_options: dict[str, str] | None = None,
+        device_id: int = 0,
     ) -> None:
-        self._session: ModelSession = open_model(model, provider=provider, threads=threads)
+        # ``provider`` and ``precision`` come from simx.providers' table; precision "auto"
+        # calibrates this host's paths and opens the fastest accurate one (simx.autoselect).
+        self._session: ModelSession = open_model(model, provider=provider, threads=threads,
+                                                 precision=precision,
+                                                 provider_options=provider_options,
+                                                 device_id=device_id)
         self.exif_transpose = exif_transpose
         self.fast = fast
         # Run the model one image at a time, so no image depends on its batch mates.
@@ -140,6 +148,21 @@ class Encoder:
         return list(self._session.providers)
 
     @property
+    def provider(self) -> str:
+        """simx's name of the provider that runs the model (a row of simx.providers)."""
+        return self._session.provider
+
+    @property
+    def precision(self) -> str:
+        """The precision that really runs: the file's, or bf16 / fp16 chosen at run time."""
+        return self._session.precision
+
+    @property
+    def choice(self) -> dict | None:
+        """What ``precision="auto"`` measured and chose (None when nothing was chosen)."""
+        return self._session.choice
+
+    @property
     def path(self) -> Path:
         return self._session.path
 
@@ -148,7 +171,8 @@ class Encoder:
         return GPU_BATCH if self._session.on_gpu else CPU_BATCH
 
     def __repr__(self) -> str:
-        return f"Encoder({self.spec.id!r}, dim={self.dim}, providers={self.providers})"
+        return (f"Encoder({self.spec.id!r}, dim={self.dim}, provider={self.provider!r}, "
+                f"precision={self.precision!r})")
 
     # -- one image -----------------------------------------------------------------------
     def prepare(self, item: ImageInput) -> np.ndarray:

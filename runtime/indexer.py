@@ -205,8 +205,10 @@ def embed_into_cache(
     cache_dir = Path(cache_dir)
     report = EmbedReport(cache_dir=cache_dir, providers=encoder.providers)
     options = {"fast": bool(encoder.fast), "exif_transpose": bool(encoder.exif_transpose)}
+    run = {"provider": getattr(encoder, "provider", "cpu"),
+           "precision": getattr(encoder, "precision", encoder.spec.precision)}
     with CacheWriter(cache_dir, encoder.spec, force=force, lock_timeout=lock_timeout,
-                     options=options, model_path=encoder.path) as writer:
+                     options=options, model_path=encoder.path, run=run) as writer:
         listing = scan(paths)
         files, stat_failures = listing.files, listing.failures
         report.found = len(files) + len(stat_failures)
@@ -295,7 +297,7 @@ def embed_into_cache(
             store.rows() != writer.state.rows
             or final_failures != writer.state.failures
             or writer.state.meta != make_meta(encoder.spec, len(store.rows()), len(final_failures),
-                                              options, encoder.path)
+                                              options, encoder.path, run)
         )
         if changed:
             commit()
