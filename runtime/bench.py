@@ -394,6 +394,14 @@ def _decode_and_preprocess(
     }, good
 
 
+def _same_precision_gemm(ms: Any, cfg: BenchConfig) -> dict[str, Any]:
+    """One MatMul graph through the model's own provider and precision (simx.refgemm)."""
+    from .refgemm import gemm_gflops
+
+    prec = ms.precision if ms.precision in ("fp32", "bf16", "fp16") else "fp32"
+    return gemm_gflops(ms.provider, prec, threads=cfg.threads, device_id=cfg.device_id)
+
+
 def _make_encoder(cfg: BenchConfig) -> Any:
     from .encoder import Encoder
 
@@ -466,6 +474,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
     ms.run(x1)
     cold["first_inference_s"] = time.perf_counter() - t0
 
+    say(f"reference GEMM through {ms.provider} at {ms.precision} ...")
+    gemm = [_same_precision_gemm(ms, cfg)]
+
     encoder = None
     results: list[dict[str, Any]] = []
     for b in cfg.batch_sizes:
@@ -530,6 +541,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         m["img_s_per_sgemm_gflops"] = None if on_gpu else float(np.median(per))
         m["efficiency"] = (m["img_s_per_sgemm_gflops"] * gflops) if (gflops and not on_gpu) else None
 
+    gemm.append(_same_precision_gemm(ms, cfg))  # before and after: load drifts during a run
+    good = [g["gflops"] for g in gemm if g.get("gflops")]
+    ref_same = {**gemm[0], "gflops": float(np.mean(good)) if good else None,
+                "samples": [g.get("gflops") for g in gemm]}
+    for row in results:
+        m = row["model_only"]
+        m["efficiency_same_precision"] = (m["gflops_s"] / ref_same["gflops"]
+                                          if m["gflops_s"] and ref_same["gflops"] else None)
+    if encoder is not None:
+        stages = (stages or {}) | {"decode_pool": encoder.pool_report()}
+
     machine["load_average_at_end"] = sysinfo.load_average()
     return {
         "schema": SCHEMA,
@@ -559,6 +581,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
             "samples": len(samples),
             "note": "efficiency is n/a on a GPU: the reference is a CPU measurement" if on_gpu else None,
         },
+        "reference_same_precision": ref_same,
         "cold_start": cold,
         "stages": stages,
         "results": results,
@@ -663,7 +686,13 @@ def render(result: dict[str, Any]) -> str:
         f"first run {_f(cold.get('first_inference_s'), '{:.3f}')} s",
         "",
     ]
-    head = ["batch", "img/s", "p50 ms", "p90 ms", "p99 ms", "GFLOP/s", "efficiency"]
+    same = result.get("reference_same_precision") or {}
+    if same:
+        lines.insert(-1, f"same prec.  {same.get('kind')}: {_f(same.get('gflops'))} GFLOP/s"
+                         + (f" ({same['error']})" if same.get("error") else "")
+                         + f"; session ran {c.get('provider', '?')} at {c.get('precision', '?')}")
+    head = ["batch", "img/s", "p50 ms", "p90 ms", "p99 ms", "GFLOP/s", "efficiency",
+            "eff. same prec."]
     e2e = any(r["end_to_end"] for r in result["results"])
     if e2e:
         head += ["e2e img/s", "e2e/model"]
@@ -671,7 +700,8 @@ def render(result: dict[str, Any]) -> str:
     for r in result["results"]:
         mo, lat = r["model_only"], r["model_only"]["latency_ms"]
         row = [str(r["batch_size"]), _f(mo["img_s"]), _f(lat["p50"]), _f(lat["p90"]),
-               _f(lat["p99"]), _f(mo["gflops_s"]), _pct(mo["efficiency"])]
+               _f(lat["p99"]), _f(mo["gflops_s"]), _pct(mo["efficiency"]),
+               _pct(mo.get("efficiency_same_precision"))]
         if e2e:
             ee = r["end_to_end"] or {}
             row += [_f(ee.get("img_s")), _pct(ee.get("ratio_to_model_only"))]

@@ -353,30 +353,12 @@ def open_model(
                                 input_name=spec.input_name, image_size=image_size,
                                 user=provider_options)
     if row.name == "cpu":
-        pass  # the session above is the one that runs
-    elif row.ort_name is None:  # OpenVINO's own runtime
-        cfg = providers.openvino_config(ran, threads) | dict(provider_options or {})
-        check_weights(path, spec)  # read_spec above checked the graph's inputs and outputs
-        try:
-            ov = OpenVINOSession(path, cfg)
-        except Exception as e:
-            raise ProviderError(f"OpenVINO cannot compile {path.name}: {first_line(e)}") from None
-        if ran == "bf16" and ov.precision != "bf16":
-            raise ProviderError(f"asked OpenVINO for bf16 but it compiled {path.name} at {ov.precision}")
-        return ModelSession(path=path, spec=spec, session=ov, providers=ov.get_providers(),
-                            provider=row.name, precision=ov.precision, device=row.device)
-    elif row.plugin:
-        so.add_provider_for_devices(_plugin_devices(row), opts)
-        sess = _load(path, so)
+        got = list(sess.get_providers())
     else:
-        chain = pick_providers(row.name)
-        sess = _load(path, so, providers=chain,
-                     provider_options=[opts] + [{} for _ in chain[1:]])
-    check_io(path, spec, sess)
-    got = list(sess.get_providers())
+        sess, got, ran = _build(path, row, ran, threads, opts, provider_options)
+    if row.ort_name is not None:
+        check_io(path, spec, sess)  # (read_spec checked it for the OpenVINO runtime)
     check_weights(path, spec)
-    if got[0] != row.ort_name:
-        raise ProviderError(f"asked for {row.name} but onnxruntime ran the session on {got[0]}")
     if spec.precision == "fp16" and row.name == "cpu":
         warnings.warn(
             f"{path.name} is an fp16 model running on the CPU: it will be slow; "
@@ -386,4 +368,45 @@ def open_model(
         )
     return ModelSession(path=path, spec=spec, session=sess, providers=got, provider=row.name,
                         precision=ran, device=row.device)
+
+
+def _build(path: Path, row: providers.Provider, ran: str, threads: int | None,
+           opts: dict[str, str], provider_options: dict[str, str] | None) -> tuple[Any, list[str], str]:
+    """A session of ``row`` on the file at ``path``: (session, providers it got, precision
+    that runs). Refuses a session that onnxruntime quietly put on another provider."""
+    if row.ort_name is None:  # OpenVINO's own runtime
+        cfg = providers.openvino_config(ran, threads) | dict(provider_options or {})
+        try:
+            ov = OpenVINOSession(path, cfg)
+        except Exception as e:
+            raise ProviderError(f"OpenVINO cannot compile {path.name}: {first_line(e)}") from None
+        if ran == "bf16" and ov.precision != "bf16":
+            raise ProviderError(f"asked OpenVINO for bf16 but it compiled {path.name} at {ov.precision}")
+        return ov, ov.get_providers(), ov.precision
+    so = session_options(threads)
+    if row.plugin:
+        so.add_provider_for_devices(_plugin_devices(row), opts)
+        sess = _load(path, so)
+    else:
+        chain = pick_providers(row.name)
+        sess = _load(path, so, providers=chain, provider_options=[opts] + [{} for _ in chain[1:]])
+    got = list(sess.get_providers())
+    if got[0] != row.ort_name:
+        raise ProviderError(f"asked for {row.name} but onnxruntime ran the session on {got[0]}")
+    return sess, got, ran
+
+
+def open_graph(path: str | os.PathLike[str], provider: str, precision: str = "fp32",
+               threads: int | None = None, device_id: int = 0) -> tuple[Any, str]:
+    """A plain ONNX graph (no simx spec: the benchmark's reference GEMM) on ``provider`` at
+    ``precision``, built the same way a model's session is. Returns (session, precision)."""
+    row = check_available(provider)
+    if precision not in row.precisions and precision != "fp32":
+        raise ProviderError(f"provider {row.name!r} does not run {precision}")
+    opts = providers.ep_options(row, precision=precision, threads=threads, device_id=device_id,
+                                image_size=None)
+    if row.name == "cpu":
+        return _load(Path(path), session_options(threads), providers=[row.ort_name]), precision
+    sess, _got, ran = _build(Path(path), row, precision, threads, opts, None)
+    return sess, ran
 

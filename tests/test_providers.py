@@ -333,3 +333,51 @@ def test_cli_refuses_bf16_rows_into_an_fp32_cache(tiny, photo_dir, tmp_path: Pat
     assert r.exit_code == 0, r.output
     meta = json.loads(Path(cache, "cache.json").read_text())
     assert (meta["provider"], meta["precision"]) == ("openvino-runtime", "bf16")
+
+
+# ----------------------------------------------------------------------------- bench figures
+def test_reference_gemm_in_the_precision_used():
+    pytest.importorskip("onnx")
+    from simx.refgemm import gemm_gflops
+
+    cpu = gemm_gflops("cpu", "fp32", threads=1, n=128, repeats=1)
+    assert cpu["gflops"] > 0 and cpu["precision"] == "fp32" and "MatMul" in cpu["kind"]
+    gone = gemm_gflops("metal", "fp32", n=64)
+    assert gone["gflops"] is None and "unknown provider" in gone["error"]
+    if _openvino_importable() and providers.host_bf16():
+        bf = gemm_gflops("openvino-runtime", "bf16", threads=1, n=128, repeats=1)
+        assert bf["gflops"] > 0 and bf["precision"] == "bf16"
+
+
+def test_bench_reports_same_precision_efficiency(tiny):  # noqa: F811
+    pytest.importorskip("onnx")
+    from simx import bench
+
+    cfg = bench.BenchConfig(model=str(tiny), provider="cpu", batch_sizes=(2,), seconds=0.2,
+                            rounds=1, warmup=1, sgemm_n=64)
+    r = bench.run_bench(cfg)
+    ref = r["reference_same_precision"]
+    assert ref["gflops"] > 0 and ref["provider"] == "cpu" and ref["precision"] == "fp32"
+    mo = r["results"][0]["model_only"]
+    assert mo["efficiency_same_precision"] == pytest.approx(mo["gflops_s"] / ref["gflops"])
+    assert (r["config"]["provider"], r["config"]["precision"]) == ("cpu", "fp32")
+    assert "eff. same prec." in bench.render(r)
+
+
+def test_decode_pool_sized_from_measured_speeds(tiny, photo_dir):  # noqa: F811
+    from simx.encoder import Encoder, sized_workers
+    from simx.sysinfo import usable_cores
+
+    assert sized_workers(10.0, 100.0, False) == 1  # decoding is a tenth of the model
+    assert sized_workers(30.0, 10.0, False) == min(4, usable_cores())  # ceil(1.25 * 3)
+    assert sized_workers(1e6, 1.0, True) == min(16, usable_cores())
+    enc = Encoder(tiny, provider="cpu", threads=1)
+    assert enc.auto_workers
+    paths = sorted(p for p in photo_dir.iterdir() if p.is_file())
+    enc.embed(paths, batch_size=2)
+    rep = enc.pool_report()
+    assert rep["prepare_ms_per_image"] > 0 and rep["model_ms_per_image"] > 0
+    assert rep["workers"] >= rep["sized_workers"] >= 1
+    fixed = Encoder(tiny, provider="cpu", threads=1, workers=1)
+    fixed.embed(paths, batch_size=2)
+    assert fixed.workers == 1 and not fixed.pool_report()["auto"]
