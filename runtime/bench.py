@@ -322,7 +322,15 @@ class BenchConfig:
     sgemm_n: int = 2048
     sgemm_repeats: int = 2  # timed sgemm calls per round (best of), after one warm-up
     rounds: int = 5  # sgemm / model alternations per batch size
+    precision: str | None = None  # None: the file's; "auto": calibrated (simx.autoselect)
+    provider_options: dict[str, str] = field(default_factory=dict)
+    device_id: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def session_kwargs(self) -> dict[str, Any]:
+        """How open_model and the Encoder are asked for this run's provider and precision."""
+        return {"provider": self.provider, "threads": self.threads, "precision": self.precision,
+                "provider_options": self.provider_options or None, "device_id": self.device_id}
 
 
 def _model_block(ms: Any, gflops: float | None, gflops_source: str | None,
@@ -386,10 +394,18 @@ def _decode_and_preprocess(
     }, good
 
 
+def _same_precision_gemm(ms: Any, cfg: BenchConfig) -> dict[str, Any]:
+    """One MatMul graph through the model's own provider and precision (simx.refgemm)."""
+    from .refgemm import gemm_gflops
+
+    prec = ms.precision if ms.precision in ("fp32", "bf16", "fp16") else "fp32"
+    return gemm_gflops(ms.provider, prec, threads=cfg.threads, device_id=cfg.device_id)
+
+
 def _make_encoder(cfg: BenchConfig) -> Any:
     from .encoder import Encoder
 
-    return Encoder(cfg.model, provider=cfg.provider, threads=cfg.threads)
+    return Encoder(cfg.model, **cfg.session_kwargs())
 
 
 def _encoder_embed(encoder: Any, paths: Sequence[Path], batch_size: int) -> Any:
@@ -423,7 +439,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
     say("cold start: import times in a fresh interpreter ...")
     cold = sysinfo.cold_start()
     t0 = time.perf_counter()
-    ms = open_model(cfg.model, provider=cfg.provider, threads=cfg.threads)
+    ms = open_model(cfg.model, **cfg.session_kwargs())
+    if ms.choice:
+        say(ms.choice["line"])
+        if ms.choice.get("warning"):
+            say(f"warning: {ms.choice['warning']}")
     cold["session_create_s"] = time.perf_counter() - t0
     spec = ms.spec
     s = spec.image_size
@@ -453,6 +473,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
     t0 = time.perf_counter()
     ms.run(x1)
     cold["first_inference_s"] = time.perf_counter() - t0
+
+    say(f"reference GEMM through {ms.provider} at {ms.precision} ...")
+    gemm = [_same_precision_gemm(ms, cfg)]
 
     encoder = None
     results: list[dict[str, Any]] = []
@@ -518,6 +541,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         m["img_s_per_sgemm_gflops"] = None if on_gpu else float(np.median(per))
         m["efficiency"] = (m["img_s_per_sgemm_gflops"] * gflops) if (gflops and not on_gpu) else None
 
+    gemm.append(_same_precision_gemm(ms, cfg))  # before and after: load drifts during a run
+    good = [g["gflops"] for g in gemm if g.get("gflops")]
+    ref_same = {**gemm[0], "gflops": float(np.mean(good)) if good else None,
+                "samples": [g.get("gflops") for g in gemm]}
+    for row in results:
+        m = row["model_only"]
+        m["efficiency_same_precision"] = (m["gflops_s"] / ref_same["gflops"]
+                                          if m["gflops_s"] and ref_same["gflops"] else None)
+    if encoder is not None:
+        stages = (stages or {}) | {"decode_pool": encoder.pool_report()}
+
     machine["load_average_at_end"] = sysinfo.load_average()
     return {
         "schema": SCHEMA,
@@ -526,6 +560,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         "model": _model_block(ms, gflops, gsrc, g_graph),
         "config": {
             "provider_requested": cfg.provider,
+            "precision_requested": cfg.precision,
+            "provider": ms.provider,
+            "precision": ms.precision,
+            "auto_choice": ms.choice,
             "providers": list(ms.providers),
             "threads": cfg.threads,
             "batch_sizes": list(cfg.batch_sizes),
@@ -543,6 +581,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
             "samples": len(samples),
             "note": "efficiency is n/a on a GPU: the reference is a CPU measurement" if on_gpu else None,
         },
+        "reference_same_precision": ref_same,
         "cold_start": cold,
         "stages": stages,
         "results": results,
@@ -647,7 +686,13 @@ def render(result: dict[str, Any]) -> str:
         f"first run {_f(cold.get('first_inference_s'), '{:.3f}')} s",
         "",
     ]
-    head = ["batch", "img/s", "p50 ms", "p90 ms", "p99 ms", "GFLOP/s", "efficiency"]
+    same = result.get("reference_same_precision") or {}
+    if same:
+        lines.insert(-1, f"same prec.  {same.get('kind')}: {_f(same.get('gflops'))} GFLOP/s"
+                         + (f" ({same['error']})" if same.get("error") else "")
+                         + f"; session ran {c.get('provider', '?')} at {c.get('precision', '?')}")
+    head = ["batch", "img/s", "p50 ms", "p90 ms", "p99 ms", "GFLOP/s", "efficiency",
+            "eff. same prec."]
     e2e = any(r["end_to_end"] for r in result["results"])
     if e2e:
         head += ["e2e img/s", "e2e/model"]
@@ -655,7 +700,8 @@ def render(result: dict[str, Any]) -> str:
     for r in result["results"]:
         mo, lat = r["model_only"], r["model_only"]["latency_ms"]
         row = [str(r["batch_size"]), _f(mo["img_s"]), _f(lat["p50"]), _f(lat["p90"]),
-               _f(lat["p99"]), _f(mo["gflops_s"]), _pct(mo["efficiency"])]
+               _f(lat["p99"]), _f(mo["gflops_s"]), _pct(mo["efficiency"]),
+               _pct(mo.get("efficiency_same_precision"))]
         if e2e:
             ee = r["end_to_end"] or {}
             row += [_f(ee.get("img_s")), _pct(ee.get("ratio_to_model_only"))]

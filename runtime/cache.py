@@ -726,17 +726,21 @@ class FeatureCache:
 # ----------------------------------------------------------------------------- writing
 def make_meta(spec: Any, count: int, failed: int,
               options: dict[str, Any] | None = None,
-              model_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+              model_path: str | os.PathLike[str] | None = None,
+              run: dict[str, str] | None = None) -> dict[str, Any]:
     """cache.json. Deterministic (no timestamps), so a re-run and a clean run agree byte for byte.
 
     ``options`` are the runtime choices that change the numbers without changing the model
     (``fast`` resampling, ``exif_transpose``); a cache refuses rows made with others.
     ``model_path`` (absolute) lets ``simx search`` find the model from any folder; it is
-    a hint, not identity (the spec hash is).
+    a hint, not identity (the spec hash is). ``run`` is the provider and precision that
+    filled the cache (bf16 through OpenVINO is not fp32 on the CPU provider); without it,
+    the file's own precision on the CPU provider.
     """
     from . import __version__
 
     p = spec.preprocess
+    ran = run_of({"precision": spec.precision} | dict(run or {}))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -744,7 +748,8 @@ def make_meta(spec: Any, count: int, failed: int,
         "spec_hash": spec.embedding_hash(),
         "source": spec.source,
         "weights": spec.weights,
-        "precision": spec.precision,
+        "precision": ran["precision"],
+        "provider": ran["provider"],
         "dim": int(spec.dim),
         "normalize": bool(spec.normalize),
         "preprocess": {"resize": p.resize, "crop": p.crop, "interpolation": p.interpolation,
@@ -754,6 +759,24 @@ def make_meta(spec: Any, count: int, failed: int,
         "failed": int(failed),
         "simx_version": __version__,
     } | ({"model_path": os.path.abspath(os.fspath(model_path))} if model_path else {})
+
+
+def run_of(meta: dict[str, Any]) -> dict[str, str]:
+    """The provider and precision a cache's rows were made with. Caches written before
+    simx recorded them ran fp32 on the CPU provider (the only path there was)."""
+    return {"provider": str(meta.get("provider") or "cpu"),
+            "precision": str(meta.get("precision") or "fp32")}
+
+
+def check_run(directory: Path, meta: dict[str, Any], run: dict[str, str]) -> None:
+    """Refuse to mix rows of another precision into a cache (``--force`` rebuilds it)."""
+    old, new = run_of(meta), run_of({"precision": meta.get("precision")} | run)
+    if old["precision"] != new["precision"]:
+        raise CacheMismatchError(
+            f"cache {directory} holds {old['precision']} embeddings (provider {old['provider']}); "
+            f"this run makes {new['precision']} (provider {new['provider']}). Mixing precisions "
+            "in one cache is refused: use the same --precision/--provider, another --cache, "
+            "or --force to rebuild it")
 
 
 def _flags(options: dict[str, Any]) -> str:
@@ -860,11 +883,13 @@ class CacheWriter:
         options: dict[str, Any] | None = None,
         model_path: str | os.PathLike[str] | None = None,
         compact_dead: float = COMPACT_DEAD_FRACTION,
+        run: dict[str, str] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.spec = spec
         self.model_path = model_path
         self.compact_dead = compact_dead
+        self.run = run  # provider and precision of the rows this writer adds (None: the cache's)
         # None: keep the cache's own options (a writer that only rewrites rows).
         self.options = None if options is None else dict(sorted(options.items()))
         if self.directory.exists() and not self.directory.is_dir():
@@ -1063,6 +1088,15 @@ class CacheWriter:
                 f"{_flags(self.options)} (e.g. --fast, --exif-transpose), which change the "
                 "embeddings. Use the same flags, another --cache, or --force to rebuild it"
             )
+        if self.run is None:
+            self.run = run_of(state.meta)
+        else:
+            try:
+                check_run(d, state.meta, self.run)
+            except CacheMismatchError:
+                if force:
+                    return empty
+                raise
         return state
 
     def _init_from(self, state: CacheState) -> None:
@@ -1222,7 +1256,8 @@ class CacheWriter:
             meta = identity_meta(self.keep_meta) | {"format_version": FORMAT_VERSION,
                                                     "count": count, "failed": len(failures)}
         else:
-            meta = make_meta(self.spec, count, len(failures), self.options or {}, self.model_path)
+            meta = make_meta(self.spec, count, len(failures), self.options or {}, self.model_path,
+                             self.run)
         return meta | {
             "generation": self._generation + 1,
             "next_segment": self._next,

@@ -257,6 +257,21 @@ def export_openclip(model_name: str, pretrained: str, text: bool, **kw) -> None:
 
 
 # --------------------------------------------------------------------------- embed
+def parse_options(items: tuple[str, ...]) -> dict[str, str]:
+    from .providers import parse_options as parse
+
+    return parse(items)
+
+
+def _say_choice(enc: object) -> None:
+    """What ``--precision auto`` chose and why, as one line on stderr (plus its warning)."""
+    choice = getattr(enc, "choice", None)
+    if choice:
+        click.echo(f"simx: {choice['line']}", err=True)
+        if choice.get("warning"):
+            click.echo(f"simx: warning: {choice['warning']}", err=True)
+
+
 EXIT_PARTIAL = 1  # simx embed: the run finished, but some files could not be embedded
 EXIT_INTERRUPTED = 130  # simx embed: Ctrl-C; the work done so far is committed
 
@@ -273,8 +288,9 @@ EXIT_INTERRUPTED = 130  # simx embed: Ctrl-C; the work done so far is committed
               help="Images per inference call [default: 8 on the CPU, 32 on a GPU].")
 @click.option("--threads", type=cliparams.THREADS, default=None,
               help="onnxruntime intra-op threads [default: one per core].")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
+@click.option("--provider", type=cliparams.PROVIDER, default="auto",
               show_default=True, help="auto = CUDA when available, else CPU; never a silent fallback.")
+@cliparams.run_options
 @click.option("--force", is_flag=True, help="Rebuild a cache made by another model or preprocessing.")
 @click.option("--exif-transpose", is_flag=True, help="Apply EXIF orientation (PIL.Image.open does not).")
 @click.option("--fast", is_flag=True, help="Approximate (not exact) resampling; faster, labelled.")
@@ -297,7 +313,8 @@ def embed_cmd(ctx: click.Context, paths: tuple[str, ...], model: str | None,
               cache_dir: Path | None, config: Path | None, batch_size: int | None,
               threads: int | None, provider: str, force: bool, exif_transpose: bool, fast: bool,
               lock_timeout: float, commit_every: int, commit_seconds: float, engine: str,
-              address: str | None, workers: int | None, gpus_per_worker: float | None) -> None:
+              address: str | None, workers: int | None, gpus_per_worker: float | None,
+              precision: str | None, provider_options: tuple[str, ...], device_id: int) -> None:
     """Embed the images under PATH... into a crash-safe feature cache.
 
     Folders are walked recursively. The cache mirrors PATH...: a re-run embeds only new
@@ -336,8 +353,11 @@ def embed_cmd(ctx: click.Context, paths: tuple[str, ...], model: str | None,
         ray_only += [f"the URI {p}" for p in paths if is_uri(p)][:1]
         if ray_only:
             raise SimxError(f"{', '.join(ray_only)}: only with --engine ray")
-    enc = None if engine == "ray" else Encoder(model, provider=provider, threads=threads,
-                                                 exif_transpose=exif_transpose, fast=fast)
+    enc = None if engine == "ray" else Encoder(
+        model, provider=provider, threads=threads, exif_transpose=exif_transpose, fast=fast,
+        precision=precision, device_id=device_id, provider_options=parse_options(provider_options))
+    if enc is not None:
+        _say_choice(enc)
     try:
         if enc is None:
             from .ray_engine import embed_on_ray
@@ -375,8 +395,8 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 
 @main.command("bench")
 @click.option("--model", required=True, help="A model id in the models folder, or an .onnx path.")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
-              default="auto", show_default=True)
+@click.option("--provider", type=cliparams.PROVIDER, default="auto", show_default=True)
+@cliparams.run_options
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_batch_sizes,
               help="Comma-separated batch sizes.")
 @click.option("--images", type=click.Path(exists=True, path_type=Path), default=None,
@@ -402,7 +422,8 @@ def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
 def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: Path | None,
               synthetic: bool, seconds: float, threads: int | None, warmup: int,
               json_path: Path | None, rounds: int, sgemm_size: int, baseline: Path | None,
-              max_regression: float, plot_path: Path | None) -> None:
+              max_regression: float, plot_path: Path | None, precision: str | None,
+              provider_options: tuple[str, ...], device_id: int) -> None:
     """Measure throughput, latency and efficiency; optionally gate against a baseline.
 
     The gate compares efficiency (model GFLOP/s / numpy sgemm GFLOP/s, same run) and the
@@ -426,7 +447,8 @@ def bench_cmd(model: str, provider: str, batch_sizes: tuple[int, ...], images: P
         bench.precheck(base, read_spec(model), batch_sizes, images is not None)
     cfg = bench.BenchConfig(model=model, provider=provider, batch_sizes=batch_sizes,
                             images=images, seconds=seconds, threads=threads, warmup=warmup,
-                            rounds=rounds, sgemm_n=sgemm_size)
+                            rounds=rounds, sgemm_n=sgemm_size, precision=precision,
+                            provider_options=parse_options(provider_options), device_id=device_id)
     result = bench.run_bench(cfg, log=lambda m: click.echo(m, err=True))
     click.echo(bench.render(result))
     if json_path is not None:
@@ -469,8 +491,7 @@ def info_cmd(target: str, as_json: bool) -> None:
               help="exact: numpy cosine; faiss: a FAISS index saved next to the cache (simx-embed[faiss]).")
 @click.option("--model", "-m", default=None,
               help="The model that filled the cache, when cache.json's id is not in $SIMX_MODELS_DIR.")
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
-              show_default=True)
+@click.option("--provider", type=cliparams.PROVIDER, default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a self-contained HTML page with thumbnails of every result.")
@@ -509,8 +530,7 @@ def search_cmd(queries: tuple[Path, ...], cache_dir: Path, texts: tuple[str, ...
               help="Feature cache for this dataset [default: $SIMX_CACHE_DIR or ~/.cache/simx].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--threads", type=cliparams.THREADS, default=None)
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
-              show_default=True)
+@click.option("--provider", type=cliparams.PROVIDER, default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write an HTML page: the metric, a histogram, and the worst queries' results.")

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from . import providers
+
 
 class FiniteFloat(click.ParamType):
     """A finite float, optionally bounded below (``minimum``, inclusive or not)."""
@@ -36,3 +38,21 @@ NON_NEGATIVE = FiniteFloat(0.0)
 ANY_SECONDS = FiniteFloat()  # e.g. --lock-timeout, where -1 means "wait forever"
 THREADS = click.IntRange(min=1)
 COUNT = click.IntRange(min=0)
+
+
+# Provider and precision names come from the one table (simx.providers).
+PROVIDER = click.Choice(providers.CHOICES)
+PRECISION = click.Choice(providers.PRECISION_CHOICES)
+
+
+def run_options(f: Any) -> Any:
+    """--precision, --provider-option and --device-id: how the chosen provider runs the file."""
+    f = click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="GPU index for the CUDA and TensorRT providers.")(f)
+    f = click.option("--provider-option", "provider_options", multiple=True, metavar="KEY=VALUE",
+                     help="An onnxruntime provider option, over simx's defaults; repeatable.")(f)
+    f = click.option("--precision", type=PRECISION, default=None,
+                     help="Run-time precision of an fp32 file: bf16 (OpenVINO, CPUs with bf16 "
+                          "units), fp16 (TensorRT); auto = the fastest path that passes the "
+                          "accuracy gate, measured once per host and model [default: the file's].")(f)
+    return f

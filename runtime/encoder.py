@@ -34,7 +34,10 @@ exactly. int8 files come in two kinds (``spec.extra["quantization"]``):
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -93,6 +96,17 @@ def needs_per_image(spec: ModelSpec) -> bool:
     """Whether a file must run one image at a time to keep results independent of batch
     mates: only int8 that is not static QDQ (dynamic activation scales)."""
     return spec.precision == "int8" and spec.extra.get("quantization") != STATIC_INT8
+def sized_workers(prepare_ms: float, model_ms: float, on_gpu: bool, margin: float = 1.25) -> int:
+    """Decode workers that hide decoding behind the model: enough that ``workers`` images
+    are prepared in the time the model embeds ``workers`` images (``prepare_ms`` per image
+    on one worker vs ``model_ms`` per image), with a margin for jitter. Capped by the
+    cores this process may use: on the CPU provider a worker beyond that only takes cores
+    from the model."""
+    from .sysinfo import usable_cores
+
+    need = math.ceil(margin * prepare_ms / max(model_ms, 1e-6))
+    cap = min(16, usable_cores())
+    return max(1, min(cap, need))
 
 
 def _worker_init() -> None:
@@ -130,13 +144,28 @@ class Encoder:
         fast: bool = False,
         workers: int | None = None,
         per_image: bool | None = None,
+        precision: str | None = None,
+        provider_options: dict[str, str] | None = None,
+        device_id: int = 0,
     ) -> None:
-        self._session: ModelSession = open_model(model, provider=provider, threads=threads)
+        # ``provider`` and ``precision`` come from simx.providers' table; precision "auto"
+        # calibrates this host's paths and opens the fastest accurate one (simx.autoselect).
+        self._session: ModelSession = open_model(model, provider=provider, threads=threads,
+                                                 precision=precision,
+                                                 provider_options=provider_options,
+                                                 device_id=device_id)
         self.exif_transpose = exif_transpose
         self.fast = fast
         # Run the model one image at a time, so no image depends on its batch mates.
         self.per_image = needs_per_image(self.spec) if per_image is None else per_image
+        # ``workers`` None: start from default_workers, then size the pool from the first
+        # batch's measured preprocess and model times (sized_workers).
+        self.auto_workers = workers is None
         self.workers = workers or default_workers(self._session.on_gpu)
+        self._prep_lock = threading.Lock()
+        self._prep_s = 0.0  # summed wall time of prepare() calls, and how many
+        self._prep_n = 0
+        self._model_ms: float | None = None  # ms per image of the first measured batch
         self.threads = threads
         self._text: TextEncoder | None = None  # built on the first embed_text call
 
@@ -155,6 +184,21 @@ class Encoder:
         return list(self._session.providers)
 
     @property
+    def provider(self) -> str:
+        """simx's name of the provider that runs the model (a row of simx.providers)."""
+        return self._session.provider
+
+    @property
+    def precision(self) -> str:
+        """The precision that really runs: the file's, or bf16 / fp16 chosen at run time."""
+        return self._session.precision
+
+    @property
+    def choice(self) -> dict | None:
+        """What ``precision="auto"`` measured and chose (None when nothing was chosen)."""
+        return self._session.choice
+
+    @property
     def path(self) -> Path:
         return self._session.path
 
@@ -163,7 +207,8 @@ class Encoder:
         return GPU_BATCH if self._session.on_gpu else CPU_BATCH
 
     def __repr__(self) -> str:
-        return f"Encoder({self.spec.id!r}, dim={self.dim}, providers={self.providers})"
+        return (f"Encoder({self.spec.id!r}, dim={self.dim}, provider={self.provider!r}, "
+                f"precision={self.precision!r})")
 
     # -- one image -----------------------------------------------------------------------
     def prepare(self, item: ImageInput) -> np.ndarray:
@@ -177,6 +222,23 @@ class Encoder:
         else:
             rgb = load_rgb(item, exif_transpose=self.exif_transpose)
         return preprocess(rgb, self.spec.preprocess, fast=self.fast)
+
+    def _timed_prepare(self, item: ImageInput) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return self.prepare(item)
+        finally:
+            with self._prep_lock:
+                self._prep_s += time.perf_counter() - t0
+                self._prep_n += 1
+
+    def pool_report(self) -> dict[str, float | int | bool | None]:
+        """The decode pool's size and the figures it was sized from (for ``simx bench``)."""
+        prep = 1e3 * self._prep_s / self._prep_n if self._prep_n else None
+        return {"workers": self.workers, "auto": self.auto_workers,
+                "prepare_ms_per_image": prep, "model_ms_per_image": self._model_ms,
+                "sized_workers": (sized_workers(prep, self._model_ms, self._session.on_gpu)
+                                  if prep is not None and self._model_ms else None)}
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """Model only: a preprocessed float32 [B, 3, S, S] batch to [B, D].
@@ -216,8 +278,9 @@ class Encoder:
                     i, item = next(source)
                 except StopIteration:
                     return
-                pending.append((i, pool.submit(self.prepare, item)))
+                pending.append((i, pool.submit(self._timed_prepare, item)))
 
+        runs = 0
         try:
             fill()
             while pending:
@@ -233,7 +296,18 @@ class Encoder:
                         fails.append((i, _error_text(e)))
                     fill()
                 if arrays:
+                    t0 = time.perf_counter()
                     emb = self.run(np.stack(arrays))
+                    runs += 1  # the first call pays one-off set-up: size from the second
+                    if self.auto_workers and self._model_ms is None and self._prep_n and runs == 2:
+                        self._model_ms = 1e3 * (time.perf_counter() - t0) / len(arrays)
+                        want = sized_workers(1e3 * self._prep_s / self._prep_n, self._model_ms,
+                                             self._session.on_gpu)
+                        if want > self.workers:  # new work goes to a bigger pool
+                            pool.shutdown(wait=False)  # its queued items still run
+                            self.workers = want
+                            pool = ThreadPoolExecutor(want, thread_name_prefix="simx-decode",
+                                                      initializer=_worker_init)
                 else:
                     emb = np.zeros((0, self.dim), np.float32)
                 yield Batch(idx, emb, fails)

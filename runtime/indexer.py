@@ -168,8 +168,10 @@ def embed_into_cache(
     cache_dir = Path(cache_dir)
     report = EmbedReport(cache_dir=cache_dir, providers=encoder.providers)
     options = {"fast": bool(encoder.fast), "exif_transpose": bool(encoder.exif_transpose)}
+    run = {"provider": getattr(encoder, "provider", "cpu"),
+           "precision": getattr(encoder, "precision", encoder.spec.precision)}
     with CacheWriter(cache_dir, encoder.spec, force=force, lock_timeout=lock_timeout,
-                     options=options, model_path=encoder.path) as writer:
+                     options=options, model_path=encoder.path, run=run) as writer:
         listing = (lister or scan)(paths)
         files, stat_failures = listing.files, listing.failures
         report.found = len(files) + len(stat_failures)
@@ -262,7 +264,7 @@ def embed_into_cache(
             writer.pending()
             or final_failures != writer.failures
             or identity_meta(writer.meta) != make_meta(encoder.spec, len(writer.rows),
-                                                       len(final_failures), options, encoder.path)
+                                                       len(final_failures), options, encoder.path, run)
         )
         if changed:
             commit()

@@ -44,7 +44,8 @@ def cache_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     m = c.meta
     return {"kind": "cache", "path": str(d.resolve()), "model_id": m.get("model_id"),
             "model_path": m.get("model_path"), "spec_hash": m.get("spec_hash"),
-            "weights": m.get("weights"), "precision": m.get("precision"), "dim": c.dim,
+            "weights": m.get("weights"), "precision": m.get("precision"),
+            "provider": m.get("provider") or "cpu", "dim": c.dim,
             "rows": len(c), "failed": len(c.failures), "options": m.get("options", {}),
             "format_version": m.get("format_version"), "simx_version": m.get("simx_version"),
             "segments": len(m.get("segments", [])) if m.get("format_version", 1) >= 2 else None,
@@ -75,7 +76,7 @@ def render(d: dict[str, Any]) -> str:
             f"cache      {d['path']} (format {d['format_version']}, simx {d['simx_version']})",
             f"model      {d['model_id']}  spec hash {d['spec_hash']}",
             f"model file {d['model_path'] or '(not recorded)'}",
-            f"weights    {weights}, {d['precision']}",
+            f"weights    {weights}, {d['precision']} (provider {d['provider']})",
             f"rows       {d['rows']} x {d['dim']}, failed {d['failed']}",
             *([f"segments   {d['segments']}, dead rows {d['dead_rows']} (simx cache compact drops them)"]
               if d.get("segments") is not None else []),

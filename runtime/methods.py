@@ -22,8 +22,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from . import registry
-from .errors import SimxError, first_line
+from . import providers, registry
+from .errors import ProviderError, SimxError, first_line
 
 SIMBENCH_KEYS = ("method", "variant", "model", "pretrained", "batch_size", "device", "normalize",
                  "distance", "cache_dir")
@@ -56,7 +56,6 @@ def _openclip(cfg: dict[str, Any], where: str) -> str:
 
 # sim-bench's ``method`` -> the catalogue id its keys name (one line per method).
 METHODS = {"dinov2": _dinov2, "dinov3": _dinov3, "openclip": _openclip}
-_DEVICES = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda", "auto": "auto", "tensorrt": "tensorrt"}
 # Rankings by cosine and by Euclidean distance agree on L2-normalized vectors.
 _DISTANCES = ("cosine", "euclidean", "l2")
 
@@ -127,10 +126,11 @@ def load_method_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         out["batch_size"] = bs
     if cfg.get("device") is not None:
         dev = str(cfg["device"]).lower().split(":")[0]  # "cuda:0" -> cuda
-        if dev not in _DEVICES:
+        try:  # the provider table's names and aliases (gpu -> cuda)
+            out["provider"] = dev if dev == "auto" else providers.get(dev).name
+        except ProviderError:
             raise ConfigError(f"{path}: device {cfg['device']!r} is not supported; "
-                              f"choose from {', '.join(_DEVICES)}")
-        out["provider"] = _DEVICES[dev]
+                              f"choose from {', '.join(providers.CHOICES)}") from None
     if cfg.get("normalize") is False:
         raise ConfigError(f"{path}: normalize: false is not supported; simx embeddings are "
                           "always L2-normalized (cosine scores are their dot products)")

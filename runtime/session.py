@@ -6,7 +6,9 @@ so provider choice, thread settings and the "no silent CPU fallback" rule live h
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,17 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from . import providers
 from .errors import ModelFileError, ProviderError, first_line
 from .modelcheck import check_io, check_kind, check_output, check_weights
 from .spec import ModelSpec, SpecError, read_spec_from_metadata
 
 DEFAULT_MODELS_DIR = "onnx_models"
-PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
-_ORT_NAMES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
+PROVIDER_CHOICES = providers.CHOICES
 
 
 def models_dir() -> Path:
@@ -72,28 +70,153 @@ def _ort():
     return ort
 
 
+
 def available_providers() -> list[str]:
+    """onnxruntime's EP names that this onnxruntime build has (plugins not included)."""
     return list(_ort().get_available_providers())
 
 
-def pick_providers(provider: str) -> list[str]:
-    """The provider list to ask onnxruntime for. Asking for one that is absent is an error."""
-    if provider not in PROVIDER_CHOICES:
-        raise ProviderError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDER_CHOICES)}")
-    available = available_providers()
-    if provider == "auto":
-        order = [_ORT_NAMES["cuda"], _ORT_NAMES["cpu"]]
-        return [p for p in order if p in available] or [_ORT_NAMES["cpu"]]
-    wanted = _ORT_NAMES[provider]
-    if wanted not in available:
+_REGISTERED: set[str] = set()
+
+
+def _plugin_devices(p: providers.Provider) -> list[Any]:
+    """The CPU devices an EP plugin offers, registering its library on first use."""
+    ort = _ort()
+    try:
+        mod = importlib.import_module(str(p.plugin))
+    except ImportError:
+        raise ProviderError(f"provider {p.name!r} needs its plugin: {providers.install_hint(p)}") from None
+    if p.name not in _REGISTERED:
+        try:
+            ort.register_execution_provider_library(p.ort_name, mod.get_library_path())
+        except Exception as e:  # registering twice in one process is the only benign failure
+            if "already" not in str(e).lower():
+                raise ProviderError(f"cannot register the {p.ort_name} plugin: {first_line(e)}") from None
+        _REGISTERED.add(p.name)
+    return [d for d in ort.get_ep_devices()
+            if d.ep_name == p.ort_name and d.device.type == ort.OrtHardwareDeviceType.CPU]
+
+
+def check_available(name: str) -> providers.Provider:
+    """The table row for ``name``, if this host can run it; otherwise a ProviderError that
+    says why and what to install (or use) instead."""
+    p = providers.get(name)
+    if p.name == "cpu":
+        return p
+    if p.plugin:
+        if not _plugin_devices(p):
+            from .sysinfo import cpu_model
+
+            raise ProviderError(
+                f"the {p.ort_name} plugin offers no device for this CPU ({cpu_model()}): "
+                "onnxruntime-ep-openvino lists Intel CPUs only (microsoft/onnxruntime#31981); "
+                "use --provider openvino-runtime (OpenVINO's own runtime, same file)")
+        return p
+    if p.ort_name is None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise ProviderError(f"provider {p.name!r} needs OpenVINO: {providers.install_hint(p)}") from None
+        return p
+    have = available_providers()
+    if p.ort_name not in have:
         raise ProviderError(
-            f"provider {provider!r} ({wanted}) is not available in this onnxruntime "
-            f"(available: {', '.join(available)}); install simx-embed[gpu] for CUDA"
-        )
-    chain = [wanted]
-    if provider == "tensorrt" and _ORT_NAMES["cuda"] in available:
-        chain.append(_ORT_NAMES["cuda"])
-    return chain + ([_ORT_NAMES["cpu"]] if wanted != _ORT_NAMES["cpu"] else [])
+            f"provider {p.name!r} ({p.ort_name}) is not available in this onnxruntime "
+            f"(available: {', '.join(have)}); {providers.install_hint(p)}")
+    return p
+
+
+def usable_providers() -> list[str]:
+    """simx names of the providers this host can run now, in table order."""
+    out = []
+    for name in providers.PROVIDERS:
+        try:
+            check_available(name)
+        except ProviderError:
+            continue
+        out.append(name)
+    return out
+
+
+def resolve_provider(provider: str, precision: str | None = None) -> providers.Provider:
+    """``auto`` (without calibration) as one row: CUDA when present, else the CPU; for a
+    precision other than fp32, the first usable row that runs it."""
+    if provider != "auto":
+        return check_available(provider)
+    if precision in (None, "fp32"):
+        order = [n for n in providers.AUTO_ORDER]
+    else:
+        order = [n for n, p in providers.PROVIDERS.items() if precision in p.precisions]
+    for name in order:
+        try:
+            p = check_available(name)
+        except ProviderError:
+            continue
+        if precision != "bf16" or providers.host_bf16():
+            return p
+    raise ProviderError(f"no provider on this host runs {precision}")
+
+
+def pick_providers(provider: str) -> list[str]:
+    """The onnxruntime EP chain for ``provider`` (its row, then the rows behind it that
+    this build has). Asking for one that is absent is an error."""
+    p = resolve_provider(provider)
+    if p.ort_name is None:
+        return [providers.PROVIDERS["cpu"].ort_name]  # type: ignore[list-item]
+    have = set(available_providers())
+    chain = [p.ort_name] + [providers.PROVIDERS[c].ort_name for c in p.chain
+                            if providers.PROVIDERS[c].ort_name in have]
+    return [str(x) for x in chain]
+
+
+def resolve_precision(p: providers.Provider, spec: ModelSpec, requested: str | None) -> str:
+    """The precision a session will run at. Files exported at fp16 or int8 run at their own
+    precision; an fp32 file runs at ``requested`` when the row and the host can do it."""
+    file = spec.precision
+    if requested is not None:
+        providers.check_precision(requested)
+    if file != "fp32":
+        if requested not in (None, file):
+            raise ProviderError(f"{spec.id} is an {file} file; runtime precisions apply to fp32 "
+                                f"files (asked for {requested})")
+        return file
+    want = requested or "fp32"
+    if want not in p.precisions:
+        who = [n for n, r in providers.PROVIDERS.items() if want in r.precisions]
+        extra = " or an fp16 export (simx export ... --precision fp16)" if want == "fp16" else ""
+        raise ProviderError(f"provider {p.name!r} runs an fp32 file at {', '.join(p.precisions)}; "
+                            f"{want} runs through {', '.join(who)}{extra}")
+    if want == "bf16" and not providers.host_bf16():
+        raise ProviderError("this CPU has no bf16 units (neither amx_bf16 nor avx512_bf16): "
+                            "bf16 would be emulated and slower than fp32; use fp32")
+    return want
+
+
+class OpenVINOSession:
+    """OpenVINO's own runtime behind the one method ``ModelSession`` uses (``run``).
+
+    One infer request is reused under a lock: OpenVINO's output tensors alias the
+    request's buffers, so results are copied out before the next call can overwrite them.
+    """
+
+    def __init__(self, path: Path, config: dict[str, str]) -> None:
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
+        hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        self.precision = "bf16" if "bf16" in hint or "bfloat16" in hint else (
+            "fp16" if "f16" in hint or "float16" in hint else "fp32")
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            res = self._request.infer(feeds)
+            by_name = {port.get_any_name(): np.array(v, copy=True) for port, v in res.items()}
+        return [by_name[n] for n in output_names] if output_names else list(by_name.values())
+
+    def get_providers(self) -> list[str]:
+        return ["openvino-runtime"]
 
 
 def session_options(threads: int | None = None) -> Any:
@@ -122,16 +245,20 @@ def session_options(threads: int | None = None) -> Any:
 
 @dataclass
 class ModelSession:
-    """An onnxruntime session plus the spec read from the model file."""
+    """An inference session plus the spec read from the model file, and what really ran."""
 
     path: Path
     spec: ModelSpec
     session: Any
-    providers: list[str]  # what the session actually got
+    providers: list[str]  # what the session actually got (onnxruntime's names)
+    provider: str = "cpu"  # simx's name of the row that runs the model
+    precision: str = "fp32"  # the precision that runs: the file's, or bf16 / fp16 at run time
+    device: str = "cpu"
+    choice: dict[str, Any] | None = None  # what ``auto`` measured, when it chose
 
     @property
     def on_gpu(self) -> bool:
-        return self.providers[0] != _ORT_NAMES["cpu"]
+        return self.device == "cuda"
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """Run a float32 [B, 3, S, S] batch and return [B, D], L2-normalized if the spec says so."""
@@ -157,48 +284,129 @@ def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
     return open_model(path, provider="cpu", _spec_only=True).spec
 
 
+def _load(path: Path, so: Any, **kw: Any) -> Any:
+    try:
+        return _ort().InferenceSession(str(path), sess_options=so, **kw)
+    except Exception as e:  # onnxruntime raises its own exception types per failure
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
+
+
+def _spec_of(path: Path, sess: Any) -> ModelSpec:
+    try:
+        return read_spec_from_metadata(sess.get_modelmeta().custom_metadata_map, where=str(path))
+    except SpecError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+
+
 def open_model(
     model: str | os.PathLike[str],
     provider: str = "auto",
     threads: int | None = None,
     _spec_only: bool = False,
     kind: str = "image",
+    *,
+    precision: str | None = None,
+    provider_options: dict[str, str] | None = None,
+    device_id: int = 0,
 ) -> ModelSession:
     """Open an exported simx model. Every failure is a ModelFileError or ProviderError with one line.
 
     The graph's inputs and outputs are checked against the spec, and (unless only the
     spec is wanted) the weights against the hash recorded at export and the model's
     ``kind`` ("image" or "text") against what the caller needs.
+
+    ``precision`` None runs the file at its own precision; ``"auto"`` (or ``provider``
+    and ``precision`` both ``"auto"``) calibrates the paths this host has against the
+    file's fp32 CPU output and opens the fastest that passes (simx.autoselect).
+    ``provider_options`` are merged over the table's options (simx.providers).
     """
     path = resolve_model_path(model)
     ort = _ort()
-    chain = pick_providers(provider)
+    if precision == "auto" and not _spec_only:
+        from .autoselect import choose
+
+        c = choose(path, provider=provider, threads=threads, kind=kind)
+        ms = open_model(path, c["provider"], threads, kind=kind, precision=c["precision"],
+                        provider_options=provider_options, device_id=device_id)
+        ms.choice = c
+        return ms
     so = session_options(threads)
     if _spec_only:
         # Fastest path to the metadata: no graph optimisation work.
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        chain = [_ORT_NAMES["cpu"]]
-    try:
-        sess = ort.InferenceSession(str(path), sess_options=so, providers=chain)
-    except Exception as e:  # onnxruntime raises its own exception types per failure
-        raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
-    try:
-        spec = read_spec_from_metadata(sess.get_modelmeta().custom_metadata_map, where=str(path))
-    except SpecError as e:
-        raise ModelFileError(f"{path}: {e}") from None
-    if not _spec_only:
-        check_kind(path, spec, kind)
-    check_io(path, spec, sess)
+        sess = _load(path, so, providers=[providers.PROVIDERS["cpu"].ort_name])
+        spec = _spec_of(path, sess)
+        check_io(path, spec, sess)
+        return ModelSession(path=path, spec=spec, session=sess, providers=list(sess.get_providers()))
+    row = resolve_provider(provider, precision)
+    if row.name == "cpu":
+        sess = _load(path, so, providers=[row.ort_name])
+        spec = _spec_of(path, sess)
+    else:
+        # The spec first: the options depend on it (input name and size for TensorRT's
+        # profile, the file's precision), and the OpenVINO runtime reads no ONNX metadata.
+        spec = read_spec(path)
+    check_kind(path, spec, kind)
+    ran = resolve_precision(row, spec, precision)
+    image_size = spec.preprocess.crop if kind == "image" else None
+    opts = providers.ep_options(row, precision=ran, threads=threads, device_id=device_id,
+                                input_name=spec.input_name, image_size=image_size,
+                                user=provider_options)
+    if row.name == "cpu":
+        got = list(sess.get_providers())
+    else:
+        sess, got, ran = _build(path, row, ran, threads, opts, provider_options)
+    if row.ort_name is not None:
+        check_io(path, spec, sess)  # (read_spec checked it for the OpenVINO runtime)
+    check_weights(path, spec)
+    if spec.precision == "fp16" and row.name == "cpu":
+        warnings.warn(
+            f"{path.name} is an fp16 model running on the CPU: it will be slow; "
+            "use the fp32 or int8 export there",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return ModelSession(path=path, spec=spec, session=sess, providers=got, provider=row.name,
+                        precision=ran, device=row.device)
+
+
+def _build(path: Path, row: providers.Provider, ran: str, threads: int | None,
+           opts: dict[str, str], provider_options: dict[str, str] | None) -> tuple[Any, list[str], str]:
+    """A session of ``row`` on the file at ``path``: (session, providers it got, precision
+    that runs). Refuses a session that onnxruntime quietly put on another provider."""
+    if row.ort_name is None:  # OpenVINO's own runtime
+        cfg = providers.openvino_config(ran, threads) | dict(provider_options or {})
+        try:
+            ov = OpenVINOSession(path, cfg)
+        except Exception as e:
+            raise ProviderError(f"OpenVINO cannot compile {path.name}: {first_line(e)}") from None
+        if ran == "bf16" and ov.precision != "bf16":
+            raise ProviderError(f"asked OpenVINO for bf16 but it compiled {path.name} at {ov.precision}")
+        return ov, ov.get_providers(), ov.precision
+    so = session_options(threads)
+    if row.plugin:
+        so.add_provider_for_devices(_plugin_devices(row), opts)
+        sess = _load(path, so)
+    else:
+        chain = pick_providers(row.name)
+        sess = _load(path, so, providers=chain, provider_options=[opts] + [{} for _ in chain[1:]])
     got = list(sess.get_providers())
-    if not _spec_only:
-        check_weights(path, spec)
-        if provider in ("cuda", "tensorrt") and got[0] != chain[0]:
-            raise ProviderError(f"asked for {provider} but onnxruntime ran the session on {got[0]}")
-        if spec.precision == "fp16" and got[0] == _ORT_NAMES["cpu"]:
-            warnings.warn(
-                f"{path.name} is an fp16 model running on the CPU: it will be slow; "
-                "use the fp32 or int8 export there",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return ModelSession(path=path, spec=spec, session=sess, providers=got)
+    if got[0] != row.ort_name:
+        raise ProviderError(f"asked for {row.name} but onnxruntime ran the session on {got[0]}")
+    return sess, got, ran
+
+
+def open_graph(path: str | os.PathLike[str], provider: str, precision: str = "fp32",
+               threads: int | None = None, device_id: int = 0) -> tuple[Any, str]:
+    """A plain ONNX graph (no simx spec: the benchmark's reference GEMM) on ``provider`` at
+    ``precision``, built the same way a model's session is. Returns (session, precision)."""
+    row = check_available(provider)
+    if precision not in row.precisions and precision != "fp32":
+        raise ProviderError(f"provider {row.name!r} does not run {precision}")
+    opts = providers.ep_options(row, precision=precision, threads=threads, device_id=device_id,
+                                image_size=None)
+    if row.name == "cpu":
+        return _load(Path(path), session_options(threads), providers=[row.ort_name]), precision
+    sess, _got, ran = _build(Path(path), row, precision, threads, opts, None)
+    return sess, ran
+
