@@ -120,6 +120,14 @@ class EncoderActor:
                 "provider": np.array([self.provider] * n, dtype=object)}
 
 
+def _first_line(e: BaseException) -> str:
+    """The message a user can act on: Ray wraps a worker's exception in its traceback."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    cause = [x for x in lines if x.startswith(("simx.", "SimxError", "ModelFileError"))
+             or "Error:" in x]
+    return (cause[-1] if cause else lines[0] if lines else type(e).__name__)[:500]
+
+
 def _test_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in (_TEST_PID_DIR, _TEST_TASK_DELAY)}
 
@@ -175,9 +183,7 @@ class RayBatches:
                          _node_ip_address="127.0.0.1", **common)
         except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
             where = self.address or "a local Ray instance"
-            raise RayEngineError(f"cannot start or join Ray at {where}: "
-                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-                                 ) from None
+            raise RayEngineError(f"cannot start or join Ray at {where}: {_first_line(e)}") from None
         return True
 
     def __call__(self, todo: list[str]) -> Iterator[Batch]:
@@ -204,8 +210,15 @@ class RayBatches:
             with warnings.catch_warnings():
                 # Fewer blocks than actors (a small todo) is fine, not worth a warning.
                 warnings.filterwarnings("ignore", message=".*concurrent actors.*")
-                for block in out.iter_batches(batch_size=None, batch_format="numpy"):
-                    yield self._to_batch(block, seen)
+                try:
+                    for block in out.iter_batches(batch_size=None, batch_format="numpy"):
+                        yield self._to_batch(block, seen)
+                except Exception as e:
+                    if not type(e).__module__.startswith("ray"):
+                        raise
+                    # A worker that cannot open the model, or a job the cluster refused:
+                    # one line (the committed rows stay; a re-run continues from them).
+                    raise RayEngineError(f"the Ray job failed: {_first_line(e)}") from None
         finally:
             if started:
                 ray.shutdown()
