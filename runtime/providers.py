@@ -157,9 +157,11 @@ def openvino_config(precision: str, threads: int | None) -> dict[str, str]:
     ``num_of_threads`` (it only warns), so both go through OpenVINO's own properties
     (the plugin's ``load_config``, or ``compile_model`` for the runtime).
     """
-    if precision not in _OV_HINT:
-        raise ProviderError(f"OpenVINO runs fp32 or bf16, not {precision}")
-    cfg = {"INFERENCE_PRECISION_HINT": _OV_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if precision not in PRECISIONS:
+        raise ProviderError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    # An int8 (QDQ) or fp16 file keeps its own arithmetic; the hint only governs float ops.
+    hint = _OV_HINT["bf16"] if precision == "bf16" else _OV_HINT["fp32"]
+    cfg = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         cfg["INFERENCE_NUM_THREADS"] = str(int(threads))
     return cfg

@@ -382,7 +382,8 @@ def _build(path: Path, row: providers.Provider, ran: str, threads: int | None,
             raise ProviderError(f"OpenVINO cannot compile {path.name}: {first_line(e)}") from None
         if ran == "bf16" and ov.precision != "bf16":
             raise ProviderError(f"asked OpenVINO for bf16 but it compiled {path.name} at {ov.precision}")
-        return ov, ov.get_providers(), ov.precision
+        # fp16 / int8 files run at their own precision; fp32 files at what OpenVINO compiled.
+        return ov, ov.get_providers(), ov.precision if ran in ("fp32", "bf16") else ran
     so = session_options(threads)
     if row.plugin:
         so.add_provider_for_devices(_plugin_devices(row), opts)

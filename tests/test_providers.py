@@ -381,3 +381,17 @@ def test_decode_pool_sized_from_measured_speeds(tiny, photo_dir):  # noqa: F811
     fixed = Encoder(tiny, provider="cpu", threads=1, workers=1)
     fixed.embed(paths, batch_size=2)
     assert fixed.workers == 1 and not fixed.pool_report()["auto"]
+
+
+def test_int8_file_runs_at_its_own_precision(tmp_path: Path):
+    q = build_tiny_model(tmp_path / "q.onnx", dynamic_int8=True)
+    assert open_model(q, "cpu").precision == "int8"
+    with pytest.raises(ProviderError, match="int8 file"):
+        open_model(q, "cpu", precision="bf16")
+    paths, _ = autoselect.candidates("auto", "int8")
+    assert ("cpu", "int8") in paths and all(p == "int8" for _, p in paths)
+    if _openvino_importable():
+        ov = open_model(q, "openvino-runtime", threads=1)
+        assert ov.precision == "int8"
+        x = _pixels(1)
+        assert _cos(ov.run(x), open_model(q, "cpu").run(x)) >= autoselect.GATES["int8"]
