@@ -9,6 +9,7 @@ files: the same paths once each, the same failures, rows within 1e-5.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,20 +37,59 @@ START_TIMEOUT = 90.0  # seconds for one `ray start` to report the node up
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def _free_port() -> int:
+_TAKEN: set[int] = set()  # every port handed out this session, so no two components share one
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports, never one handed out before in this session. The
+    sockets stay bound until all `n` are chosen, so the kernel cannot give one twice."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port not in _TAKEN:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    _TAKEN.update(ports)
+    return ports
+
+
+def _free_range(width: int) -> int:
+    """The low end of `width` consecutive free ports below the kernel's ephemeral range
+    (32768+), so the ports the kernel hands out elsewhere never land inside it."""
+    rng = random.Random(os.getpid())
+    for _ in range(200):
+        lo = rng.randrange(20000, 32000 - width)
+        span = range(lo, lo + width + 1)
+        if _TAKEN.isdisjoint(span) and all(_bindable(p) for p in span):
+            _TAKEN.update(span)
+            return lo
+    raise RuntimeError(f"no {width} consecutive free ports in 20000-32000")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _start_node(args: list[str], log: Path) -> subprocess.Popen:
-    """One `ray start --block` in its own process group, every port free and private, so
-    a second cluster on the machine (another test session) cannot collide with this one."""
-    lo = _free_port()
-    ports = {"--node-manager-port": _free_port(), "--object-manager-port": _free_port(),
-             "--metrics-export-port": _free_port(), "--dashboard-agent-listen-port": _free_port(),
-             "--dashboard-agent-grpc-port": _free_port(), "--runtime-env-agent-port": _free_port(),
-             "--min-worker-port": lo, "--max-worker-port": lo + 40}
+    """One `ray start --block` in its own process group, every port free, distinct and
+    private, so no two components (and no second cluster on the machine) collide."""
+    lo = _free_range(40)
+    names = ["--node-manager-port", "--object-manager-port", "--metrics-export-port",
+             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+             "--runtime-env-agent-port"]
+    ports: dict[str, int] = dict(zip(names, _free_ports(len(names))))
+    ports.update({"--min-worker-port": lo, "--max-worker-port": lo + 40})
     cmd = [*RAY, "start", "--block", "--num-cpus", "1", "--num-gpus", "0",
            "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
            *[str(x) for kv in ports.items() for x in kv], *args]
@@ -97,13 +137,13 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real two-node Ray cluster on loopback; yields its address. Always torn down."""
     base = tmp_path_factory.mktemp("ray")
     temp_dir = Path("/tmp") / f"simx-ray-{os.getpid()}"  # short: unix socket paths are capped
-    port = _free_port()
+    port, dashboard_port = _free_ports(2)
     nodes: list[subprocess.Popen] = []
     saved = {k: os.environ.get(k) for k in RAY_ENV}
     os.environ.update(RAY_ENV)  # for the in-process drivers of the API tests
     try:
         nodes.append(_start_node(["--head", "--port", str(port), "--include-dashboard=false",
-                                  "--dashboard-port", str(_free_port()), "--temp-dir",
+                                  "--dashboard-port", str(dashboard_port), "--temp-dir",
                                   str(temp_dir)], base / "head.log"))
         nodes.append(_start_node(["--address", f"127.0.0.1:{port}"], base / "worker.log"))
         yield f"127.0.0.1:{port}"
