@@ -326,7 +326,11 @@ def open_model(
         from .autoselect import choose
 
         c = choose(path, provider=provider, threads=threads, kind=kind)
-        ms = open_model(path, c["provider"], threads, kind=kind, precision=c["precision"],
+        # The chosen path may run a sibling export (``<stem>-int8.onnx``) of the same model.
+        chosen = path.with_name(c["file"]) if c.get("file") else path
+        # A sibling, or an int8 file, runs at the file's own precision (None).
+        own = c.get("file") or c["precision"] not in providers.PRECISION_CHOICES
+        ms = open_model(chosen, c["provider"], threads, kind=kind, precision=None if own else c["precision"],
                         provider_options=provider_options, device_id=device_id)
         ms.choice = c
         return ms

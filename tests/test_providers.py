@@ -395,3 +395,39 @@ def test_int8_file_runs_at_its_own_precision(tmp_path: Path):
         assert ov.precision == "int8"
         x = _pixels(1)
         assert _cos(ov.run(x), open_model(q, "cpu").run(x)) >= autoselect.GATES["int8"]
+
+
+def test_auto_considers_the_int8_sibling_and_opens_it(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    """An fp32 file's `<stem>-int8.onnx` beside it is a candidate, gated against the fp32
+    output; when it is the fastest accurate path, auto opens that file and says so."""
+    from simx.encoder import Encoder
+
+    fp32 = build_tiny_model(tmp_path / "tiny-test.onnx")
+    int8 = build_tiny_model(tmp_path / "tiny-test-int8.onnx", dynamic_int8=True)
+    build_tiny_model(tmp_path / "tiny-test-fp16.onnx", seed=5)  # another model, not fp16
+    timed = autoselect._time_path
+
+    def int8_fastest(ms, x, seconds):
+        img_s, out = timed(ms, x, seconds)
+        return (1e6 if ms.path == int8 else img_s), out
+
+    monkeypatch.setattr(autoselect, "_time_path", int8_fastest)
+    enc = Encoder(fp32, provider="auto", precision="auto", threads=1)
+    c = enc.choice
+    rows = {(r["provider"], r["precision"], r.get("file")) for r in c["measured"]}
+    assert ("cpu", "fp32", None) in rows and ("cpu", "int8", "tiny-test-int8.onnx") in rows
+    assert any("tiny-test-fp16.onnx: not the fp16 export" in s for s in c["skipped"])
+    assert c["file"] == "tiny-test-int8.onnx" and c["precision"] == "int8"
+    assert enc.path == int8 and enc.precision == "int8"
+    assert "(tiny-test-int8.onnx)" in c["line"]
+    x = _pixels()
+    gate = next(r for r in c["measured"] if r.get("file"))
+    assert gate["gate"] == autoselect.GATES["int8"] and gate["passed"]
+    assert _cos(enc._session.run(x), open_model(fp32, "cpu").run(x)) >= autoselect.GATES["int8"]
+    # An int8 file asked for auto itself runs at its own precision.
+    assert Encoder(int8, provider="cpu", precision="auto", threads=1).precision == "int8"
+    # A sibling removed (or re-exported) since the decision changes the key: measured again.
+    int8.unlink()
+    again = autoselect.choose(fp32, "auto", threads=1)
+    assert again["source"] == "measured" and "file" not in again
