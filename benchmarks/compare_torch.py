@@ -21,7 +21,8 @@ Rounds alternate the paths (each round after its own numpy sgemm sample), so loa
 drifts during the run hits every path. Accuracy: min cosine of each path against torch fp32
 on the four verification photos. Then **end-to-end**: ``simx.Encoder.embed`` (decode +
 exact preprocess + model, threaded decoding) on the JPEGs in ``samples/`` against the same
-session's model-only rate, for simx's fastest Encoder path and for fp32.
+session's model-only rate, for simx's automatic choice (``--precision auto`` on the fp32
+file, with its static int8 sibling beside it) and for the two CPU-provider files.
 
 Writes ``benchmarks/results/compare_<cpu>-<cores>c.md`` and ``.json`` with the machine's
 CPU model, ISA flags and load averages. Usage::
@@ -38,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,13 +48,16 @@ from typing import Any
 import numpy as np
 
 from simx import bench, registry, sysinfo
+from simx.errors import SimxError, first_line
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODELS = ("dinov2-small", "dinov2-base")
+DEFAULT_MODELS = ("dinov2-small", "dinov2-base", "openclip-vit-b-32-laion2b_s34b_b79k")
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
              "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_fp16")
-ORDER = ("torch_fp32", "torch_bf16", "openvino", "simx_fp32", "simx_int8_static",
-         "simx_int8_dynamic_per_image", "ort_openvino_ep_bf16")
+ORDER = ("torch_fp32", "torch_bf16", "openvino", "ort_openvino_ep_bf16", "simx_fp32",
+         "simx_int8_static", "simx_int8_dynamic_per_image", "simx_int8_openvino", "simx_auto")
+#: What a user could pick instead of simx: the goal is simx auto against the fastest of these.
+PEERS = ("torch_fp32", "torch_bf16", "openvino", "ort_openvino_ep_bf16")
 
 
 def host_slug(facts: dict[str, Any]) -> str:
@@ -166,6 +171,17 @@ def build_paths(entry: registry.ModelEntry, files: dict[str, Path], x: np.ndarra
     paths["simx_int8_static"] = static.run
     paths["simx_int8_dynamic_per_image"] = lambda b: np.concatenate(
         [dynamic.run(b[i:i + 1]) for i in range(len(b))])
+    try:
+        ov8 = open_model(files["static"], provider="openvino-runtime", threads=threads)
+        paths["simx_int8_openvino"] = ov8.run
+        notes["simx_int8_openvino"] = f"ran at {ov8.precision}"
+    except SimxError as e:
+        notes["simx_int8_openvino"] = f"skipped: {first_line(e)}"
+    # What `--precision auto` picks on the fp32 file, its int8 sibling beside it, measured
+    # now (main() points the decision cache at a fresh folder, so nothing stale is read).
+    auto = open_model(files["fp32"], provider="auto", threads=threads, precision="auto")
+    paths["simx_auto"] = auto.run
+    notes["simx_auto"] = auto.choice["line"]
     ep, why = openvino_ep_session(files["fp32"], threads)
     if ep is None:
         notes["ort_openvino_ep_bf16"] = f"skipped: {why}"
@@ -218,8 +234,10 @@ def measure_model(entry: registry.ModelEntry, files: dict[str, Path], images: li
     # End-to-end through the Encoder, against the same session's model-only rate.
     e2e = {}
     jpegs = [images[i % len(images)] for i in range(max(3 * batch, 24))]
-    for key, file_key in (("simx_int8_static", "static"), ("simx_fp32", "fp32")):
-        enc = Encoder(files[file_key], provider="cpu", threads=threads)
+    for key, file_key, kw in (("simx_auto", "fp32", {"provider": "auto", "precision": "auto"}),
+                              ("simx_int8_static", "static", {"provider": "cpu"}),
+                              ("simx_fp32", "fp32", {"provider": "cpu"})):
+        enc = Encoder(files[file_key], threads=threads, **kw)  # auto: reads this run's decision
         enc.embed(jpegs[:2 * batch], batch_size=batch)  # warm-up
         xs = np.stack([enc.prepare(p) for p in jpegs])
         model_s, e2e_s = [], []
@@ -233,7 +251,8 @@ def measure_model(entry: registry.ModelEntry, files: dict[str, Path], images: li
             e2e_s.append(time.perf_counter() - t0)
         m, e = len(jpegs) / min(model_s), len(jpegs) / min(e2e_s)
         e2e[key] = {"model_only_img_s": m, "end_to_end_img_s": e, "ratio": e / m,
-                    "workers": enc.workers, "images": len(jpegs)}
+                    "workers": enc.workers, "images": len(jpegs),
+                    "ran": f"{enc.provider} {enc.precision} {enc.path.name}"}
         log(f"  {entry.id} e2e {key}: {e:.2f} img/s vs model-only {m:.2f} ({100 * e / m:.0f}%)")
     return {"id": entry.id, "source": entry.source, "weights": "random", "batch_size": batch,
             "gflops_per_image": gflops, "paths": rows, "skipped": {k: v for k, v in notes.items()
@@ -251,6 +270,8 @@ LABELS = {
     "simx_int8_static": "**simx int8 static QDQ, batched** (new default int8)",
     "simx_int8_dynamic_per_image": "simx int8 dynamic, one image per call (as the Encoder runs it)",
     "ort_openvino_ep_bf16": "onnxruntime + OpenVINO EP plugin, bf16",
+    "simx_int8_openvino": "simx int8 static QDQ through `--provider openvino-runtime`",
+    "simx_auto": "**simx `--precision auto`** (its choice: see notes)",
 }
 
 
@@ -261,7 +282,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         "# simx beside its peers (model-only, one run)",
         "",
         f"Measured {result['timestamp']} on **{f['cpu_model']}, {f['usable_cores']} cores**, ISA "
-        f"flags {', '.join(result['isa_flags'])} (no AMX). python {f['python']}, torch "
+        f"flags {', '.join(result['isa_flags'])}"
+        f"{'' if any(x.startswith('amx') for x in result['isa_flags']) else ' (no AMX)'}. python {f['python']}, torch "
         f"{result['torch_version']}, onnxruntime {f['onnxruntime']}, openvino "
         f"{result.get('openvino_version')}, simx {f['simx']}. Batch {result['batch_size']}, "
         f"{result['threads']} threads, **random weights** (speed does not depend on them), "
@@ -280,6 +302,15 @@ def to_markdown(result: dict[str, Any]) -> str:
                       [f"{r['img_s']:.2f}", f"{r['x_torch_fp32']:.2f}",
                        f"{r['min_cosine_vs_torch_fp32']:.5f}"])
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += [""]
+    for m in ms:
+        p = m["paths"]
+        peers = {k: p[k]["img_s"] for k in PEERS if k in p}
+        best = max(peers, key=peers.get)
+        lines.append(f"- {m['id']}: simx auto {p['simx_auto']['img_s']:.2f} img/s = "
+                     f"**{p['simx_auto']['img_s'] / peers[best]:.2f}× the fastest peer** "
+                     f"({LABELS[best]}, {peers[best]:.2f} img/s); min cosine vs torch fp32 "
+                     f"{p['simx_auto']['min_cosine_vs_torch_fp32']:.5f}.")
     lines += ["", "min cos: against torch fp32 on the four verification photos (astronaut, "
               "coffee, chelsea, rocket), preprocessed exactly."]
     notes = {f"{k}: {v}" for m in ms for k, v in ((k, r["note"]) for k, r in m["paths"].items()) if v}
@@ -294,16 +325,17 @@ def to_markdown(result: dict[str, Any]) -> str:
                      f"dynamic one image a call {d:.2f} img/s = {d / f32:.2f}× "
                      f"(static / dynamic {s / d:.2f}×).")
     lines += ["", "## End-to-end keeps up (decode + exact preprocess + model, `simx.Encoder`)", "",
-              "| model | path | model-only img/s | end-to-end img/s | e2e / model-only | decode workers |",
-              "|---|---|---:|---:|---:|---:|"]
+              "| model | path | ran | model-only img/s | end-to-end img/s | e2e / model-only | decode workers |",
+              "|---|---|---|---:|---:|---:|---:|"]
     for m in ms:
         for k, e in m["end_to_end"].items():
-            lines.append(f"| {m['id']} | {k} | {e['model_only_img_s']:.2f} | {e['end_to_end_img_s']:.2f} | "
+            lines.append(f"| {m['id']} | {k} | {e.get('ran', '')} | {e['model_only_img_s']:.2f} | "
+                         f"{e['end_to_end_img_s']:.2f} | "
                          f"{100 * e['ratio']:.0f}% | {e['workers']} |")
     lines += ["", f"The {result['n_images']} JPEGs of `samples/`, repeated to "
               f"{ms[0]['end_to_end']['simx_fp32']['images']} images; best of two alternated runs each. "
-              "End-to-end is measured for the fastest path the Encoder runs on this host (the "
-              "OpenVINO paths are not Encoder providers in this build).", "",
+              "End-to-end runs `simx.Encoder` (decode pool sized from the measured speeds) on "
+              "the auto choice and on the two CPU-provider files.", "",
               f"Machine load (1/5/15 min, `os.getloadavg()`): at start {result['load_at_start']}, "
               f"at end {result['load_at_end']}. {result.get('load_note', '')}", "",
               "Reproduce: `python3 benchmarks/compare_torch.py --models-dir DIR` (raw figures in "
@@ -326,6 +358,7 @@ def main() -> None:
 
     import torch
 
+    os.environ["SIMX_USER_CACHE"] = tempfile.mkdtemp(prefix="simx-compare-")  # auto: measured now
     facts = sysinfo.machine_facts()
     load_start = list(os.getloadavg())
     threads = args.threads or facts["usable_cores"]
