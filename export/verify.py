@@ -87,19 +87,28 @@ def _photo(name: str):
 
 
 def reference_transform(pre: PreprocessSpec):
-    """torchvision's eval transform for ``pre``: the reference every port is judged by."""
+    """The reference every port is judged by: torchvision's eval transform for
+    shortest-side bicubic (DINOv2, DINOv3, CLIP ViTs), and open_clip's own
+    ``image_transform`` for the other modes its tags use (squash, longest, bilinear)."""
     from torchvision import transforms as T
 
-    if pre.resize_mode != "shortest" or pre.interpolation != "bicubic":
-        raise SimxError(f"no reference transform for {pre.resize_mode}/{pre.interpolation}")
-    return T.Compose(
-        [
-            T.Resize(pre.resize, interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(pre.crop),
-            T.ToTensor(),
-            T.Normalize(pre.mean, pre.std),
-        ]
-    )
+    if pre.resize_mode == "shortest" and pre.interpolation == "bicubic":
+        return T.Compose(
+            [
+                T.Resize(pre.resize, interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop(pre.crop),
+                T.ToTensor(),
+                T.Normalize(pre.mean, pre.std),
+            ]
+        )
+    if pre.resize != pre.crop:
+        raise SimxError(f"no reference transform for {pre.resize_mode}/{pre.interpolation} "
+                        f"with resize {pre.resize} != crop {pre.crop}")
+    from open_clip.transform import image_transform
+
+    return image_transform(pre.crop, is_train=False, mean=pre.mean, std=pre.std,
+                           resize_mode=pre.resize_mode, interpolation=pre.interpolation,
+                           fill_color=pre.fill)
 
 
 def probes(pre: PreprocessSpec) -> list[Probe]:

@@ -470,3 +470,21 @@ def test_encoder_follows_the_files_preprocess_spec(cfg: dict, photo_files, tmp_p
     shortest = replace(spec.preprocess, resize_mode="shortest", interpolation="bicubic", fill=0)
     assert not np.array_equal(preprocess(load_rgb(files[0]), shortest),
                               preprocess(load_rgb(files[0]), spec.preprocess))
+
+
+@pytest.mark.parametrize("mode,interpolation", [("squash", "bicubic"), ("squash", "bilinear"),
+                                                 ("shortest", "bilinear"), ("longest", "bicubic")])
+def test_export_reference_transform_covers_every_mode(mode: str, interpolation: str, photo_files):
+    """The export's parity probes are made by verify.reference_transform: for every mode a
+    tag uses it is open_clip's own transform, and equals simx's preprocessing bit for bit."""
+    pytest.importorskip("open_clip")
+    from simx.export import verify
+    from simx.preprocess import preprocess_pil
+
+    spec = PreprocessSpec(resize=224, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                          resize_mode=mode, interpolation=interpolation)
+    tf = verify.reference_transform(spec)
+    for name in ("astronaut", "crop 333x517", "tiny 47x31"):  # odd sizes, both orientations
+        im = Image.open(photo_files[name]).convert("RGB")
+        want = tf(im).numpy()
+        assert np.array_equal(preprocess_pil(im, spec).reshape(want.shape), want), (name, mode)
