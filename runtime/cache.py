@@ -58,6 +58,7 @@ import numpy as np
 
 from .errors import SimxError
 from .fsutil import fsync_path, write_bytes_durably
+from .rowindex import UNKNOWN, PathIndex, path_keys
 
 try:  # POSIX only; readers work without it (Windows), writers say why they cannot lock
     import fcntl
@@ -277,12 +278,20 @@ class CacheState:
     """One committed state of a cache folder."""
 
     meta: dict[str, Any]
-    rows: list[Row]
+    table: Any  # the live rows' metadata: a pyarrow Table in ROW_COLUMNS (None: no rows)
     failures: list[Failure]
     embeddings: Any  # read-only [N, D]: a memmap, or SegmentedEmbeddings over several
     identity: tuple = ()  # (path, inode, size, mtime_ns) of each file read: new at every commit
-    # Where each live row is stored: (segment id, row in the segment); -1 is format 1's file.
-    locs: list[tuple[int, int]] = field(default_factory=list)
+    # Where each live row is stored: segment id (-1 is format 1's file) and row in it.
+    seg: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    loc: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # path_keys of the live rows (this process's hash): set by read_state, which checks
+    # that no path has two live rows.
+    keys: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.uint32))
+
+    @property
+    def count(self) -> int:
+        return 0 if self.table is None else self.table.num_rows
 
 
 def _pending_names(d: Path) -> list[str] | None:
@@ -350,7 +359,8 @@ def _read_once(d: Path) -> CacheState:
     if _identity(_current_files(d)) != before:
         raise _Raced()
     state.identity = before
-    state.locs = [(-1, i) for i in range(len(state.rows))]
+    state.seg = np.full(state.count, -1, np.int32)
+    state.loc = np.arange(state.count, dtype=np.int64)
     return state
 
 
@@ -374,12 +384,12 @@ def _parse(d: Path, files: dict[str, Path]) -> CacheState:
         raise damaged(files[EMBEDDINGS], f"a {type(emb).__name__}, not one .npy array")
     if emb.dtype != np.float32 or emb.ndim != 2:
         raise damaged(files[EMBEDDINGS], f"{emb.dtype} {emb.shape}, not float32 [N, D]")
-    return CacheState(meta, rows, failures, emb)
+    return CacheState(meta, _rows_table(rows), failures, emb)
 
 
 def _consistent(s: CacheState) -> bool:
     n, dim = s.meta["count"], s.meta["dim"]
-    return len(s.rows) == n == s.embeddings.shape[0] and s.embeddings.shape[1] == dim
+    return s.count == n == s.embeddings.shape[0] and s.embeddings.shape[1] == dim
 
 
 # ----------------------------------------------------------------------------- format 2
@@ -426,6 +436,13 @@ def _pyarrow() -> tuple[Any, Any]:
     return pa, pq
 
 
+# The row metadata columns, in this order, in memory (a segment file may lack the optional
+# ones: older writers, or no name that needed path_hex).
+ROW_COLUMNS = ("path", "size", "mtime_ns", "ctime_ns", "ino", "path_hex")
+_REQUIRED = ("path", "size", "mtime_ns")
+_CHUNK = 65536  # rows turned into Python objects at a time (bounded memory)
+
+
 def _rows_table(rows: Sequence[Row]) -> Any:
     """Row-aligned metadata as an Arrow table (path_hex only where a name is not UTF-8)."""
     pa, _ = _pyarrow()
@@ -437,14 +454,89 @@ def _rows_table(rows: Sequence[Row]) -> Any:
         "ctime_ns": pa.array([r.ctime_ns for r in rows], pa.int64()),
         "ino": pa.array([r.ino for r in rows], pa.int64()),
     }
-    if any("path_hex" in e for e in enc):
-        cols["path_hex"] = pa.array([e.get("path_hex") for e in enc], pa.string())
+    cols["path_hex"] = pa.array([e.get("path_hex") for e in enc], pa.string())
     return pa.table(cols)
 
 
-def _write_rows_parquet(path: Path, rows: Sequence[Row]) -> None:
+def _normalized(t: Any, where: object) -> Any:
+    """``t`` with exactly ROW_COLUMNS (missing optional ones as nulls), or damage."""
+    pa, _ = _pyarrow()
+    types = {"path": pa.string(), "path_hex": pa.string()}
+    cols = []
+    for name in ROW_COLUMNS:
+        typ = types.get(name, pa.int64())
+        if name not in t.column_names:
+            if name in _REQUIRED:
+                raise damaged(where, f"the row metadata has no {name!r} column")
+            cols.append(pa.nulls(t.num_rows, typ))
+            continue
+        col = t.column(name)
+        if col.type != typ:
+            try:
+                col = col.cast(typ)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise damaged(where, f"the {name!r} column is {col.type}, not {typ}") from None
+        if name in _REQUIRED and col.null_count:
+            raise damaged(where, f"a row has no {name}")
+        cols.append(col)
+    return pa.table(cols, names=list(ROW_COLUMNS))
+
+
+def _concat(tables: list[Any]) -> Any:
+    pa, _ = _pyarrow()
+    return pa.concat_tables(tables) if tables else None
+
+
+def table_paths(t: Any, start: int = 0, stop: int | None = None) -> list[str]:
+    """The exact paths of rows ``start:stop`` (path_hex decoded where present)."""
+    stop = t.num_rows if stop is None else stop
+    paths = t.column("path").slice(start, stop - start).to_pylist()
+    hexes = t.column("path_hex").slice(start, stop - start)
+    if hexes.null_count < len(hexes):
+        paths = [os.fsdecode(bytes.fromhex(h)) if h else p for p, h in zip(paths, hexes.to_pylist())]
+    return paths
+
+
+def table_rows(t: Any, idx: Sequence[int] | np.ndarray) -> list[Row]:
+    """Rows ``idx`` of a metadata table as Row objects."""
+    sub = t.take(np.asarray(idx, np.int64))
+    cols = [sub.column(n).to_pylist() for n in ("size", "mtime_ns", "ctime_ns", "ino")]
+    return [Row(p, *v) for p, *v in zip(table_paths(sub), *cols)]
+
+
+def table_keys(t: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``path_keys`` of every row, turning at most _CHUNK paths into strings at a time."""
+    parts = [path_keys(table_paths(t, s, min(s + _CHUNK, t.num_rows)))
+             for s in range(0, t.num_rows, _CHUNK)]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint32)
+    return np.concatenate([h for h, _ in parts]), np.concatenate([c for _, c in parts])
+
+
+def table_stats(t: Any) -> dict[str, np.ndarray]:
+    """size, mtime_ns, ctime_ns and ino as int64 arrays (UNKNOWN where not recorded)."""
+    import pyarrow.compute as pc
+
+    return {n: np.asarray(pc.fill_null(t.column(n), UNKNOWN).to_numpy(), np.int64)
+            for n in ("size", "mtime_ns", "ctime_ns", "ino")}
+
+
+def _path_order(t: Any) -> np.ndarray:
+    """The permutation that sorts rows by path as Python compares str (code points: the
+    order of UTF-8 bytes, which Arrow sorts by, unless a name needed path_hex)."""
+    if t.column("path_hex").null_count == t.num_rows:
+        import pyarrow.compute as pc
+
+        return np.asarray(pc.sort_indices(t, sort_keys=[("path", "ascending")]), np.int64)
+    paths = table_paths(t)
+    return np.array(sorted(range(len(paths)), key=paths.__getitem__), np.int64)
+
+
+def _write_table_parquet(path: Path, table: Any) -> None:
     _, pq = _pyarrow()
-    pq.write_table(_rows_table(rows), str(path), compression="zstd")
+    if table.column("path_hex").null_count == table.num_rows:
+        table = table.drop_columns(["path_hex"])  # the common case: every name is UTF-8
+    pq.write_table(table, str(path), compression="zstd")
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -452,21 +544,15 @@ def _write_rows_parquet(path: Path, rows: Sequence[Row]) -> None:
         os.close(fd)
 
 
-def _read_rows_parquet(path: Path) -> list[Row]:
-    _, pq = _pyarrow()
+def _read_rows_parquet(path: Path) -> Any:
+    """A segment's metadata as a normalized table (damage if it is not one)."""
+    pa, pq = _pyarrow()
     _require_regular(path)
-    t = pq.read_table(str(path))
-    cols = {n: t.column(n).to_pylist() for n in t.column_names}
-    paths = cols["path"]
-    if "path_hex" in cols:
-        paths = [os.fsdecode(bytes.fromhex(h)) if h else p for p, h in zip(paths, cols["path_hex"])]
-    if any(not isinstance(p, str) for p in paths):
-        raise damaged(path, "a path is not a string")
-    n = len(paths)
-    ctime = cols.get("ctime_ns", [None] * n)
-    ino = cols.get("ino", [None] * n)
-    return [Row(p, s, m, c, i) for p, s, m, c, i in
-            zip(paths, cols["size"], cols["mtime_ns"], ctime, ino)]
+    try:
+        t = pq.read_table(str(path))
+    except pa.ArrowException as e:
+        raise damaged(path, f"not a parquet file ({str(e).splitlines()[0]})") from None
+    return _normalized(t, path)
 
 
 def _segments_of(where: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -597,7 +683,7 @@ def _parse_v2(d: Path, raw: bytes) -> CacheState:
         raise CacheError(f"{d}: {META} is not a simx feature cache (format {meta.get('format')!r})")
     _check_meta(d, where, meta)
     dim = meta["dim"]
-    parts, keeps, rows, locs = [], [], [], []
+    parts, keeps, tables, segs, locs = [], [], [], [], []
     for s in _segments_of(where, meta):
         ep, mp = emb_path(d, s["id"]), meta_path(d, s["id"])
         _require_regular(ep)
@@ -607,26 +693,25 @@ def _parse_v2(d: Path, raw: bytes) -> CacheState:
         if emb.shape != (s["rows"], dim):
             raise damaged(ep, f"shape {emb.shape}, the manifest says ({s['rows']}, {dim})")
         seg_rows = _read_rows_parquet(mp)
-        if len(seg_rows) != s["rows"]:
-            raise damaged(mp, f"{len(seg_rows)} rows, the manifest says {s['rows']}")
+        if seg_rows.num_rows != s["rows"]:
+            raise damaged(mp, f"{seg_rows.num_rows} rows, the manifest says {s['rows']}")
         if s["dead"]:
             live = np.ones(s["rows"], bool)
             live[s["dead"]] = False
             keep = np.flatnonzero(live)
-            rows += [seg_rows[i] for i in keep]
-            locs += [(s["id"], int(i)) for i in keep]
+            seg_rows = seg_rows.take(keep)
+            locs.append(keep.astype(np.int64))
         else:
             keep = None
-            rows += seg_rows
-            locs += [(s["id"], i) for i in range(s["rows"])]
+            locs.append(np.arange(s["rows"], dtype=np.int64))
+        tables.append(seg_rows)
+        segs.append(np.full(len(locs[-1]), s["id"], np.int32))
         parts.append(emb)
         keeps.append(keep)
-    if len(rows) != meta["count"]:
-        raise damaged(where, f"{len(rows)} live rows, the manifest says {meta['count']}")
-    if len({r.path for r in rows}) != len(rows):
-        seen: set[str] = set()
-        dup = next(r.path for r in rows if r.path in seen or seen.add(r.path))
-        raise damaged(where, f"{dup!r} is duplicated: two live rows")
+    table = _concat(tables)
+    n = 0 if table is None else table.num_rows
+    if n != meta["count"]:
+        raise damaged(where, f"{n} live rows, the manifest says {meta['count']}")
     fails = meta.get("failures", [])
     if not isinstance(fails, list) or any(not isinstance(f, dict) for f in fails):
         raise damaged(where, "failures is not a list of objects")
@@ -637,7 +722,10 @@ def _parse_v2(d: Path, raw: bytes) -> CacheState:
         embeddings = np.zeros((0, dim), np.float32)
     else:
         embeddings = SegmentedEmbeddings(parts, keeps, dim)
-    return CacheState(meta, rows, failures, embeddings, locs=locs)
+    state = CacheState(meta, table, failures, embeddings,
+                       seg=np.concatenate(segs) if segs else np.zeros(0, np.int32),
+                       loc=np.concatenate(locs) if locs else np.zeros(0, np.int64))
+    return state
 
 
 def read_state(d: str | os.PathLike[str], retries: int = 3,
@@ -658,6 +746,7 @@ def read_state(d: str | os.PathLike[str], retries: int = 3,
         try:
             s = _read_once(d)
             if _consistent(s):
+                _check_unique(s, d / META)
                 return s
             bad_reads += 1
         except _Raced:  # a commit overlapped the read
@@ -671,6 +760,44 @@ def read_state(d: str | os.PathLike[str], retries: int = 3,
 
 
 
+def _check_unique(s: CacheState, where: Path) -> None:
+    """Set ``s.keys``; two live rows of one path would make ``row()`` ambiguous: damage."""
+    if s.table is None:
+        return
+    h, c = table_keys(s.table)
+    order = np.lexsort((c, h))
+    same = np.flatnonzero((h[order][1:] == h[order][:-1]) & (c[order][1:] == c[order][:-1]))
+    for k in same:  # equal keys: the same path, short of a 96-bit hash collision
+        a, b = (table_paths(s.table, int(i), int(i) + 1)[0] for i in order[k:k + 2])
+        if a == b:
+            raise damaged(where, f"{a!r} is duplicated: two live rows")
+    s.keys = (h, c)
+
+
+class RowsView(Sequence):
+    """Row objects made on demand from a metadata table (one Python object per row only
+    while a caller holds it)."""
+
+    def __init__(self, table: Any) -> None:
+        self._t = table
+        self._n = 0 if table is None else table.num_rows
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return table_rows(self._t, range(self._n)[i])
+        i = int(i) + (self._n if i < 0 else 0)
+        if not 0 <= i < self._n:
+            raise IndexError(f"row {i} is out of range for {self._n} rows")
+        return table_rows(self._t, [i])[0]
+
+    def __iter__(self) -> Any:
+        for s in range(0, self._n, _CHUNK):
+            yield from table_rows(self._t, range(s, min(s + _CHUNK, self._n)))
+
+
 class FeatureCache:
     """Read access to a cache folder that ``simx embed`` wrote.
 
@@ -682,10 +809,11 @@ class FeatureCache:
         self.directory = Path(directory)
         s = read_state(self.directory)
         self.meta: dict[str, Any] = s.meta
-        self.rows: list[Row] = s.rows
+        self.table: Any = s.table  # the rows' metadata (pyarrow), row-aligned with embeddings
+        self.rows: Sequence[Row] = RowsView(s.table)
         self.failures: list[Failure] = s.failures
         self.embeddings: Any = s.embeddings  # [N, D]: a memmap, or SegmentedEmbeddings
-        self.paths: list[str] = [r.path for r in s.rows]
+        self.paths: list[str] = [] if s.table is None else table_paths(s.table)
         self._row = {p: i for i, p in enumerate(self.paths)}
         # Every commit replaces cache.json (format 1: all four files) by rename, so inodes,
         # mtimes and the manifest's hash name the commit: what the FAISS index is keyed on.
@@ -809,7 +937,9 @@ class _Staged:
         self.meta = directory / STAGING / f"metadata_{seg}.parquet{NEW}"
         self.fd = os.open(self.emb, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self.size = 0
-        self.rows: list[Row] = []
+        self.n = 0  # rows appended
+        self._tables: list[Any] = []  # their metadata, in order ...
+        self._rows: list[Row] = []  # ... the last ones still as Rows (up to _CHUNK)
         self.dead: set[int] = set()
         try:
             self._write(_npy_header(0, dim))
@@ -830,19 +960,35 @@ class _Staged:
             self.size += k
             view = view[k:]
 
-    def append(self, rows: Sequence[Row], emb: np.ndarray) -> None:
+    def append(self, rows: Sequence[Row] | Any, emb: np.ndarray) -> None:
+        """Append rows (Row objects, or a metadata table in ROW_COLUMNS) and their vectors."""
+        n = len(rows) if isinstance(rows, Sequence) else rows.num_rows
         a = np.ascontiguousarray(emb, dtype=np.float32)
-        if a.shape != (len(rows), self.dim):
-            raise ValueError(f"embeddings are {a.shape}, expected {(len(rows), self.dim)}")
+        if a.shape != (n, self.dim):
+            raise ValueError(f"embeddings are {a.shape}, expected {(n, self.dim)}")
         self._write(a.tobytes())
-        self.rows.extend(rows)
+        self.n += n
+        if isinstance(rows, Sequence):
+            self._rows.extend(rows)
+            if len(self._rows) >= _CHUNK:
+                self._flush()
+        else:
+            self._flush()
+            self._tables.append(rows)
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._tables.append(_rows_table(self._rows))
+            self._rows = []
 
     def finish(self) -> None:
         """Patch the header with the row count; fsync; write the metadata beside it."""
-        os.pwrite(self.fd, _npy_header(len(self.rows), self.dim), 0)
+        os.pwrite(self.fd, _npy_header(self.n, self.dim), 0)
         os.fsync(self.fd)
         self.close()
-        _write_rows_parquet(self.meta, self.rows)
+        self._flush()
+        _write_table_parquet(self.meta, _concat(self._tables))
+        self._tables = []
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -870,7 +1016,10 @@ class CacheWriter:
     The API every engine uses: ``add(rows, embeddings)`` streams rows to the next
     segment (a path that already has a live row gets its old row tombstoned),
     ``remove(paths)`` tombstones rows, and ``commit(failures)`` publishes both atomically.
-    ``rows`` (path -> Row) and ``failures`` are the state including what is staged.
+    ``count`` and ``failures`` are the state including what is staged. The live rows are
+    held in ``index`` (a ``PathIndex``: ~20 B a row, plus the stat columns of the rows it
+    opened with), never as one Python object per row, so a writer's memory stays small
+    beside its cache (benchmarks/results/embed_scale_amd-epyc-2c.md).
     """
 
     def __init__(
@@ -1051,7 +1200,7 @@ class CacheWriter:
 
     def _load(self, force: bool) -> CacheState:
         d = self.directory
-        empty = CacheState({}, [], [], np.zeros((0, int(self.spec.dim)), np.float32))
+        empty = CacheState({}, None, [], np.zeros((0, int(self.spec.dim)), np.float32))
         if not (d / META).exists():
             mine = (EMB_DIR, META_DIR) if self._ours else ()
             leftovers = [n for n in (EMBEDDINGS, INDEX, EMB_DIR, META_DIR)
@@ -1103,14 +1252,13 @@ class CacheWriter:
         """The writer's own view: live rows and where they are, segments and their tombstones."""
         d = self.directory
         self.meta = state.meta
-        self.rows: dict[str, Row] = {r.path: r for r in state.rows}
         self.failures: list[Failure] = list(state.failures)
-        self._where: dict[str, tuple[int, int]] = dict(zip((r.path for r in state.rows), state.locs))
         ids = {int(m.group(1)) for sub in (EMB_DIR, META_DIR) if (d / sub).is_dir()
                for p in (d / sub).iterdir() if (m := _SEG_NAME.match(p.name))}
         self._segments: list[dict[str, Any]] = []
         self._v1: int | None = None  # segment id format 1's embeddings.npy will get
-        self._v1_rows: list[Row] = []
+        self._v1_table: Any = None
+        seg = state.seg
         if state.meta.get("format_version", FORMAT_VERSION) >= 2:
             self._segments = [{"id": s["id"], "rows": s["rows"], "dead": set(s["dead"])}
                               for s in _segments_of(d / META, state.meta)] if state.meta else []
@@ -1121,9 +1269,13 @@ class CacheWriter:
         if state.meta and state.meta.get("format_version", 1) < 2:
             self._v1 = self._next
             self._next += 1
-            self._v1_rows = list(state.rows)
-            self._segments = [{"id": self._v1, "rows": len(state.rows), "dead": set()}]
-            self._where = {r.path: (self._v1, i) for i, r in enumerate(state.rows)}
+            self._v1_table = state.table
+            self._segments = [{"id": self._v1, "rows": state.count, "dead": set()}]
+            seg = np.full(state.count, self._v1, np.int32)
+        # The live rows by path, with the stat each was embedded from (the re-run's diff).
+        # A table of 1M rows is ~100 MB of Arrow buffers: dropped once indexed.
+        stats = table_stats(state.table) if state.count else None
+        self.index = PathIndex.build(*state.keys, seg, state.loc, stats)
         self._dirty = False
         self._mm: dict[int, np.ndarray] = {}
 
@@ -1132,14 +1284,42 @@ class CacheWriter:
         if self._lock_fd is None:
             raise CacheError("the cache writer is closed")
 
-    def _tombstone(self, path: str) -> None:
-        seg, local = self._where.pop(path)
-        del self.rows[path]
+    @property
+    def count(self) -> int:
+        """Live rows, including those staged for the next commit."""
+        return len(self.index)
+
+    def _tombstone(self, where: tuple[int, int]) -> None:
+        seg, local = where
         if self._staged is not None and seg == self._staged.seg:
             self._staged.dead.add(local)
         else:
             next(s for s in self._segments if s["id"] == seg)["dead"].add(local)
         self._dirty = True
+
+    def find(self, paths: Sequence[str]) -> np.ndarray:
+        """Index positions of the committed live rows of ``paths`` (-1: none), for
+        ``index.stats`` and ``remove_at``. Rows added by this writer are not searched."""
+        self.index.merge()
+        return self.index.find(*path_keys(paths))
+
+    def paths_at(self, positions: np.ndarray) -> list[str]:
+        """The paths of the committed rows at index ``positions``, read from their segments."""
+        seg, loc = self.index.seg[positions], self.index.loc[positions]
+        out: list[str] = [""] * len(positions)
+        for sg in np.unique(seg):
+            m = np.flatnonzero(seg == sg)
+            t = (self._v1_table if sg == self._v1 else
+                 _read_rows_parquet(meta_path(self.directory, int(sg))))
+            for j, p in zip(m, table_paths(t.take(loc[m]))):
+                out[j] = p
+        return out
+
+    def remove_at(self, positions: np.ndarray) -> None:
+        """Tombstone the rows at index ``positions`` (from ``find`` or ``index.live_positions``)."""
+        self._check_open()
+        for where in self.index.kill(np.asarray(positions, np.int64)):
+            self._tombstone(where)
 
     def add(self, rows: Sequence[Row], embeddings: np.ndarray) -> None:
         """Stream ``rows`` and their [n, D] ``embeddings`` to the next segment."""
@@ -1151,27 +1331,31 @@ class CacheWriter:
                 (self.directory / STAGING).mkdir(exist_ok=True)
                 self._staged = _Staged(self.directory, self._next, int(self.spec.dim))
                 self._next += 1
-            base = len(self._staged.rows)
+            base = self._staged.n
             self._staged.append(rows, embeddings)
         except OSError as e:
             self._failed(e)
-        for j, r in enumerate(rows):
-            if r.path in self._where:
-                self._tombstone(r.path)
-            self._where[r.path] = (self._staged.seg, base + j)
-            self.rows[r.path] = r
+        h, c = path_keys([r.path for r in rows])
+        for j, key in enumerate(zip(h.tolist(), c.tolist())):
+            old = self.index.remove(key)
+            if old is not None:
+                self._tombstone(old)
+            self.index.add(key, self._staged.seg, base + j)
 
     def remove(self, paths: Iterable[str]) -> None:
         """Tombstone the rows of ``paths`` (files that changed or are gone)."""
         self._check_open()
-        for p in paths:
-            if p in self._where:
-                self._tombstone(p)
+        paths = list(paths)
+        h, c = path_keys(paths)
+        for key in zip(h.tolist(), c.tolist()):
+            old = self.index.remove(key)
+            if old is not None:
+                self._tombstone(old)
 
     def pending(self) -> bool:
         """Whether a commit would change anything but the failures and cache.json's identity."""
         return self._dirty or self._v1 is not None or (
-            self._staged is not None and bool(self._staged.rows))
+            self._staged is not None and self._staged.n > 0)
 
     def _failed(self, e: OSError) -> None:
         if self._staged is not None:
@@ -1195,7 +1379,7 @@ class CacheWriter:
         try:
             if self._v1 is not None:
                 placed += self._place_v1()
-            if staged is not None and staged.rows:
+            if staged is not None and staged.n:
                 staged.finish()
                 crash_point("commit-written")
                 for src, dst in ((staged.emb, emb_path(self.directory, staged.seg)),
@@ -1204,7 +1388,7 @@ class CacheWriter:
                     os.replace(src, dst)
                     placed.append(dst)
                     crash_point("commit-rename")
-                new_segments.append({"id": staged.seg, "rows": len(staged.rows), "dead": staged.dead})
+                new_segments.append({"id": staged.seg, "rows": staged.n, "dead": staged.dead})
             elif staged is not None:
                 staged.discard()
             for sub in (EMB_DIR, META_DIR):
@@ -1221,7 +1405,9 @@ class CacheWriter:
         self._segments = new_segments
         self._dirty = False
         self._v1 = None
-        self._v1_rows = []
+        self._v1_table = None
+        if self.index.fresh >= _CHUNK:
+            self.index.merge()  # bounded: the dict holds at most one chunk of new rows
         for name in (EMBEDDINGS, INDEX):  # format 1's files, now a segment (or dropped by --force)
             (self.directory / name).unlink(missing_ok=True)
         self._remove_orphans({s["id"] for s in self._segments})
@@ -1245,7 +1431,7 @@ class CacheWriter:
             shutil.copyfile(d / EMBEDDINGS, tmp)
             fsync_path(tmp)
         mtmp = d / STAGING / (meta_path(d, self._v1).name + NEW)
-        _write_rows_parquet(mtmp, self._v1_rows)
+        _write_table_parquet(mtmp, self._v1_table)
         os.replace(tmp, dst)
         os.replace(mtmp, meta_path(d, self._v1))
         return [dst, meta_path(d, self._v1)]
@@ -1304,19 +1490,30 @@ class CacheWriter:
         if self.pending() or (self._staged is not None and self._staged.dead):
             self.commit()
         crash_point("compact-begin")
-        paths = sorted(self._where)
+        pa, _ = _pyarrow()
+        tables = []
+        for sg in self._segments:
+            keep = np.setdiff1d(np.arange(sg["rows"]), np.fromiter(sg["dead"], np.int64))
+            t = _read_rows_parquet(meta_path(self.directory, sg["id"])).take(keep)
+            tables.append(t.append_column("_seg", pa.array(np.full(len(keep), sg["id"], np.int32)))
+                          .append_column("_loc", pa.array(keep.astype(np.int64))))
+        table = _concat(tables)
+        n = 0 if table is None else table.num_rows
+        if n:
+            order = _path_order(table)
+            table = table.take(order)
         (self.directory / STAGING).mkdir(exist_ok=True)
         staged = _Staged(self.directory, self._next, int(self.spec.dim))
         self._next += 1
         try:
-            for s in range(0, len(paths), chunk):
-                part = paths[s:s + chunk]
-                locs = np.array([self._where[p] for p in part], np.int64).reshape(-1, 2)
-                block = np.empty((len(part), int(self.spec.dim)), np.float32)
-                for seg in np.unique(locs[:, 0]):
-                    m = locs[:, 0] == seg
-                    block[m] = self._segment_array(int(seg))[locs[m, 1]]
-                staged.append([self.rows[p] for p in part], block)
+            for s in range(0, n, chunk):
+                part = table.slice(s, chunk)
+                segs, locs = part.column("_seg").to_numpy(), part.column("_loc").to_numpy()
+                block = np.empty((part.num_rows, int(self.spec.dim)), np.float32)
+                for seg in np.unique(segs):
+                    m = segs == seg
+                    block[m] = self._segment_array(int(seg))[locs[m]]
+                staged.append(part.select(list(ROW_COLUMNS)), block)
         except OSError as e:
             staged.discard()
             self._failed(e)
@@ -1324,7 +1521,11 @@ class CacheWriter:
         self._staged = staged
         self._mm = {}
         self.commit()
-        self._where = {p: (staged.seg, i) for i, p in enumerate(paths)}
+        if n:
+            keys = table_keys(table)
+            stats = table_stats(table) if self.index.stats is not None else None
+            self.index = PathIndex.build(*keys, np.full(n, staged.seg, np.int32),
+                                         np.arange(n, dtype=np.int64), stats)
         crash_point("compact-done")
 
 
@@ -1346,7 +1547,7 @@ def compact(directory: str | os.PathLike[str], *, lock_timeout: float = 0.0) -> 
         w.keep_meta = state.meta
         segs, dead = len(w._segments), w.dead_rows
         w.compact()
-        rows = len(w.rows)
+        rows = w.count
     return {"rows": rows, "segments_before": segs, "dead_dropped": dead,
             "bytes_before": before, "bytes_after": _disk_bytes(d)}
 

@@ -59,7 +59,7 @@ def _parquet(fc: FeatureCache, order: list[int], tmp: Path) -> None:
     try:
         for s in range(0, max(len(order), 1), CHUNK):
             idx = order[s:s + CHUNK]
-            t = _rows_table([fc.rows[i] for i in idx])
+            t = fc.table.take(np.asarray(idx, np.int64)) if idx else _rows_table([])
             if "path_hex" not in t.column_names:  # one schema for every row group
                 t = t.append_column("path_hex", pa.nulls(len(idx), pa.string()))
             emb = np.ascontiguousarray(fc.embeddings[np.asarray(idx, np.int64)], np.float32)

@@ -19,13 +19,16 @@ import os
 import stat
 import sys
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .cache import FAILED, CacheWriter, Failure, Row, canonical_path, crash_point, identity_meta, make_meta
+from .rowindex import UNKNOWN
 from .encoder import Batch, Encoder
 from .image import IMAGE_EXTENSIONS
 
@@ -85,22 +88,69 @@ def _stat_failure(key: str, e: OSError) -> Failure:
     return Failure(key, f"cannot stat file: {e.strerror or e}")
 
 
+_STATS = ("size", "mtime_ns", "ctime_ns", "ino")
+
+
 @dataclass
 class Listing:
     """What a walk saw: files with their stat, files that fail before decoding, and places
-    it could not look into (their rows must be kept, not dropped as gone)."""
+    it could not look into (their rows must be kept, not dropped as gone).
 
-    files: dict[str, os.stat_result] = field(default_factory=dict)
+    Files are columns, not a dict of stat results (~900 B a file): ``paths`` sorted and
+    unique, and the stat fields a row records in int64 arrays aligned with them (after
+    ``finish``; ``add`` appends to compact buffers meanwhile).
+    """
+
+    paths: list[str] = field(default_factory=list)
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
     blind_dirs: list[str] = field(default_factory=list)
     blind_files: set[str] = field(default_factory=set)
+    _buf: dict[str, array] = field(default_factory=lambda: {k: array("q") for k in _STATS})
+
+    def add(self, key: str, st: os.stat_result | Any) -> None:
+        self.paths.append(key)
+        for k, v in zip(_STATS, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)):
+            self._buf[k].append(int(v))
+
+    def extend(self, other: Listing) -> None:
+        """Add another (unfinished) listing's files, failures and blind spots."""
+        self.paths.extend(other.paths)
+        for k in _STATS:
+            self._buf[k].extend(other._buf[k])
+        self.failures.update(other.failures)
+        self.blind_dirs.extend(other.blind_dirs)
+        self.blind_files |= other.blind_files
+
+    def finish(self) -> Listing:
+        """Sort by path and drop repeats (a file reached through two of the given paths),
+        keeping the first stat; a path that also failed keeps only its failure."""
+        cols = {k: np.frombuffer(self._buf[k], np.int64) for k in _STATS}
+        keys = np.array(self.paths, dtype=object)
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        first = np.ones(len(keys), bool)
+        first[1:] = keys[1:] != keys[:-1]
+        if self.failures:
+            first &= np.fromiter((k not in self.failures for k in keys), bool, len(keys))
+        order = order[first]
+        self.paths = keys[first].tolist()
+        self.stats = {k: v[order].copy() for k, v in cols.items()}
+        self._buf = {k: array("q") for k in _STATS}
+        return self
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def row(self, i: int) -> Row:
+        return Row(self.paths[i], *(int(self.stats[k][i]) for k in _STATS))
 
     def hides(self, path: str) -> bool:
         """Whether ``path`` may exist although this walk did not see it."""
         return path in self.blind_files or any(path.startswith(d) for d in self.blind_dirs)
 
 
-def scan(paths: Iterable[str | os.PathLike[str]]) -> Listing:
+def scan(paths: Iterable[str | os.PathLike[str]], finish: bool = True) -> Listing:
     """Image files under ``paths``: canonical path -> stat, and files that fail before decoding.
 
     Stat happens before reading, so a file modified during the run is re-embedded next time.
@@ -109,14 +159,14 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> Listing:
     whose stat fails for another reason than not existing (EACCES, ENAMETOOLONG, EIO), get
     one failure line each and hide what lies under them.
     """
-    from .image import find_images
+    from .image import iter_images
 
     out = Listing()
     dirs: dict[str, str] = {}
     unreadable: list[tuple[str, OSError]] = []
-    for p in find_images([Path(x) for x in paths], errors=unreadable):
+    for p in iter_images(paths, errors=unreadable):
         key = canonical_path(p, dirs)
-        if key in out.files or key in out.failures:
+        if key in out.failures:
             continue
         try:
             st = os.stat(key)
@@ -129,7 +179,7 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> Listing:
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             out.failures[key] = Failure(key, f"{kind} (only regular image files are embedded)")
             continue
-        out.files[key] = st
+        out.add(key, st)
     for folder, e in unreadable:
         try:
             key = str(Path(folder).resolve())
@@ -138,7 +188,7 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> Listing:
         out.failures[key] = Failure(key, f"cannot list folder: {e.strerror or e}; "
                                          "its rows are kept until it can be read")
         out.blind_dirs.append(key.rstrip(os.sep) + os.sep)
-    return out
+    return out.finish() if finish else out
 
 
 def embed_into_cache(
@@ -173,33 +223,22 @@ def embed_into_cache(
     with CacheWriter(cache_dir, encoder.spec, force=force, lock_timeout=lock_timeout,
                      options=options, model_path=encoder.path, run=run) as writer:
         listing = (lister or scan)(paths)
-        files, stat_failures = listing.files, listing.failures
-        report.found = len(files) + len(stat_failures)
-        old_rows = dict(writer.rows)
+        stat_failures = listing.failures
+        report.found = len(listing) + len(stat_failures)
         old_failed = {f.path: f for f in writer.failures}
-        # Rows we cannot see this run (an unreadable folder, a file stat refused) are kept:
-        # unseen is not gone.
-        unseen = {p for p in old_rows if listing.hides(p)}
-        walked = set(files) | set(stat_failures) | unseen
-        unchanged = unseen | {
-            k for k, st in files.items()
-            if (r := old_rows.get(k)) is not None and r.matches(st)
-        }
-        todo = sorted(k for k in files if k not in unchanged)
-        report.unchanged = len(unchanged)
-        report.removed = sum(1 for p in old_rows if p not in walked)
-        # Rows of files that changed or are gone are tombstoned at the first commit (a
-        # changed file gets its new row when it is re-embedded, or a failure line).
-        writer.remove([p for p in old_rows if p not in unchanged])
+        keep, todo_ix, report.removed = _diff(writer, listing)
+        report.unchanged = keep
+        todo = [listing.paths[i] for i in todo_ix]  # sorted: the listing is
         run_failures: dict[str, Failure] = dict(stat_failures)
-        done: set[str] = set()
+        done = np.zeros(len(todo), bool)
+        retried = [j for j, k in enumerate(todo) if k in old_failed]
 
         def failures_now() -> list[Failure]:
             # Not yet retried: a previously failed file keeps its old line until it is.
             out = dict(run_failures)
-            for k in todo:
-                if k not in done and k in old_failed:
-                    out.setdefault(k, old_failed[k])
+            for j in retried:
+                if not done[j]:
+                    out.setdefault(todo[j], old_failed[todo[j]])
             return [out[k] for k in sorted(out)]
 
         def commit() -> None:
@@ -223,20 +262,17 @@ def embed_into_cache(
             for batch in source:
                 # A non-finite row would poison every search; that file is a failure instead.
                 finite = np.isfinite(batch.embeddings).all(axis=1)
-                rows = []
-                for i in batch.indices:
-                    rows.append(Row.of(todo[i], files[todo[i]]))
-                    done.add(todo[i])
+                rows = [listing.row(int(todo_ix[i])) for i in batch.indices]
+                done[list(batch.indices)] = True
                 bad = [(i, "the model produced non-finite values (NaN or inf) for this image")
                        for i, ok in zip(batch.indices, finite) if not ok]
                 rows = [r for r, ok in zip(rows, finite) if ok]
                 if rows:
                     writer.add(rows, batch.embeddings[finite])  # streamed to disk now
                 for i, err in [*batch.failures, *bad]:
-                    st = files[todo[i]]
-                    run_failures[todo[i]] = Failure(todo[i], err, int(st.st_size),
-                                                    int(st.st_mtime_ns))
-                    done.add(todo[i])
+                    r = listing.row(int(todo_ix[i]))
+                    run_failures[todo[i]] = Failure(todo[i], err, r.size, r.mtime_ns)
+                    done[i] = True
                 report.embedded += len(rows)
                 since_commit += len(rows) + len(batch.failures) + len(bad)
                 if bar is not None:
@@ -248,7 +284,7 @@ def embed_into_cache(
                 due_count = commit_every > 0 and since_commit >= commit_every
                 due_time = commit_seconds > 0 and now - last_commit >= max(commit_seconds,
                                                                           10 * commit_cost)
-                if (due_count or due_time) and len(done) < len(todo):
+                if (due_count or due_time) and not done.all():
                     commit()
                     last_commit = time.perf_counter()
                     commit_cost = last_commit - now
@@ -263,7 +299,7 @@ def embed_into_cache(
         changed = (
             writer.pending()
             or final_failures != writer.failures
-            or identity_meta(writer.meta) != make_meta(encoder.spec, len(writer.rows),
+            or identity_meta(writer.meta) != make_meta(encoder.spec, writer.count,
                                                        len(final_failures), options, encoder.path, run)
         )
         if changed:
@@ -271,5 +307,48 @@ def embed_into_cache(
         report.embed_seconds = time.perf_counter() - t0
         report.failures = final_failures
         report.failed = len(final_failures)
-        report.rows = len(writer.rows)
+        report.rows = writer.count
     return report
+
+
+def _diff(writer: CacheWriter, listing: Listing) -> tuple[int, np.ndarray, int]:
+    """Compare the walk with the cache's rows; tombstone the rows of files that changed or
+    are gone. Returns (rows kept, listing indices to embed, rows of files gone).
+
+    A row is kept when its file's size, mtime_ns, ctime_ns and inode are unchanged
+    (``Row.matches``; rows of older caches lack ctime and inode and compare on the rest),
+    and also when the walk could not see it (an unreadable folder, a file whose stat was
+    refused): unseen is not gone. Vectorized over the listing's columns.
+    """
+    index = writer.index
+    pos = writer.find(listing.paths)
+    hit = pos >= 0
+    same = hit.copy()
+    if hit.any() and index.stats is not None:
+        old = {k: v[pos[hit]] for k, v in index.stats.items()}
+        new = {k: v[hit] for k, v in listing.stats.items()}
+        ok = (old["size"] == new["size"]) & (old["mtime_ns"] == new["mtime_ns"])
+        for k in ("ctime_ns", "ino"):
+            ok &= (old[k] == UNKNOWN) | (old[k] == new[k])
+        same[hit] = ok
+    seen = np.zeros(len(index.alive), bool)
+    seen[pos[hit]] = True
+    unseen = index.live_positions()
+    unseen = unseen[~seen[unseen]]
+    gone = unseen
+    hidden = 0
+    if len(unseen) and (listing.blind_dirs or listing.blind_files or listing.failures):
+        # Rare: read the paths of the unseen rows to ask the listing about each.
+        paths = writer.paths_at(unseen)
+        failed = listing.failures
+        mask = np.fromiter((listing.hides(p) or p in failed for p in paths), bool, len(paths))
+        hides = np.fromiter((listing.hides(p) for p in paths), bool, len(paths))
+        hidden = int(hides.sum())
+        removed = int((~mask).sum())
+        gone = unseen[~hides]
+    else:
+        removed = len(unseen)
+    # Changed files and files gone lose their rows now (a changed file gets its new row
+    # when it is re-embedded, or a failure line); rows the walk could not see stay.
+    writer.remove_at(np.concatenate([pos[hit & ~same], gone]))
+    return int(same.sum()) + hidden, np.flatnonzero(~same), removed

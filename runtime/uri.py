@@ -73,7 +73,7 @@ def _stat(info: Any) -> UriStat:
     return UriStat(int(info.size or 0), mtime, mtime)
 
 
-def scan_uris(uris: Iterable[str]) -> Listing:
+def scan_uris(uris: Iterable[str], finish: bool = True) -> Listing:
     """Image files under ``uris``, keyed by URI, with what ``simx.indexer.scan`` reports for
     local paths: a URI named directly is kept whatever its suffix, a folder (prefix) is
     listed recursively for image suffixes, and one that cannot be listed hides its rows."""
@@ -102,22 +102,18 @@ def scan_uris(uris: Iterable[str]) -> Listing:
             out.blind_dirs.append(key + "/")
             continue
         for i in infos:
-            out.files.setdefault(prefix + i.path, _stat(i))
-    return out
+            out.add(prefix + i.path, _stat(i))
+    return out.finish() if finish else out
 
 
 def scan_any(paths: Iterable[str | os.PathLike[str]]) -> Listing:
     """``simx.indexer.scan`` for local paths and ``scan_uris`` for URIs, merged."""
     items = list(paths)
     uris = [str(p) for p in items if is_uri(p)]
-    local = scan([p for p in items if not is_uri(p)])
-    if not uris:
-        return local
-    remote = scan_uris(uris)
-    local.files.update(remote.files)
-    local.failures.update(remote.failures)
-    local.blind_dirs.extend(remote.blind_dirs)
-    return local
+    local = scan([p for p in items if not is_uri(p)], finish=False)
+    if uris:
+        local.extend(scan_uris(uris, finish=False))
+    return local.finish()
 
 
 class UriReader:

@@ -313,7 +313,7 @@ def test_format_1_pending_manifest_is_redone(folder, enc, tmp_path, renamed):
     assert len(fc) == fc.embeddings.shape[0] == n - 1
     # ...and the next writer finishes the renames and cleans up.
     with CacheWriter(cache, enc.spec) as w:
-        assert len(w.rows) == n - 1
+        assert w.count == n - 1
     assert not (cache / MANIFEST).exists()
     assert not any((cache / (x + NEW)).exists() for x in DATA_FILES)
     assert len(FeatureCache(cache)) == n - 1
@@ -329,7 +329,7 @@ def test_format_1_uncommitted_temp_files_are_discarded(folder, enc, tmp_path):
     _fake_pending_commit(cache, 0, manifest=False)
     assert len(FeatureCache(cache)) == n
     with CacheWriter(cache, enc.spec) as w:
-        assert len(w.rows) == n
+        assert w.count == n
     assert sorted(p.name for p in cache.iterdir()) == sorted([*DATA_FILES, ".lock"])
 
 
@@ -348,7 +348,7 @@ def test_orphan_and_staged_segments_are_discarded(folder, enc, tmp_path):
     (cache / STAGING / "img_emb_99.npy.new").write_bytes(b"partial")
     assert len(FeatureCache(cache)) == len(fc)
     with CacheWriter(cache, enc.spec) as w:
-        assert len(w.rows) == len(fc)
+        assert w.count == len(fc)
     assert not leftovers(cache)
 
 

@@ -312,7 +312,7 @@ def test_cache_records_and_refuses_mixed_precision(tiny, photo_dir, tmp_path: Pa
         CacheWriter(cache, enc.spec, run={"provider": "tensorrt", "precision": "fp16"})
     with CacheWriter(cache, enc.spec, run={"provider": "tensorrt", "precision": "fp16"},
                      force=True) as w:
-        assert len(w.rows) == 0  # --force starts afresh
+        assert w.count == 0  # --force starts afresh
 
 
 @needs_openvino
