@@ -285,12 +285,16 @@ class CacheState:
     # Where each live row is stored: segment id (-1 is format 1's file) and row in it.
     seg: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     loc: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    # path_keys of the live rows (this process's hash): set by read_state, which checks
-    # that no path has two live rows.
+    # path_keys of the live rows (this process's hash; read_state checks that no path has
+    # two live rows) and their stat columns (table_stats), whether or not table is kept.
     keys: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.uint32))
+    stats: dict[str, np.ndarray] | None = None
+    n: int | None = None  # live rows (when table is not kept)
 
     @property
     def count(self) -> int:
+        if self.n is not None:
+            return self.n
         return 0 if self.table is None else self.table.num_rows
 
 
@@ -339,9 +343,11 @@ class _Raced(Exception):
     """A commit happened while we read; read again."""
 
 
-def _read_once(d: Path) -> CacheState:
+def _read_once(d: Path, table: bool = True) -> CacheState:
+    """One read; ``table=False`` (a writer) keeps keys and stats but not the rows' table
+    (format 1's table is always kept: its first commit writes it as a segment)."""
     if _version_of(d) >= 2:
-        return _read_v2_once(d)
+        return _read_v2_once(d, table)
     files = _current_files(d)
     before = _identity(files)
     try:
@@ -361,6 +367,7 @@ def _read_once(d: Path) -> CacheState:
     state.identity = before
     state.seg = np.full(state.count, -1, np.int32)
     state.loc = np.arange(state.count, dtype=np.int64)
+    state.keys, state.stats = table_keys(state.table), table_stats(state.table)
     return state
 
 
@@ -536,7 +543,8 @@ def _write_table_parquet(path: Path, table: Any) -> None:
     _, pq = _pyarrow()
     if table.column("path_hex").null_count == table.num_rows:
         table = table.drop_columns(["path_hex"])  # the common case: every name is UTF-8
-    pq.write_table(table, str(path), compression="zstd")
+    # Row groups of _CHUNK rows: a reader streams them (_segment_rows) in bounded memory.
+    pq.write_table(table, str(path), compression="zstd", row_group_size=_CHUNK)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -651,12 +659,12 @@ def _stat_id(p: Path) -> tuple[str, int, int, int]:
         return (str(p), -1, -1, -1)
 
 
-def _read_v2_once(d: Path) -> CacheState:
+def _read_v2_once(d: Path, table: bool = True) -> CacheState:
     """One read of a format-2 cache; a commit that replaced cache.json meanwhile is a race."""
     before = (_stat_id(d / META),)
     try:
         raw = (d / META).read_bytes()
-        state = _parse_v2(d, raw)
+        state = _parse_v2(d, raw, table)
     except CacheError:
         if (_stat_id(d / META),) != before:
             raise _Raced() from None
@@ -671,7 +679,35 @@ def _read_v2_once(d: Path) -> CacheState:
     return state
 
 
-def _parse_v2(d: Path, raw: bytes) -> CacheState:
+def _segment_rows(mp: Path, keep: np.ndarray | None, table: bool) -> tuple[Any, int, tuple, dict]:
+    """One segment's metadata: (its live rows' table or None, rows stored, keys, stats),
+    read a row group batch at a time so that only ``table=True`` holds every row."""
+    pa, pq = _pyarrow()
+    _require_regular(mp)
+    parts, keys, stats, n = [], [], [], 0
+    try:
+        for b in pq.ParquetFile(str(mp)).iter_batches(batch_size=_CHUNK):
+            t = _normalized(pa.Table.from_batches([b]), mp)
+            n += t.num_rows
+            keys.append(table_keys(t))
+            stats.append(table_stats(t))
+            if table:
+                parts.append(t)
+    except pa.ArrowException as e:
+        raise damaged(mp, f"not a parquet file ({str(e).splitlines()[0]})") from None
+    h = np.concatenate([k[0] for k in keys]) if keys else np.zeros(0, np.int64)
+    c = np.concatenate([k[1] for k in keys]) if keys else np.zeros(0, np.uint32)
+    st = {f: np.concatenate([x[f] for x in stats]) if stats else np.zeros(0, np.int64)
+          for f in ("size", "mtime_ns", "ctime_ns", "ino")}
+    t = (_concat(parts) or _rows_table([])) if table else None
+    if keep is not None and (not len(keep) or keep[-1] < n):  # else damage: the caller says
+        h, c = h[keep], c[keep]
+        st = {f: v[keep] for f, v in st.items()}
+        t = None if t is None else t.take(keep)
+    return t, n, (h, c), st
+
+
+def _parse_v2(d: Path, raw: bytes, table: bool = True) -> CacheState:
     where = d / META
     try:
         meta = json.loads(raw)
@@ -683,7 +719,7 @@ def _parse_v2(d: Path, raw: bytes) -> CacheState:
         raise CacheError(f"{d}: {META} is not a simx feature cache (format {meta.get('format')!r})")
     _check_meta(d, where, meta)
     dim = meta["dim"]
-    parts, keeps, tables, segs, locs = [], [], [], [], []
+    parts, keeps, tables, segs, locs, keys, stats = [], [], [], [], [], [], []
     for s in _segments_of(where, meta):
         ep, mp = emb_path(d, s["id"]), meta_path(d, s["id"])
         _require_regular(ep)
@@ -692,24 +728,23 @@ def _parse_v2(d: Path, raw: bytes) -> CacheState:
             raise damaged(ep, "not one float32 [n, D] .npy array")
         if emb.shape != (s["rows"], dim):
             raise damaged(ep, f"shape {emb.shape}, the manifest says ({s['rows']}, {dim})")
-        seg_rows = _read_rows_parquet(mp)
-        if seg_rows.num_rows != s["rows"]:
-            raise damaged(mp, f"{seg_rows.num_rows} rows, the manifest says {s['rows']}")
+        keep = None
         if s["dead"]:
             live = np.ones(s["rows"], bool)
             live[s["dead"]] = False
             keep = np.flatnonzero(live)
-            seg_rows = seg_rows.take(keep)
-            locs.append(keep.astype(np.int64))
-        else:
-            keep = None
-            locs.append(np.arange(s["rows"], dtype=np.int64))
+        seg_rows, stored, seg_keys, seg_stats = _segment_rows(mp, keep, table)
+        if stored != s["rows"]:
+            raise damaged(mp, f"{stored} rows, the manifest says {s['rows']}")
+        locs.append(np.arange(s["rows"], dtype=np.int64) if keep is None else keep.astype(np.int64))
         tables.append(seg_rows)
+        keys.append(seg_keys)
+        stats.append(seg_stats)
         segs.append(np.full(len(locs[-1]), s["id"], np.int32))
         parts.append(emb)
         keeps.append(keep)
-    table = _concat(tables)
-    n = 0 if table is None else table.num_rows
+    table = _concat(tables) if table else None
+    n = sum(len(x) for x in locs)
     if n != meta["count"]:
         raise damaged(where, f"{n} live rows, the manifest says {meta['count']}")
     fails = meta.get("failures", [])
@@ -722,14 +757,17 @@ def _parse_v2(d: Path, raw: bytes) -> CacheState:
         embeddings = np.zeros((0, dim), np.float32)
     else:
         embeddings = SegmentedEmbeddings(parts, keeps, dim)
-    state = CacheState(meta, table, failures, embeddings,
+    state = CacheState(meta, table, failures, embeddings, n=n,
                        seg=np.concatenate(segs) if segs else np.zeros(0, np.int32),
                        loc=np.concatenate(locs) if locs else np.zeros(0, np.int64))
+    if keys:
+        state.keys = (np.concatenate([k[0] for k in keys]), np.concatenate([k[1] for k in keys]))
+        state.stats = {f: np.concatenate([x[f] for x in stats]) for f in stats[0]}
     return state
 
 
 def read_state(d: str | os.PathLike[str], retries: int = 3,
-               race_timeout: float = 10.0) -> CacheState:
+               race_timeout: float = 10.0, table: bool = True) -> CacheState:
     """Read a consistent committed state without taking the lock.
 
     A writer may commit while we read; then the files we saw change under us and we
@@ -744,7 +782,7 @@ def read_state(d: str | os.PathLike[str], retries: int = 3,
     bad_reads = 0
     while True:
         try:
-            s = _read_once(d)
+            s = _read_once(d, table)
             if _consistent(s):
                 _check_unique(s, d / META)
                 return s
@@ -761,17 +799,21 @@ def read_state(d: str | os.PathLike[str], retries: int = 3,
 
 
 def _check_unique(s: CacheState, where: Path) -> None:
-    """Set ``s.keys``; two live rows of one path would make ``row()`` ambiguous: damage."""
-    if s.table is None:
-        return
-    h, c = table_keys(s.table)
+    """Two live rows of one path would make ``row()`` ambiguous: damage."""
+    h, c = s.keys
     order = np.lexsort((c, h))
     same = np.flatnonzero((h[order][1:] == h[order][:-1]) & (c[order][1:] == c[order][:-1]))
     for k in same:  # equal keys: the same path, short of a 96-bit hash collision
-        a, b = (table_paths(s.table, int(i), int(i) + 1)[0] for i in order[k:k + 2])
+        a, b = (_path_of(where.parent, s, int(i)) for i in order[k:k + 2])
         if a == b:
             raise damaged(where, f"{a!r} is duplicated: two live rows")
-    s.keys = (h, c)
+
+
+def _path_of(d: Path, s: CacheState, i: int) -> str:
+    """The path of live row ``i`` (from the table, or read from its segment)."""
+    if s.table is not None:
+        return table_paths(s.table, i, i + 1)[0]
+    return table_paths(_read_rows_parquet(meta_path(d, int(s.seg[i]))).take([int(s.loc[i])]))[0]
 
 
 class RowsView(Sequence):
@@ -1212,7 +1254,7 @@ class CacheWriter:
                 )
             return empty
         try:
-            state = read_state(d, retries=1)
+            state = read_state(d, retries=1, table=False)
         except CacheError:
             if force:
                 return empty
@@ -1274,8 +1316,9 @@ class CacheWriter:
             seg = np.full(state.count, self._v1, np.int32)
         # The live rows by path, with the stat each was embedded from (the re-run's diff).
         # A table of 1M rows is ~100 MB of Arrow buffers: dropped once indexed.
-        stats = table_stats(state.table) if state.count else None
-        self.index = PathIndex.build(*state.keys, seg, state.loc, stats)
+        stats, state.stats = (state.stats if state.count else None), None
+        keys, state.keys = state.keys, ()
+        self.index = PathIndex.build(*keys, seg, state.loc, stats)  # owns the arrays now
         self._dirty = False
         self._mm: dict[int, np.ndarray] = {}
 
@@ -1532,7 +1575,7 @@ class CacheWriter:
 def compact(directory: str | os.PathLike[str], *, lock_timeout: float = 0.0) -> dict[str, int]:
     """``simx cache compact``: merge the segments of a cache, dropping dead rows."""
     d = Path(directory)
-    state = read_state(d)
+    state = read_state(d, table=False)
 
     class _Spec:  # the writer needs the cache's own identity, not a model file
         dim = int(state.meta["dim"])

@@ -53,14 +53,23 @@ class PathIndex:
         """An index over rows given column-wise; duplicate paths raise ValueError."""
         out = cls()
         order = np.lexsort((c, h))
-        out.h, out.c = h[order], c[order]
+        # One column at a time, so that a caller who hands its arrays over (and drops its
+        # references) peaks at one extra column, not a second copy of everything.
+        out.h = h[order]
+        del h
+        out.c = c[order]
+        del c
         same = (out.h[1:] == out.h[:-1]) & (out.c[1:] == out.c[:-1])
         if same.any():
             raise ValueError(f"row {int(order[1:][same][0])} repeats the path of another live row")
-        out.seg = seg[order].astype(np.int32)
-        out.loc = loc[order].astype(np.int64)
+        del same
+        out.seg = seg[order].astype(np.int32, copy=False)
+        out.loc = loc[order].astype(np.int64, copy=False)
         out.alive = np.ones(len(order), bool)
-        out.stats = None if stats is None else {k: v[order] for k, v in stats.items()}
+        if stats is not None:
+            out.stats = {}
+            for k in list(stats):
+                out.stats[k] = stats.pop(k)[order]
         out._live = len(order)
         return out
 
