@@ -29,6 +29,21 @@ def isa_flags() -> list[str]:
     return []
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MB: VmHWM, which starts afresh at exec.
+
+    Not ru_maxrss: on Linux a child's ru_maxrss starts at its parent's RSS at fork (an 800
+    MB parent gives a 13 MB child a ru_maxrss of 813 MB, measured here), so a benchmark
+    that runs each case in a subprocess would report the driver's memory as the case's.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource  # not Linux: the best there is
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def machine_facts() -> dict[str, Any]:
     """simx.sysinfo's facts plus the ISA flags (its load average is the one *before*)."""
     return {**_facts(), "isa_flags": isa_flags()}

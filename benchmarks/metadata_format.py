@@ -11,7 +11,7 @@ size, mtime_ns, ctime_ns, ino), the fields a simx cache stores per row.
 Reads are measured two ways: into Python ``Row``-like tuples (what a writer that keeps a
 path -> Row dict needs) and into columns (arrow/numpy for parquet; for jsonl there is no
 columnar shortcut, so the same parse then one list per field). Every case runs in a fresh
-subprocess, so ru_maxrss is that case's own peak; ``baseline`` is the subprocess that only
+subprocess, so its peak RSS (VmHWM) is that case's own; ``baseline`` is the subprocess that only
 builds the rows (the write cases include it). Each case runs ``--repeat`` times, the
 cases interleaved, and every run is reported.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_block, machine_facts  # noqa: E402
+from machine import machine_block, machine_facts, peak_rss_mb  # noqa: E402
 
 FIELDS = ("path", "size", "mtime_ns", "ctime_ns", "ino")
 CASES = ("baseline", "parquet_write", "jsonl_write", "parquet_read_rows", "jsonl_read_rows",
@@ -125,7 +124,7 @@ def _case(case: str, path: Path, n: int) -> dict[str, Any]:
             out["rows"] = len(got["size"])
             ends = [[item(k, j) for k in FIELDS] for j in (0, -1)]
         out["first_last"] = ends  # checked against the written rows by the parent
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
@@ -176,7 +175,7 @@ def main() -> None:
              *machine_block(facts), "",
              "Rows: (path ~60 chars with a random hex part, size, mtime_ns, ctime_ns, ino). "
              "parquet = pyarrow, zstd; jsonl = json module. Fresh subprocess per case; peak RSS "
-             "is ru_maxrss of that subprocess (write cases include building the rows: compare "
+             "is VmHWM of that subprocess (write cases include building the rows: compare "
              "with `baseline`). Written by `benchmarks/metadata_format.py`.", "",
              *_table(runs), ""]
     args.out.write_text("\n".join(lines) + "\n")
