@@ -171,19 +171,49 @@ def main() -> None:
     facts["loadavg_after"] = list(os.getloadavg())
     res = {"machine": facts, "rows": args.rows, "runs": runs}
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
-    lines = [f"# Row metadata: parquet vs jsonl, {args.rows:,} rows", "",
+    render(res, args.out)
+
+
+def _summary(runs: list[dict[str, Any]]) -> list[str]:
+    """parquet against jsonl per operation: mean seconds over the runs, and the ratio."""
+    def mean(case: str, key: str = "seconds") -> float:
+        xs = [r[key] for r in runs if r["case"] == case]
+        return sum(xs) / len(xs)
+
+    lines = ["| operation | parquet s (mean) | jsonl s (mean) | jsonl / parquet | "
+             "parquet peak RSS MB | jsonl peak RSS MB |", "|---|---|---|---|---|---|"]
+    for op in ("write", "read_rows", "read_columns"):
+        pq_s, js_s = mean(f"parquet_{op}"), mean(f"jsonl_{op}")
+        lines.append(f"| {op} | {pq_s:.2f} | {js_s:.2f} | {js_s / pq_s:.1f}x | "
+                     f"{mean(f'parquet_{op}', 'peak_rss_mb'):.0f} | "
+                     f"{mean(f'jsonl_{op}', 'peak_rss_mb'):.0f} |")
+    pb = next(r["bytes"] for r in runs if r["case"] == "parquet_write")
+    jb = next(r["bytes"] for r in runs if r["case"] == "jsonl_write")
+    lines += ["", f"On disk: parquet {pb:,} B ({pb / 1e6:.1f} MB), jsonl {jb:,} B "
+              f"({jb / 1e6:.1f} MB): jsonl is {jb / pb:.1f}x larger."]
+    return lines
+
+
+def render(res: dict[str, Any], out: Path) -> None:
+    """The .md: machine, summary, every run."""
+    facts, runs = res["machine"], res["runs"]
+    lines = [f"# Row metadata: parquet vs jsonl, {res['rows']:,} rows", "",
              *machine_block(facts), "",
              "Rows: (path ~60 chars with a random hex part, size, mtime_ns, ctime_ns, ino). "
              "parquet = pyarrow, zstd; jsonl = json module. Fresh subprocess per case; peak RSS "
              "is VmHWM of that subprocess (write cases include building the rows: compare "
-             "with `baseline`). Written by `benchmarks/metadata_format.py`.", "",
-             *_table(runs), ""]
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+             "with `baseline`). `seconds` excludes the import and pyarrow's one-off first use "
+             "in a process (both in their own columns). Written by "
+             "`benchmarks/metadata_format.py`.", "", "## Summary (measured)", "",
+             *_summary(runs), "", "## Every run", "", *_table(runs), ""]
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--case":
         print(json.dumps(_case(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--render":  # the .md again from a .json
+        render(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[2]).with_suffix(".md"))
     else:
         main()
