@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from ._base import calibrate_random_tower, tower_size
 from ._openclip import OpenClipFamily
 
 
@@ -34,4 +35,4 @@ class TimmClip(OpenClipFamily):
         return 32
 
     def randomize(self, module: nn.Module) -> None:
-        pass
+        calibrate_random_tower(module, tower_size(module))

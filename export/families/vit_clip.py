@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from ._base import calibrate_random_tower, tower_size
 from ._openclip import OpenClipFamily
 
 
@@ -21,4 +22,7 @@ class VitClip(OpenClipFamily):
 
     def size_multiple(self, model_cfg: dict[str, Any], visual: nn.Module | None) -> int:
         return int(model_cfg["vision_cfg"]["patch_size"])
+
+    def randomize(self, module: nn.Module) -> None:
+        calibrate_random_tower(module, tower_size(module))
 
