@@ -75,6 +75,8 @@ def test_representative_exports_with_parity_and_distinct_photos(rep, tmp_path, r
                               for i in range(0, 6, b)])
         assert _cosines(out, ref[:6]).min() >= 0.99999, b
         assert np.abs(out - ref[:6]).max() <= 1e-4 * np.abs(ref).max(), b
-    # Distinct photos, distinct embeddings: default inits give 0.99-1.0 here.
+    # Distinct photos, distinct embeddings (default inits give 0.99-1.0 here): the median
+    # over the 8 photos, and the export gate's own test on its 4 (verify.PHOTOS).
     assert median_pairwise_cosine(ref) < 0.9
-    assert verify.max_pairwise_cosine(ref) < verify.MAX_PAIRWISE_COSINE
+    gate = [PROBE.index(n) for n in verify.PHOTOS]
+    assert verify.max_pairwise_cosine(ref[gate]) < verify.MAX_PAIRWISE_COSINE
