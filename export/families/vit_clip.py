@@ -2,10 +2,11 @@
 CoCa, ViT-bigG ...). Output: ``encode_image``, not normalized.
 
 Random weights: open_clip's default init collapses, worst at reduced depth. The pooled
-CLS token starts as one constant vector (class embedding + its position embedding,
-through ``ln_pre``) for every image, and each block adds little image-dependent signal
-to it: PyTorch's default Linear init has gain 1/sqrt(3), and q.k is so small that
-attention is uniform averaging. Measured, median pairwise cosine over the 8 skimage
+CLS token enters the first block as the same vector for every image (class embedding +
+its position embedding, through ``ln_pre``), and our reading (not isolated by a
+measurement) is that each block adds little image-dependent signal to it: PyTorch's
+default Linear init has gain 1/sqrt(3), and with tiny q.k attention is near-uniform
+averaging. Measured, median pairwise cosine over the 8 skimage
 photos of tests/test_families.py / max over the 4 photos the parity gate uses
 (verify.PHOTOS; >= 0.98 is refused):
 
@@ -13,7 +14,7 @@ photos of tests/test_families.py / max over the 4 photos the parity gate uses
 tower (random weights)                 open_clip init   this recipe
 =====================================  ===============  ===============
 ViT-B-32, 2 of 12 blocks               0.943 / 0.989    0.244 / 0.665
-ViT-B-32, 12 blocks                    0.728 / 0.945    see the sweep
+ViT-B-32, 12 blocks                    0.728 / 0.945    0.105 / 0.593
 ViT-B-16-plus-240, 2 blocks            0.933 / 0.988    0.386 / 0.821
 ViT-H-14-378, 2 blocks                 0.918 / 0.991    0.347 / 0.847
 CoCa ViT-B-32, 2 blocks                0.327 / 0.861    0.181 / 0.764
