@@ -74,6 +74,8 @@ def classify(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, MemoryError) or "out of memory" in low:
         return "out of memory"
+    if "huggingface.co" in low or "pip install transformers" in low:
+        return "Hugging Face text config (hub unreachable)"
     if "collapsed" in low or "near-identical" in low:
         return "collapse (no random recipe)"
     if "differs from torch" in low:
