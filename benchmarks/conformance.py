@@ -74,6 +74,8 @@ def classify(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, MemoryError) or "out of memory" in low:
         return "out of memory"
+    if "huggingface.co" in low or "pip install transformers" in low:
+        return "Hugging Face text config (hub unreachable)"
     if "collapsed" in low or "near-identical" in low:
         return "collapse (no random recipe)"
     if "differs from torch" in low:
@@ -114,7 +116,8 @@ def alarm(seconds: int) -> Iterator[None]:
 @contextlib.contextmanager
 def reduced_depth(n: int | None) -> Iterator[None]:
     """Build towers with ``n`` transformer blocks: open_clip's vision ``layers`` (and a
-    1-layer text tower, never exported) and timm's ``depth`` kwarg; ``None``: unchanged.
+    1-layer text tower, never exported) and timm's ``depth`` kwarg (``depths`` for
+    ConvNeXt, ``layers`` for FastViT/MCi: ``n`` blocks per stage); ``None``: unchanged.
 
     Only the block count changes; ``module_classes`` lets the caller check that."""
     if n is None:
@@ -145,6 +148,12 @@ def reduced_depth(n: int | None) -> Iterator[None]:
                 raise
             if name.startswith("convnext") and "depths" not in kw:  # 4 stages of blocks
                 return orig_create(name, *a, depths=(n,) * 4, **kw)
+            if name.startswith("fastvit") and "layers" not in kw:  # MobileCLIP's MCi: 4-5 stages
+                import torch
+
+                with torch.device("meta"):
+                    stages = len(orig_create(name, pretrained=False).stages)
+                return orig_create(name, *a, layers=(n,) * stages, **kw)
             return orig_create(name, *a, **kw)
 
     factory.get_model_config, timm.create_model = cfg, create

@@ -34,6 +34,8 @@ def test_classify_names_causes() -> None:
     assert conformance.classify(RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED")) \
         == "op onnxruntime lacks"
     assert conformance.classify(ValueError("something new")) == "other"
+    assert conformance.classify(OSError("We couldn't connect to 'https://huggingface.co' to load")) \
+        == "Hugging Face text config (hub unreachable)"
 
 
 def test_reduced_depth_row_and_forced_failure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

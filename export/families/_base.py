@@ -80,3 +80,205 @@ def median_pairwise_cosine(x: np.ndarray) -> float:
     sim = x64 @ x64.T
     iu = np.triu_indices(len(x64), k=1)
     return float(statistics.median(sim[iu].tolist()))
+
+
+# ---- random-weight recipes -------------------------------------------------------------
+# Default inits leave most towers nearly linear in the image: every layer shrinks its
+# input (PyTorch's Linear/Conv default has gain 1/sqrt(3)), attention with tiny q.k is
+# uniform averaging, LayerScale at 1e-5 switches branches off, fresh BatchNorm statistics
+# let ReLU means pile up. Distinct photos then differ only in their mean colour, or not
+# at all. The recipe below is LSUV's idea (Mishkin & Matas 2016, "All you need is a good
+# init") done in one forward pass: each layer, in execution order, is rescaled so its
+# output has unit variance on a seeded batch of synthetic images.
+
+CALIBRATION_SEED = 7
+CALIBRATION_BATCH = 8
+
+
+def calibration_images(size: int, n: int = CALIBRATION_BATCH, seed: int = CALIBRATION_SEED):
+    """Seeded, data-independent photo-like inputs: Gaussian noise summed over octaves
+    (4 px to full resolution), so neighbouring pixels correlate as in photos, then each
+    image standardised as a normalised photo is. No real photo is involved, so the probe
+    photos that judge collapse stay unseen."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, 3, size, size)
+    s = 4
+    while s < size:
+        x += F.interpolate(torch.randn(n, 3, s, s, generator=g), size=(size, size),
+                           mode="bilinear", align_corners=False)
+        s *= 4
+    x += 0.25 * torch.randn(n, 3, size, size, generator=g)
+    x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+    return x / x.std(dim=(1, 2, 3), keepdim=True)
+
+
+def layer_scale_to_one(module: nn.Module) -> int:
+    """Set every LayerScale ``gamma`` (timm's LayerScale/LayerScale2d, 1e-5 or 1e-6 at
+    init) to 1.0, as DINOv2's ``init_values=1.0`` does; returns how many were set."""
+    import torch
+
+    n = 0
+    with torch.no_grad():
+        for m in module.modules():
+            gamma = getattr(m, "gamma", None)
+            if "LayerScale" in type(m).__name__ and isinstance(gamma, torch.nn.Parameter):
+                gamma.fill_(1.0)
+                n += 1
+    return n
+
+
+def unit_gain_calibration(module: nn.Module, images, centre: bool = True,
+                          target: float = 1.0) -> int:
+    """LSUV in one pass: while ``module`` runs on ``images``, each Linear and Conv (and
+    nn.MultiheadAttention's q/k/v and output projections, which it applies functionally)
+    is scaled, the first time it runs, so its output has unit standard deviation; the
+    scaled output is what the next layer sees, so one forward equals LSUV's layer-by-layer
+    sweep. Only scalar gains change: the graph and every other weight stay as they are.
+    Returns the number of layers scaled."""
+    import torch
+    import torch.nn.functional as F
+
+    done: set[int] = set()
+    scaled = [0]
+
+    def gain(y) -> float | None:
+        s = float(y.detach().double().std())
+        return target / s if s > 1e-8 else None
+
+    def scale_(weight, bias, f: float, rows: slice = slice(None)) -> None:
+        weight[rows] *= f
+        if bias is not None:
+            bias[rows] *= f
+
+    def centre_(bias, out, channel_dim: int):
+        """Shift the bias so each output channel has mean 0 on the batch (LSUV's
+        "orthonormal" step does the same for data variance): the mean of a nonlinearity
+        (GELU, ReLU) otherwise becomes one constant vector every image shares."""
+        if bias is None or not centre:
+            return out
+        dims = [d for d in range(out.ndim) if d != channel_dim % out.ndim]
+        mu = out.detach().mean(dim=dims)
+        bias -= mu
+        shape = [1] * out.ndim
+        shape[channel_dim] = -1
+        return out - mu.reshape(shape)
+
+    def layer_hook(m: nn.Module, _inp, out):
+        if id(m) in done or not isinstance(out, torch.Tensor):
+            return None
+        done.add(id(m))
+        out = centre_(None if m.bias is None else m.bias.data, out,
+                      -1 if isinstance(m, torch.nn.Linear) else 1)
+        f = gain(out)
+        if f is None:
+            return out
+        scale_(m.weight.data, None if m.bias is None else m.bias.data, f)
+        scaled[0] += 1
+        return out * f
+
+    def mha_pre(m: nn.Module, args, kwargs):
+        if id(m) in done or m.in_proj_weight is None:
+            return None
+        q, k, v = (kwargs.get(n, a) for n, a in zip(("query", "key", "value"),
+                                                      list(args) + [None] * 3))
+        d = m.embed_dim
+        for i, x in enumerate((q, k, v)):
+            rows = slice(i * d, (i + 1) * d)
+            b = None if m.in_proj_bias is None else m.in_proj_bias[rows]
+            f = gain(F.linear(x, m.in_proj_weight[rows], b))
+            if f is not None:
+                scale_(m.in_proj_weight.data, None if m.in_proj_bias is None
+                       else m.in_proj_bias.data, f, rows)
+        return None
+
+    def mha_hook(m: nn.Module, _inp, out):
+        if id(m) in done:
+            return None
+        done.add(id(m))
+        op = m.out_proj
+        y = centre_(None if op.bias is None else op.bias.data, out[0], -1)
+        f = gain(y)
+        if f is None:
+            return (y, *out[1:])
+        scale_(op.weight.data, None if op.bias is None else op.bias.data, f)
+        scaled[0] += 1
+        return (y * f, *out[1:])
+
+    handles = []
+    mhas = [m for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    inside_mha = {id(m.out_proj) for m in mhas}
+    for m in module.modules():
+        if isinstance(m, torch.nn.MultiheadAttention):
+            handles.append(m.register_forward_pre_hook(mha_pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(mha_hook))
+        elif isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)) \
+                and id(m) not in inside_mha:
+            handles.append(m.register_forward_hook(layer_hook))
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(images)
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+    return scaled[0]
+
+
+def recalibrate_batchnorm(module: nn.Module, images) -> int:
+    """Replace every BatchNorm's running statistics by those of ``images`` (train-mode
+    forward, cumulative average), as one does after any re-initialisation; fresh
+    statistics (mean 0, var 1) let ReLU means grow layer after layer until one positive
+    direction dominates. Returns the number of BatchNorm layers recalibrated."""
+    import torch
+
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batch
+    was_training = module.training
+    module.train()
+    try:
+        with torch.no_grad():
+            module(images)
+    finally:
+        module.train(was_training)
+        for bn, mom in zip(norms, momenta):
+            bn.momentum = mom
+    return len(norms)
+
+
+#: LSUV's target standard deviation. 1.0 (LSUV's own) still left PE-Core's coffee and
+#: chelsea photos at cosine 0.987 at 2 blocks: at unit scale GELU is nearly linear, and a
+#: mean-pooled near-linear tower sees only the mean colour. 2.0 puts pre-activations in
+#: the nonlinear range (0.945 then); see timm_clip.py for the figures.
+CALIBRATION_STD = 2.0
+
+
+def calibrate_random_tower(module: nn.Module, image_size: int, target: float = CALIBRATION_STD) -> dict[str, int]:
+    """The shared random-weight recipe of the OpenCLIP ViT and timm-tower families:
+    LayerScale to 1.0, BatchNorm statistics from the calibration batch, then one-pass LSUV
+    (centred, ``target`` std) on the same seeded synthetic batch. Deterministic: the
+    module's seeded init plus ``CALIBRATION_SEED``. Skipped on the meta device (a module
+    built only to list its classes has no values to calibrate). Returns what it touched."""
+    if any(p.is_meta for p in module.parameters()):
+        return {}
+    images = calibration_images(image_size)
+    return {
+        "layer_scale": layer_scale_to_one(module),
+        "batchnorm": recalibrate_batchnorm(module, images),
+        "lsuv": unit_gain_calibration(module, images, centre=True, target=target),
+    }
+
+
+def tower_size(module: nn.Module, default: int = 224) -> int:
+    """The square input size an open_clip visual tower was built for."""
+    size = getattr(module, "image_size", default)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)

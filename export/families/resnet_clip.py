@@ -29,16 +29,10 @@ class ResnetClip(OpenClipFamily):
     def randomize(self, module: nn.Module) -> None:
         import torch
 
-        size = getattr(module, "image_size", 224)
-        size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-        for bn in norms:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over the calibration batch
+        from ._base import recalibrate_batchnorm, tower_size
+
+        if any(p.is_meta for p in module.parameters()):
+            return
+        size = tower_size(module)
         g = torch.Generator().manual_seed(7)
-        module.train()
-        with torch.no_grad():
-            module(torch.randn(16, 3, size, size, generator=g))
-        module.eval()
-        for bn in norms:
-            bn.momentum = 0.1
+        recalibrate_batchnorm(module, torch.randn(16, 3, size, size, generator=g))
