@@ -88,6 +88,125 @@ def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
     return model.eval(), label
 
 
+# ----------------------------------------------------------------------------- tokenizers
+# Texts the export tokenizes with both simx and open_clip; any difference refuses the export.
+TOKENIZER_PROBES = PARITY_TEXTS + (
+    "UPPER lower MiXeD Case",
+    "  \t\n leading and trailing \r\n ",
+    "&amp;lt;b&amp;gt; &quot;html&quot; &#39;s",
+    "snake_case_words and under_scores",
+    "東京タワーの夜景 北京 서울 ١٢٣",
+    "Ã©tÃ© mojibake, ﬁ ligature, ＦＵＬＬ width",
+    "🐶🐱 👍🏽 👨‍👩‍👧",
+    "a photo of a " + "very " * 80 + "long caption",
+    "a" * 300,
+)
+
+
+def tokenizer_settings_of(text_cfg: dict[str, Any]) -> tuple[str, int, dict[str, Any], str | None]:
+    """(hf_tokenizer_name, context_length, open_clip HFTokenizer kwargs, tokenizer_mode) as
+    ``open_clip.get_tokenizer`` resolves them from a model config's ``text_cfg``."""
+    return (text_cfg.get("hf_tokenizer_name", ""), int(text_cfg.get("context_length", 77)),
+            dict(text_cfg.get("tokenizer_kwargs", {})), text_cfg.get("tokenizer_mode"))
+
+
+def open_clip_hf_tokenizer(what: str, text_cfg: dict[str, Any],
+                           tokenizer: str | Path | None = None) -> Any:
+    """open_clip's own ``HFTokenizer`` for a model config, the reference simx must equal.
+
+    ``tokenizer``: a folder holding the tokenizer files (tokenizer.json and
+    tokenizer_config.json); without it the name in the config is loaded from the local
+    Hugging Face cache, or from the hub when it answers. A missing tokenizer is one clear
+    error, never a 45-second retry loop.
+    """
+    name, n_ctx, kwargs, mode = tokenizer_settings_of(text_cfg)
+    if mode:
+        raise TextExportError(f"{what}: open_clip tokenizer_mode {mode!r} is not supported by simx")
+    try:
+        import transformers  # noqa: F401  (open_clip's HFTokenizer imports it lazily)
+        from open_clip.tokenizer import HFTokenizer
+    except ImportError:
+        raise TextExportError(f"{what}: its text tower uses a Hugging Face tokenizer; exporting it "
+                              "needs transformers (pip install transformers tokenizers)") from None
+    from .sources import _hub_reachable, quiet_logging
+
+    if tokenizer is not None:
+        folder = Path(tokenizer)
+        if not (folder / "tokenizer.json").is_file():
+            raise TextExportError(f"--tokenizer {folder}: no tokenizer.json there (simx needs the "
+                                  "fast-tokenizer file that save_pretrained writes)")
+        source, attempts = str(folder), [{}]
+    else:
+        # The local cache first (offline, instant); then the hub, only if it answers.
+        source, attempts = name, [{"local_files_only": True}] + ([{}] if _hub_reachable() else [])
+    err: Exception | None = None
+    for extra in attempts:
+        try:
+            with quiet_logging():
+                return HFTokenizer(source, context_length=n_ctx, **kwargs, **extra)
+        except Exception as e:  # transformers / huggingface_hub raise many types
+            err = e
+    if tokenizer is not None:
+        raise TextExportError(f"--tokenizer {source}: transformers cannot load it "
+                              f"({type(err).__name__}: {first_line(err)[:160]})")
+    raise TextExportError(
+        f"{what}: its tokenizer {name!r} is not in the local Hugging Face cache and the hub is "
+        f"unreachable ({type(err).__name__}: {first_line(err)[:120]}); pass --tokenizer DIR, a "
+        f"folder with {name}'s tokenizer.json and tokenizer_config.json")
+
+
+def simx_hf_tokenizer(ref: Any, source: str) -> Any:
+    """simx's torch-free tokenizer holding the backend open_clip's ``ref`` tokenizes with.
+
+    The settings are read from the loaded transformers tokenizer (its pad token, sides and
+    sep id), i.e. what transformers applies around the backend on every call.
+    """
+    from simx.hf_tokenizer import HFTokenizer, HFTokenizerSettings
+
+    hf = ref.tokenizer
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise TextExportError(f"{source}: a slow (python) tokenizer without tokenizer.json; simx "
+                              "needs the fast tokenizer file")
+    clean = {v: k for k, v in _clean_fns().items()}.get(ref.clean_fn)
+    if clean is None:
+        raise TextExportError(f"{source}: open_clip clean function {ref.clean_fn!r} is unknown to simx")
+    pad_id = hf.pad_token_id
+    if pad_id is None:
+        raise TextExportError(f"{source}: the tokenizer has no pad token; open_clip cannot pad to "
+                              "the context length")
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    settings = HFTokenizerSettings(
+        source=source, context_length=int(ref.context_length), clean=clean,
+        strip_sep_token=bool(ref.strip_sep_token),
+        sep_token_id=None if hf.sep_token_id is None else int(hf.sep_token_id),
+        pad_token_id=int(pad_id), pad_token=str(hf.pad_token),
+        padding_side=str(hf.padding_side), truncation_side=str(hf.truncation_side),
+    )
+    return HFTokenizer(plain.to_str(), settings)
+
+
+def _clean_fns() -> dict[str, Any]:
+    """open_clip's clean functions by the names its configs use."""
+    from open_clip.tokenizer import get_clean_fn
+
+    return {k: get_clean_fn(k) for k in ("whitespace", "lower", "canonicalize")}
+
+
+def check_tokenizer(ours: Any, ref: Any, what: str, texts: tuple[str, ...] = TOKENIZER_PROBES) -> None:
+    """Refuse a tokenizer whose ids differ from open_clip's on any probe text."""
+    got = ours(list(texts))
+    want = ref(list(texts)).numpy()
+    bad = [t for t, g, w in zip(texts, got, want) if g.shape != w.shape or not np.array_equal(g, w)]
+    if got.shape != want.shape or bad:
+        raise TextExportError(f"{what}: simx's tokenizer gives other token ids than open_clip's "
+                              f"for {len(bad)} of {len(texts)} probe texts, e.g. {bad[:1]!r}")
+
+
 class _TextTower:
     """Wraps encode_text as a module whose only input is input_ids (for the exporter)."""
 
