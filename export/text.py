@@ -17,14 +17,19 @@ records the pairing.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from simx import registry
 from simx.errors import SimxError, first_line
+from simx.fsutil import fsync_dir, write_bytes_durably
+from simx.hf_tokenizer import TOKENIZER_SUFFIX
+from simx.search import pair_id
 from simx.spec import METADATA_KEY, ModelSpec
 from simx.tokenizer import TOKENIZER_NAME, get_tokenizer
 from simx.weights_hash import weights_sha256
@@ -50,13 +55,39 @@ class TextExportError(SimxError):
     """The text tower could not be exported or failed verification."""
 
 
-def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
+@contextlib.contextmanager
+def _text_layers(n: int | None) -> Iterator[None]:
+    """Build open_clip models with ``n`` text transformer blocks (tests, for time); the
+    blocks are the same classes, so the exported code path is the full model's."""
+    if n is None:
+        yield
+        return
+    import open_clip.factory as factory
+
+    orig = factory.get_model_config
+
+    def cfg(name: str) -> Any:
+        c = orig(name)
+        if c and isinstance(c.get("text_cfg", {}).get("layers"), int):
+            c["text_cfg"]["layers"] = min(c["text_cfg"]["layers"], int(n))
+        return c
+
+    factory.get_model_config = cfg
+    try:
+        yield
+    finally:
+        factory.get_model_config = orig
+
+
+def build_clip(entry: registry.ModelEntry, weights: str,
+               text_layers: int | None = None) -> tuple[Any, str]:
     """The full open_clip model (both towers) and the spec's weights string.
 
     ``weights``: "pretrained" (open_clip downloads the tag), "random" (seeded, tests
     and speed only) or a checkpoint path (its sha256 goes into the spec). Loading
     follows the image exporter (``sources.py``): same seed, same QuickGELU rule, same
     one-line errors when the hub is unreachable or a checkpoint does not fit.
+    ``text_layers``: fewer text blocks (random weights only: tests and sweeps).
     """
     import open_clip
     import torch
@@ -65,12 +96,15 @@ def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
 
     if not entry.text:
         raise TextExportError(f"{entry.id} has no text tower simx can export (OpenCLIP models "
-                              "with the CLIP tokenizer have one)")
+                              "with open_clip's own text transformer have one)")
+    if text_layers is not None and weights != "random":
+        raise TextExportError("text_layers (a reduced-depth text tower) needs random weights")
     name, tag = entry.variant, entry.pretrained
-    kw: dict[str, Any] = {"force_quick_gelu": entry.quick_gelu}
+    kw: dict[str, Any] = {"force_quick_gelu": entry.quick_gelu, "pretrained_text": False}
     if weights == "random":
         torch.manual_seed(RANDOM_SEED)
-        model = open_clip.create_model(name, pretrained=None, **kw)
+        with _text_layers(text_layers):
+            model = open_clip.create_model(name, pretrained=None, **kw)
         label = "random"
     elif weights == "pretrained":
         with _hub_download(f"{entry.id} (text)"):
@@ -234,8 +268,9 @@ def _context_length(model: Any) -> int:
 def verify_text(onnx_path: Path, tower: Any, ids: np.ndarray) -> dict[str, float]:
     """Parity of the ONNX text tower against torch on distinct captions.
 
-    Fails when: min cosine < 0.99999, max abs > 1e-4 * max|ref|, or distinct captions
-    get (near-)identical embeddings (a collapsed model passes parity trivially).
+    Fails when: min cosine < 0.99999, max abs > 1e-4 * max|ref|, or captions with
+    different ids get (near-)identical embeddings (a collapsed model passes parity
+    trivially).
     """
     import onnxruntime as ort
     import torch
@@ -253,7 +288,10 @@ def verify_text(onnx_path: Path, tower: Any, ids: np.ndarray) -> dict[str, float
     gn = got / np.linalg.norm(got, axis=1, keepdims=True)
     min_cos = float(np.min(np.sum(rn * gn, axis=1)))
     sims = rn @ rn.T
-    distinct = float(np.max(sims[~np.eye(len(ids), dtype=bool)]))
+    # Only pairs with different ids: a canonicalizing clean (SigLIP) maps "a cat." and
+    # "a cat" to the same ids, and those must get the same embedding.
+    differ = (ids[:, None, :] != ids[None, :, :]).any(axis=2)
+    distinct = float(np.max(sims[differ])) if differ.any() else 1.0
     if not (min_cos >= MIN_COSINE and max_abs <= MAX_ABS_REL * scale):
         raise TextExportError(
             f"text tower parity failed: min cosine {min_cos:.7f} (need >= {MIN_COSINE}), "
@@ -268,6 +306,51 @@ def verify_text(onnx_path: Path, tower: Any, ids: np.ndarray) -> dict[str, float
             "max_cosine_between_texts": distinct, "n_texts": float(len(ids))}
 
 
+def text_tokenizer_for(entry: registry.ModelEntry, model: Any,
+                       tokenizer: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """The simx tokenizer for ``entry``'s text tower and what the text spec records of it.
+
+    CLIP BPE (shipped with simx) unless the model config names an ``hf_tokenizer_name``;
+    then open_clip's HFTokenizer is loaded (``tokenizer`` folder, local HF cache or hub)
+    as the reference, and simx's replay of it must give the same ids on every probe text.
+    """
+    import open_clip
+
+    spec_id = f"{entry.id}-text"
+    n_ctx = _context_length(model)
+    vocab = _vocab_size(model)
+    text_cfg = (open_clip.get_model_config(entry.variant) or {}).get("text_cfg", {})
+    name = tokenizer_settings_of(text_cfg)[0]
+    if not name:
+        if tokenizer is not None:
+            raise TextExportError(f"{entry.id} uses CLIP's BPE tokenizer, shipped with simx; "
+                                  "--tokenizer is for models with a Hugging Face tokenizer")
+        tok = get_tokenizer(n_ctx)
+        if vocab != tok.vocab_size:
+            raise TextExportError(f"{entry.id}: text vocabulary of {vocab} tokens is not "
+                                  f"CLIP's BPE ({tok.vocab_size}); simx cannot tokenize for it")
+        return tok, {"tokenizer": TOKENIZER_NAME, "vocab_sha256": tok.vocab_sha256}
+    ref = open_clip_hf_tokenizer(entry.id, text_cfg, tokenizer)
+    if int(ref.context_length) != n_ctx:
+        raise TextExportError(f"{entry.id}: tokenizer context length {ref.context_length} != the "
+                              f"text tower's {n_ctx}")
+    tok = simx_hf_tokenizer(ref, name)
+    check_tokenizer(tok, ref, entry.id)
+    if tok.vocab_size > vocab:
+        raise TextExportError(f"{entry.id}: the tokenizer has {tok.vocab_size} tokens, the text "
+                              f"tower embeds only {vocab}: wrong tokenizer files?")
+    return tok, {"tokenizer": f"hf:{name}", "vocab_sha256": tok.vocab_sha256,
+                 "tokenizer_file": spec_id + TOKENIZER_SUFFIX,
+                 "tokenizer_settings": tok.settings.to_dict()}
+
+
+def _vocab_size(model: Any) -> int:
+    n = getattr(model, "vocab_size", None)
+    if n is None:
+        n = model.token_embedding.num_embeddings
+    return int(n)
+
+
 def export_text_tower(
     entry: registry.ModelEntry,
     *,
@@ -277,11 +360,18 @@ def export_text_tower(
     image_size: int | None = None,
     model: Any = None,
     weights_label: str | None = None,
+    tokenizer: str | Path | None = None,
+    image_spec_hash: str | None = None,
+    text_layers: int | None = None,
 ) -> Path:
     """Export, verify and label ``entry``'s text tower; returns ``output_dir/<id>-text.onnx``.
 
     ``model``/``weights_label`` let the image exporter pass the open_clip model it
-    already built (so both towers come from one load of the weights).
+    already built (so both towers come from one load of the weights). ``tokenizer``: a
+    folder with the Hugging Face tokenizer files, for models that use one (written beside
+    the model as ``<id>-text.tokenizer.json``). ``image_spec_hash``: the spec hash of the
+    image file exported with it, recorded in the text spec. Both files are paired by
+    ``pair``: the image id, source and weights (``simx.search.pair_id``).
     """
     import torch
 
@@ -290,13 +380,10 @@ def export_text_tower(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if model is None:
-        model, weights_label = build_clip(entry, weights)
+        model, weights_label = build_clip(entry, weights, text_layers=text_layers)
     tower = _TextTower(model)
     n_ctx = _context_length(model)
-    tok = get_tokenizer(n_ctx)
-    if int(model.vocab_size) != tok.vocab_size:
-        raise TextExportError(f"{entry.id}: text vocabulary of {model.vocab_size} tokens is not "
-                              f"CLIP's BPE ({tok.vocab_size}); simx cannot tokenize for it")
+    tok, tok_extra = text_tokenizer_for(entry, model, tokenizer)
     ids = tok(list(PARITY_TEXTS))
     path = output_dir / f"{entry.id}-text.onnx"
     batch = torch.export.Dim("batch", min=1)
@@ -331,10 +418,12 @@ def export_text_tower(
         extra={
             "kind": "text",
             "image_model": entry.id,
+            "pair": pair_id(entry.id, entry.source, weights_label or weights),
+            **({"image_spec_hash": image_spec_hash} if image_spec_hash else {}),
             "context_length": n_ctx,
-            "tokenizer": TOKENIZER_NAME,
-            "vocab_sha256": tok.vocab_sha256,
+            **tok_extra,
             "quick_gelu": entry.quick_gelu,
+            **({"text_layers": int(text_layers)} if text_layers is not None else {}),
         },
     )
     if proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value not in (0, spec.dim):
@@ -349,6 +438,27 @@ def export_text_tower(
         parity = verify_text(tmp, tower, ids)
         spec = replace(spec, parity=parity, weights_sha256=weights_sha256(tmp))
         to_onnx.set_metadata(proto, METADATA_KEY, spec.to_json())
-        path = writer.commit(proto)
+        side = _write_tokenizer(output_dir, tok_extra.get("tokenizer_file"), getattr(tok, "json", None))
+        try:
+            path = writer.commit(proto)
+        except BaseException:
+            if side is not None:
+                side.unlink(missing_ok=True)
+            raise
     to_onnx.check_committed_weights(path, spec.weights_sha256)
     return path
+
+
+def _write_tokenizer(folder: Path, name: str | None, text: str | None) -> Path | None:
+    """The tokenizer.json beside the text model: temp name, fsync, rename (None: CLIP BPE)."""
+    if not name or text is None:
+        return None
+    final = folder / name
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    try:
+        write_bytes_durably(tmp, text.encode("utf-8"))
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(folder)
+    return final

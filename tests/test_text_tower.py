@@ -147,7 +147,8 @@ def test_search_text_against_a_cache(text_model, tmp_path, photo_dir, monkeypatc
 
     models = tmp_path / "models"
     models.mkdir()
-    image = build_tiny_model(models / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512)
+    image = build_tiny_model(models / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512,
+                             source=registry.get(CLIP_ID).source)
     os.symlink(text_model, models / text_model.name)
     cache = tmp_path / "cache"
     embed_into_cache([photo_dir], Encoder(image, provider="cpu"), cache, progress=False)
@@ -173,7 +174,8 @@ def test_encoder_embed_text(text_model, tmp_path):
     d = tmp_path / "m"
     d.mkdir()
     os.symlink(text_model, d / text_model.name)
-    image = build_tiny_model(d / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512)
+    image = build_tiny_model(d / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512,
+                             source=registry.get(CLIP_ID).source)
     enc = Encoder(image, provider="cpu")
     got = enc.embed_text(["a cat", "a dog"])
     assert got.shape == (2, 512) and got.dtype == np.float32
