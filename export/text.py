@@ -10,9 +10,17 @@ runtime L2-normalizes, as for the image tower.
 
 The spec format is the image one (so every simx reader opens it); the text-specific
 facts live in ``spec.extra``: ``kind="text"``, ``context_length``, ``tokenizer``,
-``vocab_sha256`` and ``image_model`` (the paired image tower's id). ``image_size``
-and ``preprocess`` are the paired image model's, which keeps the spec valid and
-records the pairing.
+``vocab_sha256``, ``image_model`` (the paired image tower's id), ``pair`` (the identity
+both files share: image id, source and weights; search refuses a text tower of another
+pair) and, when exported together, ``image_spec_hash``. ``image_size`` and
+``preprocess`` are the paired image model's, which keeps the spec valid.
+
+Tokenizers: CLIP's BPE ships with simx. Models whose open_clip config names an
+``hf_tokenizer_name`` (SigLIP's T5 vocabulary, SigLIP2's Gemma, XLM-V, BERT) get
+``<id>-text.tokenizer.json`` beside the text model (``tokenizer_file``, with
+``tokenizer_settings``), taken from open_clip's own HFTokenizer, which transformers loads
+from ``--tokenizer DIR``, the local Hugging Face cache or the hub; the export refuses
+unless simx's torch-free replay (``simx.hf_tokenizer``) gives open_clip's ids.
 """
 
 from __future__ import annotations
@@ -322,9 +330,7 @@ def text_tokenizer_for(entry: registry.ModelEntry, model: Any,
     text_cfg = (open_clip.get_model_config(entry.variant) or {}).get("text_cfg", {})
     name = tokenizer_settings_of(text_cfg)[0]
     if not name:
-        if tokenizer is not None:
-            raise TextExportError(f"{entry.id} uses CLIP's BPE tokenizer, shipped with simx; "
-                                  "--tokenizer is for models with a Hugging Face tokenizer")
+        preflight_tokenizer(entry, tokenizer)  # the --tokenizer misuse error
         tok = get_tokenizer(n_ctx)
         if vocab != tok.vocab_size:
             raise TextExportError(f"{entry.id}: text vocabulary of {vocab} tokens is not "
@@ -342,6 +348,18 @@ def text_tokenizer_for(entry: registry.ModelEntry, model: Any,
     return tok, {"tokenizer": f"hf:{name}", "vocab_sha256": tok.vocab_sha256,
                  "tokenizer_file": spec_id + TOKENIZER_SUFFIX,
                  "tokenizer_settings": tok.settings.to_dict()}
+
+
+def preflight_tokenizer(entry: registry.ModelEntry, tokenizer: str | Path | None = None) -> None:
+    """Fail early, before any export, when ``entry``'s text tokenizer cannot be had."""
+    import open_clip
+
+    text_cfg = (open_clip.get_model_config(entry.variant) or {}).get("text_cfg", {})
+    if tokenizer_settings_of(text_cfg)[0]:
+        open_clip_hf_tokenizer(entry.id, text_cfg, tokenizer)
+    elif tokenizer is not None:
+        raise TextExportError(f"{entry.id} uses CLIP's BPE tokenizer, shipped with simx; "
+                              "--tokenizer is for models with a Hugging Face tokenizer")
 
 
 def _vocab_size(model: Any) -> int:
