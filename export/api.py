@@ -25,6 +25,7 @@ from pathlib import Path
 
 from simx.errors import SimxError, first_line
 from simx.registry import ModelEntry
+from simx.search import pair_id
 from simx.spec import METADATA_KEY, ModelSpec
 from simx.weights_hash import weights_sha256
 
@@ -83,6 +84,7 @@ def export_model(
     text: bool = False,
     log: Callable[[str], None] | None = None,
     int8: str = "static",
+    tokenizer: str | Path | None = None,
 ) -> Path | list[Path]:
     """Export ``entry``'s image tower to ``output_dir`` and return the file's path
     (with ``text``: ``[image path, text path]``).
@@ -111,6 +113,10 @@ def export_model(
     if text and not entry.text:
         raise SimxError(f"{entry.id} has no text tower simx can export (OpenCLIP models with "
                         "the CLIP tokenizer have one)")
+    if text:  # a missing tokenizer fails now, not after minutes of image export
+        from .text import preflight_tokenizer
+
+        preflight_tokenizer(entry, tokenizer)
     if weights not in ("pretrained", "random") and not Path(weights).is_file():
         raise SimxError(
             f"checkpoint not found: {weights} (--weights takes 'pretrained', 'random' or a file path)"
@@ -183,7 +189,9 @@ def export_model(
         output_name=to_onnx.OUTPUT_NAME,
         gflops=flops,
         fusions={k: int(v) for k, v in fusions.items()},
-        extra={**built.extra, **quant_extra, "versions": _versions(entry.family)},
+        extra={**built.extra, **quant_extra, "versions": _versions(entry.family),
+               # the identity its text tower records too (simx.search.pair_id)
+               **({"pair": pair_id(entry.id, entry.source, built.weights)} if entry.text else {})},
     )
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     if len(out_dims) != 2 or out_dims[1].dim_value not in (0, entry.dim):
@@ -237,6 +245,7 @@ def export_model(
 
         with sources.quiet_logging():  # open_clip's "initialized randomly" for --weights random
             text_path = export_text_tower(entry, weights=weights, output_dir=output_dir, opset=opset,
-                                          image_size=image_size)
+                                          image_size=image_size, tokenizer=tokenizer,
+                                          image_spec_hash=spec.embedding_hash())
         return [path, text_path]
     return path

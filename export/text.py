@@ -10,21 +10,34 @@ runtime L2-normalizes, as for the image tower.
 
 The spec format is the image one (so every simx reader opens it); the text-specific
 facts live in ``spec.extra``: ``kind="text"``, ``context_length``, ``tokenizer``,
-``vocab_sha256`` and ``image_model`` (the paired image tower's id). ``image_size``
-and ``preprocess`` are the paired image model's, which keeps the spec valid and
-records the pairing.
+``vocab_sha256``, ``image_model`` (the paired image tower's id), ``pair`` (the identity
+both files share: image id, source and weights; search refuses a text tower of another
+pair) and, when exported together, ``image_spec_hash``. ``image_size`` and
+``preprocess`` are the paired image model's, which keeps the spec valid.
+
+Tokenizers: CLIP's BPE ships with simx. Models whose open_clip config names an
+``hf_tokenizer_name`` (SigLIP's T5 vocabulary, SigLIP2's Gemma, XLM-V, BERT) get
+``<id>-text.tokenizer.json`` beside the text model (``tokenizer_file``, with
+``tokenizer_settings``), taken from open_clip's own HFTokenizer, which transformers loads
+from ``--tokenizer DIR``, the local Hugging Face cache or the hub; the export refuses
+unless simx's torch-free replay (``simx.hf_tokenizer``) gives open_clip's ids.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from simx import registry
 from simx.errors import SimxError, first_line
+from simx.fsutil import fsync_dir, write_bytes_durably
+from simx.hf_tokenizer import TOKENIZER_SUFFIX
+from simx.search import pair_id
 from simx.spec import METADATA_KEY, ModelSpec
 from simx.tokenizer import TOKENIZER_NAME, get_tokenizer
 from simx.weights_hash import weights_sha256
@@ -50,13 +63,39 @@ class TextExportError(SimxError):
     """The text tower could not be exported or failed verification."""
 
 
-def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
+@contextlib.contextmanager
+def _text_layers(n: int | None) -> Iterator[None]:
+    """Build open_clip models with ``n`` text transformer blocks (tests, for time); the
+    blocks are the same classes, so the exported code path is the full model's."""
+    if n is None:
+        yield
+        return
+    import open_clip.factory as factory
+
+    orig = factory.get_model_config
+
+    def cfg(name: str) -> Any:
+        c = orig(name)
+        if c and isinstance(c.get("text_cfg", {}).get("layers"), int):
+            c["text_cfg"]["layers"] = min(c["text_cfg"]["layers"], int(n))
+        return c
+
+    factory.get_model_config = cfg
+    try:
+        yield
+    finally:
+        factory.get_model_config = orig
+
+
+def build_clip(entry: registry.ModelEntry, weights: str,
+               text_layers: int | None = None) -> tuple[Any, str]:
     """The full open_clip model (both towers) and the spec's weights string.
 
     ``weights``: "pretrained" (open_clip downloads the tag), "random" (seeded, tests
     and speed only) or a checkpoint path (its sha256 goes into the spec). Loading
     follows the image exporter (``sources.py``): same seed, same QuickGELU rule, same
     one-line errors when the hub is unreachable or a checkpoint does not fit.
+    ``text_layers``: fewer text blocks (random weights only: tests and sweeps).
     """
     import open_clip
     import torch
@@ -65,12 +104,15 @@ def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
 
     if not entry.text:
         raise TextExportError(f"{entry.id} has no text tower simx can export (OpenCLIP models "
-                              "with the CLIP tokenizer have one)")
+                              "with open_clip's own text transformer have one)")
+    if text_layers is not None and weights != "random":
+        raise TextExportError("text_layers (a reduced-depth text tower) needs random weights")
     name, tag = entry.variant, entry.pretrained
-    kw: dict[str, Any] = {"force_quick_gelu": entry.quick_gelu}
+    kw: dict[str, Any] = {"force_quick_gelu": entry.quick_gelu, "pretrained_text": False}
     if weights == "random":
         torch.manual_seed(RANDOM_SEED)
-        model = open_clip.create_model(name, pretrained=None, **kw)
+        with _text_layers(text_layers):
+            model = open_clip.create_model(name, pretrained=None, **kw)
         label = "random"
     elif weights == "pretrained":
         with _hub_download(f"{entry.id} (text)"):
@@ -86,6 +128,125 @@ def build_clip(entry: registry.ModelEntry, weights: str) -> tuple[Any, str]:
                                   f"{first_line(e)}") from None
         label = "sha256:" + digest
     return model.eval(), label
+
+
+# ----------------------------------------------------------------------------- tokenizers
+# Texts the export tokenizes with both simx and open_clip; any difference refuses the export.
+TOKENIZER_PROBES = PARITY_TEXTS + (
+    "UPPER lower MiXeD Case",
+    "  \t\n leading and trailing \r\n ",
+    "&amp;lt;b&amp;gt; &quot;html&quot; &#39;s",
+    "snake_case_words and under_scores",
+    "東京タワーの夜景 北京 서울 ١٢٣",
+    "Ã©tÃ© mojibake, ﬁ ligature, ＦＵＬＬ width",
+    "🐶🐱 👍🏽 👨‍👩‍👧",
+    "a photo of a " + "very " * 80 + "long caption",
+    "a" * 300,
+)
+
+
+def tokenizer_settings_of(text_cfg: dict[str, Any]) -> tuple[str, int, dict[str, Any], str | None]:
+    """(hf_tokenizer_name, context_length, open_clip HFTokenizer kwargs, tokenizer_mode) as
+    ``open_clip.get_tokenizer`` resolves them from a model config's ``text_cfg``."""
+    return (text_cfg.get("hf_tokenizer_name", ""), int(text_cfg.get("context_length", 77)),
+            dict(text_cfg.get("tokenizer_kwargs", {})), text_cfg.get("tokenizer_mode"))
+
+
+def open_clip_hf_tokenizer(what: str, text_cfg: dict[str, Any],
+                           tokenizer: str | Path | None = None) -> Any:
+    """open_clip's own ``HFTokenizer`` for a model config, the reference simx must equal.
+
+    ``tokenizer``: a folder holding the tokenizer files (tokenizer.json and
+    tokenizer_config.json); without it the name in the config is loaded from the local
+    Hugging Face cache, or from the hub when it answers. A missing tokenizer is one clear
+    error, never a 45-second retry loop.
+    """
+    name, n_ctx, kwargs, mode = tokenizer_settings_of(text_cfg)
+    if mode:
+        raise TextExportError(f"{what}: open_clip tokenizer_mode {mode!r} is not supported by simx")
+    try:
+        import transformers  # noqa: F401  (open_clip's HFTokenizer imports it lazily)
+        from open_clip.tokenizer import HFTokenizer
+    except ImportError:
+        raise TextExportError(f"{what}: its text tower uses a Hugging Face tokenizer; exporting it "
+                              "needs transformers (pip install transformers tokenizers)") from None
+    from .sources import _hub_reachable, quiet_logging
+
+    if tokenizer is not None:
+        folder = Path(tokenizer)
+        if not (folder / "tokenizer.json").is_file():
+            raise TextExportError(f"--tokenizer {folder}: no tokenizer.json there (simx needs the "
+                                  "fast-tokenizer file that save_pretrained writes)")
+        source, attempts = str(folder), [{}]
+    else:
+        # The local cache first (offline, instant); then the hub, only if it answers.
+        source, attempts = name, [{"local_files_only": True}] + ([{}] if _hub_reachable() else [])
+    err: Exception | None = None
+    for extra in attempts:
+        try:
+            with quiet_logging():
+                return HFTokenizer(source, context_length=n_ctx, **kwargs, **extra)
+        except Exception as e:  # transformers / huggingface_hub raise many types
+            err = e
+    if tokenizer is not None:
+        raise TextExportError(f"--tokenizer {source}: transformers cannot load it "
+                              f"({type(err).__name__}: {first_line(err)[:160]})")
+    raise TextExportError(
+        f"{what}: its tokenizer {name!r} is not in the local Hugging Face cache and the hub is "
+        f"unreachable ({type(err).__name__}: {first_line(err)[:120]}); pass --tokenizer DIR, a "
+        f"folder with {name}'s tokenizer.json and tokenizer_config.json")
+
+
+def simx_hf_tokenizer(ref: Any, source: str) -> Any:
+    """simx's torch-free tokenizer holding the backend open_clip's ``ref`` tokenizes with.
+
+    The settings are read from the loaded transformers tokenizer (its pad token, sides and
+    sep id), i.e. what transformers applies around the backend on every call.
+    """
+    from simx.hf_tokenizer import HFTokenizer, HFTokenizerSettings
+
+    hf = ref.tokenizer
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise TextExportError(f"{source}: a slow (python) tokenizer without tokenizer.json; simx "
+                              "needs the fast tokenizer file")
+    clean = {v: k for k, v in _clean_fns().items()}.get(ref.clean_fn)
+    if clean is None:
+        raise TextExportError(f"{source}: open_clip clean function {ref.clean_fn!r} is unknown to simx")
+    pad_id = hf.pad_token_id
+    if pad_id is None:
+        raise TextExportError(f"{source}: the tokenizer has no pad token; open_clip cannot pad to "
+                              "the context length")
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    settings = HFTokenizerSettings(
+        source=source, context_length=int(ref.context_length), clean=clean,
+        strip_sep_token=bool(ref.strip_sep_token),
+        sep_token_id=None if hf.sep_token_id is None else int(hf.sep_token_id),
+        pad_token_id=int(pad_id), pad_token=str(hf.pad_token),
+        padding_side=str(hf.padding_side), truncation_side=str(hf.truncation_side),
+    )
+    return HFTokenizer(plain.to_str(), settings)
+
+
+def _clean_fns() -> dict[str, Any]:
+    """open_clip's clean functions by the names its configs use."""
+    from open_clip.tokenizer import get_clean_fn
+
+    return {k: get_clean_fn(k) for k in ("whitespace", "lower", "canonicalize")}
+
+
+def check_tokenizer(ours: Any, ref: Any, what: str, texts: tuple[str, ...] = TOKENIZER_PROBES) -> None:
+    """Refuse a tokenizer whose ids differ from open_clip's on any probe text."""
+    got = ours(list(texts))
+    want = ref(list(texts)).numpy()
+    bad = [t for t, g, w in zip(texts, got, want) if g.shape != w.shape or not np.array_equal(g, w)]
+    if got.shape != want.shape or bad:
+        raise TextExportError(f"{what}: simx's tokenizer gives other token ids than open_clip's "
+                              f"for {len(bad)} of {len(texts)} probe texts, e.g. {bad[:1]!r}")
 
 
 class _TextTower:
@@ -115,8 +276,9 @@ def _context_length(model: Any) -> int:
 def verify_text(onnx_path: Path, tower: Any, ids: np.ndarray) -> dict[str, float]:
     """Parity of the ONNX text tower against torch on distinct captions.
 
-    Fails when: min cosine < 0.99999, max abs > 1e-4 * max|ref|, or distinct captions
-    get (near-)identical embeddings (a collapsed model passes parity trivially).
+    Fails when: min cosine < 0.99999, max abs > 1e-4 * max|ref|, or captions with
+    different ids get (near-)identical embeddings (a collapsed model passes parity
+    trivially).
     """
     import onnxruntime as ort
     import torch
@@ -134,7 +296,10 @@ def verify_text(onnx_path: Path, tower: Any, ids: np.ndarray) -> dict[str, float
     gn = got / np.linalg.norm(got, axis=1, keepdims=True)
     min_cos = float(np.min(np.sum(rn * gn, axis=1)))
     sims = rn @ rn.T
-    distinct = float(np.max(sims[~np.eye(len(ids), dtype=bool)]))
+    # Only pairs with different ids: a canonicalizing clean (SigLIP) maps "a cat." and
+    # "a cat" to the same ids, and those must get the same embedding.
+    differ = (ids[:, None, :] != ids[None, :, :]).any(axis=2)
+    distinct = float(np.max(sims[differ])) if differ.any() else 1.0
     if not (min_cos >= MIN_COSINE and max_abs <= MAX_ABS_REL * scale):
         raise TextExportError(
             f"text tower parity failed: min cosine {min_cos:.7f} (need >= {MIN_COSINE}), "
@@ -149,6 +314,61 @@ def verify_text(onnx_path: Path, tower: Any, ids: np.ndarray) -> dict[str, float
             "max_cosine_between_texts": distinct, "n_texts": float(len(ids))}
 
 
+def text_tokenizer_for(entry: registry.ModelEntry, model: Any,
+                       tokenizer: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """The simx tokenizer for ``entry``'s text tower and what the text spec records of it.
+
+    CLIP BPE (shipped with simx) unless the model config names an ``hf_tokenizer_name``;
+    then open_clip's HFTokenizer is loaded (``tokenizer`` folder, local HF cache or hub)
+    as the reference, and simx's replay of it must give the same ids on every probe text.
+    """
+    import open_clip
+
+    spec_id = f"{entry.id}-text"
+    n_ctx = _context_length(model)
+    vocab = _vocab_size(model)
+    text_cfg = (open_clip.get_model_config(entry.variant) or {}).get("text_cfg", {})
+    name = tokenizer_settings_of(text_cfg)[0]
+    if not name:
+        preflight_tokenizer(entry, tokenizer)  # the --tokenizer misuse error
+        tok = get_tokenizer(n_ctx)
+        if vocab != tok.vocab_size:
+            raise TextExportError(f"{entry.id}: text vocabulary of {vocab} tokens is not "
+                                  f"CLIP's BPE ({tok.vocab_size}); simx cannot tokenize for it")
+        return tok, {"tokenizer": TOKENIZER_NAME, "vocab_sha256": tok.vocab_sha256}
+    ref = open_clip_hf_tokenizer(entry.id, text_cfg, tokenizer)
+    if int(ref.context_length) != n_ctx:
+        raise TextExportError(f"{entry.id}: tokenizer context length {ref.context_length} != the "
+                              f"text tower's {n_ctx}")
+    tok = simx_hf_tokenizer(ref, name)
+    check_tokenizer(tok, ref, entry.id)
+    if tok.vocab_size > vocab:
+        raise TextExportError(f"{entry.id}: the tokenizer has {tok.vocab_size} tokens, the text "
+                              f"tower embeds only {vocab}: wrong tokenizer files?")
+    return tok, {"tokenizer": f"hf:{name}", "vocab_sha256": tok.vocab_sha256,
+                 "tokenizer_file": spec_id + TOKENIZER_SUFFIX,
+                 "tokenizer_settings": tok.settings.to_dict()}
+
+
+def preflight_tokenizer(entry: registry.ModelEntry, tokenizer: str | Path | None = None) -> None:
+    """Fail early, before any export, when ``entry``'s text tokenizer cannot be had."""
+    import open_clip
+
+    text_cfg = (open_clip.get_model_config(entry.variant) or {}).get("text_cfg", {})
+    if tokenizer_settings_of(text_cfg)[0]:
+        open_clip_hf_tokenizer(entry.id, text_cfg, tokenizer)
+    elif tokenizer is not None:
+        raise TextExportError(f"{entry.id} uses CLIP's BPE tokenizer, shipped with simx; "
+                              "--tokenizer is for models with a Hugging Face tokenizer")
+
+
+def _vocab_size(model: Any) -> int:
+    n = getattr(model, "vocab_size", None)
+    if n is None:
+        n = model.token_embedding.num_embeddings
+    return int(n)
+
+
 def export_text_tower(
     entry: registry.ModelEntry,
     *,
@@ -158,11 +378,18 @@ def export_text_tower(
     image_size: int | None = None,
     model: Any = None,
     weights_label: str | None = None,
+    tokenizer: str | Path | None = None,
+    image_spec_hash: str | None = None,
+    text_layers: int | None = None,
 ) -> Path:
     """Export, verify and label ``entry``'s text tower; returns ``output_dir/<id>-text.onnx``.
 
     ``model``/``weights_label`` let the image exporter pass the open_clip model it
-    already built (so both towers come from one load of the weights).
+    already built (so both towers come from one load of the weights). ``tokenizer``: a
+    folder with the Hugging Face tokenizer files, for models that use one (written beside
+    the model as ``<id>-text.tokenizer.json``). ``image_spec_hash``: the spec hash of the
+    image file exported with it, recorded in the text spec. Both files are paired by
+    ``pair``: the image id, source and weights (``simx.search.pair_id``).
     """
     import torch
 
@@ -171,13 +398,10 @@ def export_text_tower(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if model is None:
-        model, weights_label = build_clip(entry, weights)
+        model, weights_label = build_clip(entry, weights, text_layers=text_layers)
     tower = _TextTower(model)
     n_ctx = _context_length(model)
-    tok = get_tokenizer(n_ctx)
-    if int(model.vocab_size) != tok.vocab_size:
-        raise TextExportError(f"{entry.id}: text vocabulary of {model.vocab_size} tokens is not "
-                              f"CLIP's BPE ({tok.vocab_size}); simx cannot tokenize for it")
+    tok, tok_extra = text_tokenizer_for(entry, model, tokenizer)
     ids = tok(list(PARITY_TEXTS))
     path = output_dir / f"{entry.id}-text.onnx"
     batch = torch.export.Dim("batch", min=1)
@@ -212,10 +436,12 @@ def export_text_tower(
         extra={
             "kind": "text",
             "image_model": entry.id,
+            "pair": pair_id(entry.id, entry.source, weights_label or weights),
+            **({"image_spec_hash": image_spec_hash} if image_spec_hash else {}),
             "context_length": n_ctx,
-            "tokenizer": TOKENIZER_NAME,
-            "vocab_sha256": tok.vocab_sha256,
+            **tok_extra,
             "quick_gelu": entry.quick_gelu,
+            **({"text_layers": int(text_layers)} if text_layers is not None else {}),
         },
     )
     if proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value not in (0, spec.dim):
@@ -230,6 +456,27 @@ def export_text_tower(
         parity = verify_text(tmp, tower, ids)
         spec = replace(spec, parity=parity, weights_sha256=weights_sha256(tmp))
         to_onnx.set_metadata(proto, METADATA_KEY, spec.to_json())
-        path = writer.commit(proto)
+        side = _write_tokenizer(output_dir, tok_extra.get("tokenizer_file"), getattr(tok, "json", None))
+        try:
+            path = writer.commit(proto)
+        except BaseException:
+            if side is not None:
+                side.unlink(missing_ok=True)
+            raise
     to_onnx.check_committed_weights(path, spec.weights_sha256)
     return path
+
+
+def _write_tokenizer(folder: Path, name: str | None, text: str | None) -> Path | None:
+    """The tokenizer.json beside the text model: temp name, fsync, rename (None: CLIP BPE)."""
+    if not name or text is None:
+        return None
+    final = folder / name
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    try:
+        write_bytes_durably(tmp, text.encode("utf-8"))
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(folder)
+    return final

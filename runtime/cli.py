@@ -250,10 +250,17 @@ def export_dinov3(variant: str, qkvb: bool, tag: str | None, **kw) -> None:
               help="Any model of open_clip.list_pretrained() (see `simx models`).")
 @click.option("--pretrained", required=True, help="The open_clip pretrained tag.")
 @click.option("--text", is_flag=True, help="Also export the text tower.")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="With --text, for models with a Hugging Face tokenizer (SigLIP ...): "
+              "a folder with its tokenizer.json; default: the local HF cache, then the hub.")
 @_export_options
-def export_openclip(model_name: str, pretrained: str, text: bool, **kw) -> None:
+def export_openclip(model_name: str, pretrained: str, text: bool, tokenizer: Path | None,
+                    **kw) -> None:
     """Export an OpenCLIP image tower (encode_image)."""
-    _run_export(registry.openclip(model_name, pretrained), text=text, **kw)
+    if tokenizer is not None and not text:
+        raise SimxError("--tokenizer is for the text tower: add --text")
+    _run_export(registry.openclip(model_name, pretrained), text=text,
+                **({"tokenizer": tokenizer} if tokenizer is not None else {}), **kw)
 
 
 # --------------------------------------------------------------------------- embed

@@ -338,8 +338,10 @@ class Encoder:
         from .search import TextEncoder
 
         if self._text is None:
-            self._text = TextEncoder(self.path, provider="cuda" if self._session.on_gpu else "cpu",
-                                     threads=self.threads)
+            text = TextEncoder(self.path, provider="cuda" if self._session.on_gpu else "cpu",
+                               threads=self.threads)
+            text.check_pair(self.spec.id, self.spec.source, self.spec.weights, str(self.path))
+            self._text = text
         if self._text.dim != self.dim:
             raise SimxError(f"text tower {self._text.path} gives {self._text.dim}-d vectors, "
                             f"the image model {self.dim}-d")

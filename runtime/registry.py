@@ -54,7 +54,7 @@ class ModelEntry:
     pretrained: str | None = None  # open_clip tag, or timm's pretrained tag for DINOv3
     quick_gelu: bool = False  # as open_clip records it for the tag
     qkvb: bool = False  # DINOv3 with q/k/v biases
-    text: bool = False  # whether simx exports its text tower (CLIP BPE tokenizer)
+    text: bool = False  # whether simx exports its text tower (open_clip TextTransformer)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize_mode: str = "shortest"

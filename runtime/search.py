@@ -156,6 +156,19 @@ def faiss_topk(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.
 
 
 # ----------------------------------------------------------------------------- text
+def pair_id(model_id: str, source: str, weights: str) -> str:
+    """The identity an image tower and its text tower share: the image model's id, source
+    and weights (``pretrained``, ``random`` with simx's seed, or ``sha256:`` of the user's
+    checkpoint). The text file records it as ``pair``; a cache's is read from its model_id,
+    source and weights, so a text tower of other weights (another checkpoint, random
+    vs pretrained) is refused even when the id and the dimension agree."""
+    import hashlib
+    import json
+
+    blob = json.dumps({"id": model_id, "source": source, "weights": weights}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def text_model_path(model: str | os.PathLike[str]) -> Path:
     """The text tower that belongs to an image model: ``<stem>-text.onnx`` beside it.
 
@@ -194,14 +207,15 @@ def text_model_path(model: str | os.PathLike[str]) -> Path:
 class TextEncoder:
     """Tokenizes text and runs a simx text tower: L2-normalized vectors in the image space.
 
-    The tokenizer is checked against the vocabulary the model was exported with
-    (sha256 in its metadata), so a mismatched vocabulary is an error, not drift.
+    The tokenizer is the one the model was exported with (CLIP BPE, or the Hugging Face
+    tokenizer.json beside it), checked against the sha256 in its metadata, so a
+    mismatched vocabulary is an error, not drift.
     """
 
     def __init__(self, model: str | os.PathLike[str], provider: str = "auto",
                  threads: int | None = None) -> None:
+        from .hf_tokenizer import text_tokenizer
         from .session import open_model
-        from .tokenizer import get_tokenizer
 
         self.path = text_model_path(model)
         self._session = open_model(self.path, provider=provider, threads=threads, kind="text")
@@ -209,13 +223,7 @@ class TextEncoder:
         if extra.get("kind") != "text":
             raise ModelFileError(f"{self.path}: not a simx text tower (spec.extra.kind != 'text')")
         self.context_length = int(extra.get("context_length", 77))
-        self.tokenizer = get_tokenizer(self.context_length)
-        want = extra.get("vocab_sha256")
-        if want and want != self.tokenizer.vocab_sha256:
-            raise ModelFileError(
-                f"{self.path}: exported with BPE vocabulary {want[:12]}..., simx ships "
-                f"{self.tokenizer.vocab_sha256[:12]}...; re-export or upgrade simx"
-            )
+        self.tokenizer = text_tokenizer(self.path, extra)
 
     @property
     def spec(self) -> Any:
@@ -225,6 +233,26 @@ class TextEncoder:
     def image_model(self) -> str | None:
         """The id of the image tower this text tower pairs with."""
         return self._session.spec.extra.get("image_model")
+
+    @property
+    def pair(self) -> str | None:
+        """The image tower identity this text tower was exported with (None: older files)."""
+        return self._session.spec.extra.get("pair")
+
+    def check_pair(self, model_id: str, source: str | None, weights: str | None,
+                   what: str) -> None:
+        """Refuse to put this text tower's vectors next to ``what``'s image embeddings
+        unless both come from one model (same id, source and weights)."""
+        if self.image_model and self.image_model != model_id:
+            raise SearchError(f"{self.path.name} is the text tower of {self.image_model}, but "
+                              f"{what} holds {model_id} embeddings")
+        if self.pair and source is not None and weights is not None:
+            want = pair_id(model_id, source, weights)
+            if self.pair != want:
+                raise SearchError(
+                    f"{self.path.name} was exported with other weights than {what} "
+                    f"({model_id}, weights {weights}; pair {want} != the text tower's "
+                    f"{self.pair}): their embeddings do not share a space; export both together")
 
     @property
     def dim(self) -> int:
@@ -336,9 +364,8 @@ def search_cache(
                 f"the cache {cache_dir} holds {cache.model_id} embeddings; DINOv2 has no text "
                 "tower, so text search needs a cache made by an OpenCLIP model")
         te = TextEncoder(cache_model(cache, model), provider=provider)
-        if te.image_model and te.image_model != cache.model_id:
-            raise SearchError(f"{te.path.name} is the text tower of {te.image_model}, but the "
-                              f"cache holds {cache.model_id} embeddings")
+        te.check_pair(cache.model_id, cache.meta.get("source"), cache.meta.get("weights"),
+                      f"the cache {cache_dir}")
         if te.dim != dim:
             raise SearchError(f"text tower gives {te.dim}-d vectors, the cache holds {dim}-d ones")
         vecs.append(te.embed(list(texts)))

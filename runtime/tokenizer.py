@@ -18,10 +18,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import html
+import string
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -67,12 +68,43 @@ def _deps():
     return ftfy, regex
 
 
-def clean_lower(text: str) -> str:
-    """open_clip's default cleaning: ftfy, double HTML unescape, collapse whitespace, lower."""
+def basic_clean(text: str) -> str:
+    """ftfy, then a double HTML unescape, then strip: the first step of every open_clip clean."""
     ftfy, _ = _deps()
     text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text)).strip()
-    return " ".join(text.split()).strip().lower()
+    return html.unescape(html.unescape(text)).strip()
+
+
+def clean_whitespace(text: str) -> str:
+    """open_clip's ``clean="whitespace"`` (its HFTokenizer default): basic, collapse whitespace."""
+    return " ".join(basic_clean(text).split()).strip()
+
+
+def clean_lower(text: str) -> str:
+    """open_clip's ``clean="lower"`` (the CLIP BPE default): whitespace clean, lower-cased."""
+    return clean_whitespace(text).lower()
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def clean_canonicalize(text: str) -> str:
+    """open_clip's ``clean="canonicalize"`` (SigLIP, SigLIP2, some mT5 models): basic, then
+    big_vision's canonicalization: "_" to space, ASCII punctuation removed, lower-cased,
+    whitespace collapsed."""
+    text = basic_clean(text).replace("_", " ").translate(_NO_PUNCTUATION).lower()
+    return " ".join(text.split()).strip()
+
+
+CLEAN_FNS = {"whitespace": clean_whitespace, "lower": clean_lower, "canonicalize": clean_canonicalize}
+
+
+def get_clean_fn(name: str) -> Callable[[str], str]:
+    """The cleaning function open_clip's ``get_clean_fn(name)`` returns."""
+    try:
+        return CLEAN_FNS[name]
+    except KeyError:
+        raise SimxError(f"unknown text clean {name!r}; choose from {', '.join(CLEAN_FNS)}") from None
 
 
 class ClipTokenizer:

@@ -67,6 +67,10 @@ def test_text_file_spec_and_graph(text_model):
     from simx.tokenizer import VOCAB_SHA256
 
     assert spec.extra["vocab_sha256"] == VOCAB_SHA256
+    from simx.search import pair_id
+
+    assert spec.extra["pair"] == pair_id(CLIP_ID, registry.get(CLIP_ID).source, "random")
+    assert "tokenizer_file" not in spec.extra  # CLIP's BPE ships with simx
     assert spec.parity["min_cosine"] >= 0.99999
     assert spec.parity["max_abs"] <= 1e-4 * spec.parity["max_ref"]
     assert spec.parity["max_cosine_between_texts"] < 0.999
@@ -147,7 +151,8 @@ def test_search_text_against_a_cache(text_model, tmp_path, photo_dir, monkeypatc
 
     models = tmp_path / "models"
     models.mkdir()
-    image = build_tiny_model(models / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512)
+    image = build_tiny_model(models / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512,
+                             source=registry.get(CLIP_ID).source)
     os.symlink(text_model, models / text_model.name)
     cache = tmp_path / "cache"
     embed_into_cache([photo_dir], Encoder(image, provider="cpu"), cache, progress=False)
@@ -173,7 +178,8 @@ def test_encoder_embed_text(text_model, tmp_path):
     d = tmp_path / "m"
     d.mkdir()
     os.symlink(text_model, d / text_model.name)
-    image = build_tiny_model(d / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512)
+    image = build_tiny_model(d / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512,
+                             source=registry.get(CLIP_ID).source)
     enc = Encoder(image, provider="cpu")
     got = enc.embed_text(["a cat", "a dog"])
     assert got.shape == (2, 512) and got.dtype == np.float32
@@ -226,3 +232,141 @@ def test_text_export_goes_through_the_one_pipeline(text_model, torch_clip, tmp_p
                                model=torch_clip, weights_label="random")
     assert checked == [f"{CLIP_ID}-text"]
     assert list(out.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- SigLIP (HF tokenizer)
+SIGLIP_ID = "openclip-vit-b-16-siglip-webli"  # the smallest SigLIP; 2 text blocks for time
+
+
+@pytest.fixture(scope="module")
+def siglip_tokenizer_dir(tmp_path_factory) -> Path:
+    """A T5-style sentencepiece tokenizer trained here (the real one is on the unreachable hub)."""
+    pytest.importorskip("transformers")
+    from tiny_tokenizers import t5_like
+
+    return t5_like(tmp_path_factory.mktemp("siglip_tok"))
+
+
+@pytest.fixture(scope="module")
+def torch_siglip():
+    from simx.export.text import build_clip
+
+    model, label = build_clip(registry.get(SIGLIP_ID), "random", text_layers=2)
+    assert label == "random" and len(model.text.transformer.resblocks) == 2
+    return model
+
+
+@pytest.fixture(scope="module")
+def siglip_text(tmp_path_factory, torch_siglip, siglip_tokenizer_dir) -> Path:
+    from simx.export.text import export_text_tower
+
+    return export_text_tower(registry.get(SIGLIP_ID), weights="random",
+                             output_dir=tmp_path_factory.mktemp("siglip_text"), model=torch_siglip,
+                             weights_label="random", tokenizer=siglip_tokenizer_dir, text_layers=2)
+
+
+def test_siglip_text_file_records_its_tokenizer(siglip_text):
+    import hashlib
+
+    from simx.search import pair_id
+    from simx.session import read_spec
+
+    spec = read_spec(siglip_text)
+    e = spec.extra
+    assert e["kind"] == "text" and e["image_model"] == SIGLIP_ID and e["text_layers"] == 2
+    assert e["tokenizer"] == "hf:timm/ViT-B-16-SigLIP" and e["context_length"] == 64
+    side = siglip_text.with_name(e["tokenizer_file"])
+    assert side.name == f"{SIGLIP_ID}-text.tokenizer.json"
+    assert hashlib.sha256(side.read_bytes()).hexdigest() == e["vocab_sha256"]
+    s = e["tokenizer_settings"]
+    assert s["clean"] == "canonicalize" and s["pad_token_id"] == 1 and s["context_length"] == 64
+    entry = registry.get(SIGLIP_ID)
+    assert e["pair"] == pair_id(SIGLIP_ID, entry.source, "random")
+    assert spec.parity["min_cosine"] >= 0.99999 and spec.parity["max_cosine_between_texts"] < 0.999
+    assert spec.dim == 768
+
+
+def test_siglip_text_matches_torch_end_to_end(siglip_text, torch_siglip, siglip_tokenizer_dir):
+    """simx (tokenizers + ONNX) vs open_clip's HFTokenizer + torch encode_text."""
+    import torch
+    from open_clip.tokenizer import HFTokenizer
+
+    from simx.search import TextEncoder
+
+    ref_tok = HFTokenizer(str(siglip_tokenizer_dir), context_length=64, clean="canonicalize")
+    te = TextEncoder(siglip_text, provider="cpu")
+    np.testing.assert_array_equal(te.tokenizer(TEXTS), ref_tok(TEXTS).numpy())
+    got = te.embed(TEXTS, batch_size=4)
+    with torch.no_grad():
+        ref = torch_siglip.encode_text(ref_tok(TEXTS), normalize=True).numpy()
+    assert np.sum(got * ref, axis=1).min() >= 0.99999
+    assert np.abs(got - ref).max() <= 1e-4
+    sims = got @ got.T
+    assert sims[~np.eye(len(TEXTS), dtype=bool)].max() < 0.999
+
+
+def test_siglip_text_refused_for_other_weights(siglip_text, tmp_path, photo_dir):
+    """A cache of the same model id but other weights: the text tower is refused."""
+    from simx.encoder import Encoder
+    from simx.indexer import embed_into_cache
+    from simx.search import SearchError, search_cache
+
+    source = registry.get(SIGLIP_ID).source
+    for weights, ok in (("random", True), ("sha256:" + "ab" * 32, False)):
+        d = tmp_path / weights[:6]
+        d.mkdir()
+        os.symlink(siglip_text, d / siglip_text.name)
+        side = siglip_text.with_name(f"{SIGLIP_ID}-text.tokenizer.json")
+        os.symlink(side, d / side.name)
+        image = build_tiny_model(d / f"{SIGLIP_ID}.onnx", model_id=SIGLIP_ID, dim=768,
+                                 weights=weights, source=source)
+        cache = d / "cache"
+        embed_into_cache([photo_dir], Encoder(image, provider="cpu"), cache, progress=False)
+        if ok:
+            (res,) = search_cache(cache, texts=["a cat"], k=2, model=str(image))
+            assert res["kind"] == "text" and len(res["hits"]) == 2
+            assert Encoder(image, provider="cpu").embed_text(["a cat"]).shape == (1, 768)
+        else:
+            with pytest.raises(SearchError, match="other weights"):
+                search_cache(cache, texts=["a cat"], k=2, model=str(image))
+            with pytest.raises(SearchError, match="other weights"):
+                Encoder(image, provider="cpu").embed_text(["a cat"])
+
+
+def test_siglip_text_needs_its_tokenizer_file(siglip_text, tmp_path):
+    from simx.search import TextEncoder
+
+    d = tmp_path / "lonely"
+    d.mkdir()
+    os.symlink(siglip_text, d / siglip_text.name)
+    with pytest.raises(ModelFileError, match="tokenizer file .* cannot be read"):
+        TextEncoder(d / siglip_text.name, provider="cpu")
+    side = siglip_text.with_name(f"{SIGLIP_ID}-text.tokenizer.json")
+    (d / side.name).write_text(side.read_text().replace('"</s>"', '"</S>"', 1))
+    with pytest.raises(ModelFileError, match="sha256"):
+        TextEncoder(d / siglip_text.name, provider="cpu")
+
+
+def test_siglip_export_without_tokenizer_says_so(torch_siglip, tmp_path, monkeypatch):
+    """Hub unreachable, tokenizer not cached: a clear error and no file left behind."""
+    import copy
+
+    import open_clip
+
+    from simx.export import sources
+    from simx.export.text import TextExportError, export_text_tower
+
+    real = open_clip.get_model_config
+
+    def cfg(name):
+        c = copy.deepcopy(real(name))
+        c["text_cfg"]["hf_tokenizer_name"] = "simx-test/not-cached"
+        return c
+
+    monkeypatch.setattr(open_clip, "get_model_config", cfg)
+    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: False)
+    out = tmp_path / "out"
+    with pytest.raises(TextExportError, match="not in the local Hugging Face cache"):
+        export_text_tower(registry.get(SIGLIP_ID), weights="random", output_dir=out,
+                          model=torch_siglip, weights_label="random")
+    assert not out.exists() or list(out.iterdir()) == []

@@ -27,6 +27,7 @@ def tiny_spec(
     dim: int = 16,
     weights: str = "random",
     precision: str = "fp32",
+    source: str = "test:tiny",
 ):
     """A ModelSpec for the tiny model; change ``weights`` or ``resize`` to get another hash."""
     from simx.spec import ModelSpec, PreprocessSpec
@@ -35,7 +36,7 @@ def tiny_spec(
         id=model_id,
         family="test",
         variant="tiny",
-        source="test:tiny",
+        source=source,
         weights=weights,
         image_size=image_size,
         dim=dim,
@@ -58,6 +59,7 @@ def build_tiny_model(
     weights: str = "random",
     with_spec: bool = True,
     dynamic_int8: bool = False,
+    source: str = "test:tiny",
 ) -> Path:
     """Write the tiny model to ``path`` and return it.
 
@@ -100,7 +102,7 @@ def build_tiny_model(
     model.ir_version = 9  # old enough for any onnxruntime simx supports
     if with_spec:
         spec = tiny_spec(model_id, image_size, resize, dim, weights,
-                         "int8" if dynamic_int8 else "fp32")
+                         "int8" if dynamic_int8 else "fp32", source=source)
         helper.set_model_props(model, {"simx": spec.to_json()})
     onnx.checker.check_model(model)
     path = Path(path)

@@ -132,8 +132,9 @@ class OpenClipFamily(Family):
                 patch_size=multiple, default_size=int(size), resize=int(size),
                 pretrained=tag, quick_gelu=quick_gelu, mean=pre["mean"], std=pre["std"],
                 resize_mode=pre["resize_mode"], interpolation=pre["interpolation"],
-                # simx ships the CLIP BPE tokenizer only, and exports CLIP's encode_text.
-                text=not text_cfg.get("hf_tokenizer_name") and "multimodal_cfg" not in cfg,
+                # encode_text of open_clip's own TextTransformer (CLIP BPE or an HF tokenizer);
+                # not CoCa, nor towers built by transformers (hf_model_name: XLM-R, mT5 ...).
+                text="multimodal_cfg" not in cfg and not text_cfg.get("hf_model_name"),
                 command=f"simx export openclip --model {model} --pretrained {tag}",
             ))
         return rows
