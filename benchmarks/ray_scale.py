@@ -307,11 +307,15 @@ def hand_back(work: Path, rows: int, block: int, repeat: int) -> dict[str, Any]:
 
 
 def same_rows(a: Path, b: Path) -> float:
+    """Max |difference| between two caches' rows, matched by path (Ray's blocks may commit
+    in another order than a single-process run's); the same paths once each."""
     from simx.cache import FeatureCache
 
     fa, fb = FeatureCache(a), FeatureCache(b)
-    assert list(fa.paths) == list(fb.paths)
-    return float(np.abs(np.asarray(fa.embeddings) - np.asarray(fb.embeddings)).max())
+    assert sorted(fa.paths) == sorted(fb.paths) and len(set(fa.paths)) == len(fa.paths)
+    ea, eb = np.asarray(fa.embeddings), np.asarray(fb.embeddings)
+    order = np.array([fb.row(p) for p in fa.paths], np.intp)
+    return float(np.abs(ea - eb[order]).max())
 
 
 def main() -> None:

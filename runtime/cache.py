@@ -80,13 +80,14 @@ TMP = ".tmp"
 EMB_DIR = "img_emb"
 META_DIR = "metadata"
 STAGING = ".staging"
-# Compact when more than this fraction of the stored rows are dead: below it, a reader
-# pays at most 1/(1-0.25) = 1.33x the bytes of the live rows, and each compaction rewrites
-# at most 3 live rows per dead one (benchmarks/cache_scale.py measures both ends).
+# Compact when more than this fraction of the stored rows are dead, or when this many
+# segments pile up. Measured at 200k x 768 (benchmarks/results/compaction_amd-epyc-2c.md):
+# at 25% dead one compaction (~3 s, 75% of the bytes) costs about what one slowed full read
+# costs, and compacting at 10% would rewrite 90% of the cache for a smaller slowdown; each
+# segment adds ~2-3 ms to every open and commit (0.5 s at 1 segment, 1.3 s at 512, 4-6 s
+# at 2048), so 256 keeps that under ~0.5 s (a 30 s commit cadence reaches it in ~2 h).
 COMPACT_DEAD_FRACTION = 0.25
-# ... or when this many segments pile up (a long run commits every 30 s): opening a cache
-# costs one npy header and one parquet footer per segment.
-COMPACT_SEGMENTS = 512
+COMPACT_SEGMENTS = 256
 
 
 class CacheError(SimxError):

@@ -396,8 +396,14 @@ def test_text_flag_exports_the_text_tower_after_the_image(tiny_build, monkeypatc
 
     calls = []
 
-    def export_text_tower(entry, *, weights, output_dir, opset, image_size):
+    def export_text_tower(entry, *, weights, output_dir, opset, image_size, tokenizer,
+                          image_spec_hash):
         assert (output_dir / f"{entry.id}.onnx").is_file()  # image tower first
+        from simx.session import read_spec
+
+        image = read_spec(output_dir / f"{entry.id}.onnx")
+        assert image_spec_hash == image.embedding_hash() and tokenizer is None
+        assert image.extra["pair"]  # the identity the text tower records too
         calls.append((entry.id, weights, output_dir, opset, image_size))
         return output_dir / f"{entry.id}-text.onnx"
 

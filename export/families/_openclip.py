@@ -72,6 +72,39 @@ def preprocess_from_openclip(cfg: dict[str, Any]) -> PreprocessSpec:
     )
 
 
+def _hf_text(model_name: str) -> bool:
+    """Whether open_clip builds this model's text tower from a Hugging Face config (nllb,
+    roberta, xlm-roberta): ``create_model`` then needs the hub even for random weights."""
+    import open_clip.factory
+
+    cfg = open_clip.factory.get_model_config(model_name) or {}
+    return bool(cfg.get("text_cfg", {}).get("hf_model_name"))
+
+
+class _VisualOnly:
+    """Stands in for the open_clip model where only its visual tower is built."""
+
+    def __init__(self, visual: nn.Module) -> None:
+        self.visual = visual
+
+
+def _random_visual(model_name: str, image_size: int, quick_gelu: bool) -> nn.Module:
+    """The visual tower alone, built by open_clip's own ``_build_vision_tower`` from the
+    model config as ``create_model`` would (image size and QuickGELU forced the same way),
+    for random weights of models whose text tower needs the Hugging Face hub. The tower
+    is built first in ``create_model`` too, so the seeded init is the same."""
+    import open_clip.factory
+    from open_clip.model import _build_vision_tower
+
+    cfg = open_clip.factory.get_model_config(model_name)
+    vision_cfg = dict(cfg["vision_cfg"])
+    vision_cfg["image_size"] = image_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _build_vision_tower(cfg["embed_dim"], vision_cfg,
+                                   quick_gelu=quick_gelu or bool(cfg.get("quick_gelu")))
+
+
 class OpenClipImage(nn.Module):
     """``encode_image(x)`` (not normalized) of an open_clip model, keeping only the visual
     tower. CoCa's tower returns (pooled, tokens); its ``encode_image`` keeps the pooled
@@ -154,7 +187,12 @@ class OpenClipFamily(Family):
             pretrained_image=False,
             pretrained_text=False,
         )
-        if weights == "random":
+        if weights == "random" and _hf_text(model_name):
+            torch.manual_seed(RANDOM_SEED)
+            model = _VisualOnly(_random_visual(model_name, image_size, entry.quick_gelu))
+            self.randomize(model.visual)
+            label = "random"
+        elif weights == "random":
             torch.manual_seed(RANDOM_SEED)
             with quiet_logging():
                 model = open_clip.create_model(model_name, pretrained=None, **common)
