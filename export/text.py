@@ -100,6 +100,7 @@ def build_clip(entry: registry.ModelEntry, weights: str,
     import open_clip
     import torch
 
+    from .families import family
     from .sources import RANDOM_SEED, _hub_download, read_checkpoint
 
     if not entry.text:
@@ -113,6 +114,9 @@ def build_clip(entry: registry.ModelEntry, weights: str,
         torch.manual_seed(RANDOM_SEED)
         with _text_layers(text_layers):
             model = open_clip.create_model(name, pretrained=None, **kw)
+        # The image tower gets its family's random-weight recipe, as the image export
+        # does, so a random text file pairs with the random image file of the same entry.
+        family(entry.family).randomize(model.visual)
         label = "random"
     elif weights == "pretrained":
         with _hub_download(f"{entry.id} (text)"):
