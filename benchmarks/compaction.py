@@ -63,7 +63,7 @@ def _written(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int
 
 def _writer(d: Path) -> Any:
     """A CacheWriter that never compacts on its own (the benchmark decides when)."""
-    import simx.cache as cache
+    import simx.cache.store as cache
     from tiny_model import tiny_spec
 
     cache.COMPACT_SEGMENTS = 1 << 30  # benchmark-only: let the segments pile up
@@ -73,7 +73,7 @@ def _writer(d: Path) -> Any:
 def build(d: Path, rows: int, segments: int, dead: float) -> dict[str, Any]:
     import numpy as np
 
-    from simx.cache import Row
+    from simx.cache.store import Row
 
     rng = np.random.default_rng(0)
     t = time.perf_counter()
@@ -138,7 +138,7 @@ def read(d: Path) -> dict[str, Any]:
 def add1(d: Path) -> dict[str, Any]:
     import numpy as np
 
-    from simx.cache import Row
+    from simx.cache.store import Row
 
     before = _files(d)
     t = time.perf_counter()

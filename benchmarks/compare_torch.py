@@ -47,8 +47,11 @@ from typing import Any
 
 import numpy as np
 
-from simx import bench, registry, sysinfo
-from simx.errors import SimxError, first_line
+from simx.bench import run as bench
+from simx.model import catalogue as registry
+from simx.core import machine as sysinfo
+from simx.bench import reference
+from simx.core.errors import SimxError, first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ("dinov2-small", "dinov2-base", "openclip-vit-b-32-laion2b_s34b_b79k")
@@ -132,7 +135,7 @@ def build_paths(entry: registry.ModelEntry, files: dict[str, Path], x: np.ndarra
     import torch
 
     from simx.export import sources
-    from simx.session import open_model
+    from simx.run.session import open_model
 
     torch.set_num_threads(threads)
     tmod = sources.build(entry, "random", entry.default_size).module.eval()
@@ -199,7 +202,7 @@ def measure_model(entry: registry.ModelEntry, files: dict[str, Path], images: li
                   log: Callable[[str], None]) -> dict[str, Any]:
     from simx import Encoder
     from simx.export import calibration, verify
-    from simx.session import read_spec
+    from simx.run.session import read_spec
 
     spec = registry.get(entry.id)
     pre = spec.preprocess(entry.default_size)
@@ -211,7 +214,7 @@ def measure_model(entry: registry.ModelEntry, files: dict[str, Path], images: li
 
     acc: dict[str, dict[str, list[float]]] = {k: {"lat": [], "img_s": []} for k in paths}
     for r in range(rounds):
-        ref += sysinfo.sgemm_gflops(2048, repeats=2)["gflops_samples"]
+        ref += reference.sgemm_gflops(2048, repeats=2)["gflops_samples"]
         time.sleep(0.3)
         order = list(paths) if r % 2 == 0 else list(paths)[::-1]  # alternate the order too
         for name in order:

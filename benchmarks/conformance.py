@@ -234,7 +234,7 @@ def export_row(entry: Any, depth: int | None, timeout: int) -> dict[str, Any]:
                 reduced_depth(depth), sources.quiet_logging():
             path = Path(api.export_model(entry, weights="random", output_dir=Path(out),
                                          image_size=size))
-            from simx.session import read_spec
+            from simx.run.session import read_spec
 
             spec = read_spec(path)
             data = path.with_name(path.name + ".data")
@@ -271,7 +271,7 @@ def export_row(entry: Any, depth: int | None, timeout: int) -> dict[str, Any]:
 
 def sweep(only: str | None, resume: bool, out: Path, depth: int, reduce_above: float,
           timeout: int, family: str | None = None) -> dict[str, Any]:
-    from simx import registry
+    from simx.model import catalogue as registry
 
     doc: dict[str, Any] = {"rows": {}}
     if resume and out.exists():
@@ -314,7 +314,7 @@ def _f(v: Any, fmt: str) -> str:
 
 def table(doc: dict[str, Any]) -> str:
     """The markdown table: a summary, failures by cause, then one line per (model, tag)."""
-    from simx import registry
+    from simx.model import catalogue as registry
 
     missing = [e for e in registry.load_catalogue().values() if e.id not in doc["rows"]]
     rows = sorted(doc["rows"].values(), key=lambda r: (r["family"], r["id"]))
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.merge:
         a.out.write_text(json.dumps(doc, indent=1, sort_keys=True))
     a.out.with_suffix(".md").write_text(table(doc))
-    from simx import registry
+    from simx.model import catalogue as registry
 
     n = len(registry.load_catalogue())
     ok = sum(r["exported"] for r in doc["rows"].values())

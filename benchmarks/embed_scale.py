@@ -58,7 +58,7 @@ def _disk(d: Path) -> dict[str, int]:
 def _stub(todo: list[str]):
     import numpy as np
 
-    from simx.encoder import Batch
+    from simx.run.encoder import Batch
 
     rng = np.random.default_rng(0)
     for s in range(0, len(todo), 256):
@@ -67,8 +67,8 @@ def _stub(todo: list[str]):
 
 
 def _case(model: str, cache: str, dirs: list[str], stub: bool) -> dict:
-    from simx.encoder import Encoder
-    from simx.indexer import embed_into_cache
+    from simx.run.encoder import Encoder
+    from simx.embed.pipeline import embed_into_cache
 
     before = _disk(Path(cache)) if Path(cache).exists() else {}
     enc = Encoder(model, provider="cpu")
@@ -107,7 +107,7 @@ def main() -> None:
     sys.path[:0] = [str(ROOT / "tests")]
     from tiny_model import build_tiny_model
 
-    from simx.sysinfo import machine_facts
+    from simx.core.machine import machine_facts
 
     a.work.mkdir(parents=True, exist_ok=True)
     model = a.work / "tiny-768.onnx"

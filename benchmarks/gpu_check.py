@@ -58,7 +58,7 @@ def _row(lat: list[float], batch: int) -> dict[str, float]:
 
 def photos_pixels(spec: Any, n: int) -> np.ndarray:
     """``n`` real photos (skimage, cycled) through simx's exact preprocessing."""
-    from simx.preprocess import preprocess_batch
+    from simx.images.preprocess import preprocess_batch
 
     import skimage.data
 
@@ -90,8 +90,8 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from simx import registry
-    from simx.session import read_spec
+    from simx.model import catalogue as registry
+    from simx.run.session import read_spec
 
     started = time.perf_counter()
     if args.dry_run:

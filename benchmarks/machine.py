@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from simx.sysinfo import machine_facts as _facts
+from simx.core.machine import machine_facts as _facts
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
              "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")

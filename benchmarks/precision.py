@@ -42,7 +42,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from simx import registry, sysinfo
+from simx.model import catalogue as registry
+from simx.core import machine as sysinfo
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ("dinov2-small", "openclip-vit-b-32-laion2b_s34b_b79k")

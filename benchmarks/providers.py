@@ -24,10 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from simx import autoselect, providers, registry, sysinfo
-from simx.errors import ProviderError
-from simx.refgemm import gemm_gflops
-from simx.session import check_available, open_model
+from simx.run import autoselect as autoselect
+from simx.run import providers as providers
+from simx.model import catalogue as registry
+from simx.core import machine as sysinfo
+from simx.core.errors import ProviderError
+from simx.bench.refgemm import gemm_gflops
+from simx.run.session import check_available, open_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +39,7 @@ def photo_batch(spec: Any, n: int) -> np.ndarray:
     """``n`` bundled photos (repeated if needed), preprocessed exactly as simx does."""
     from skimage import data
 
-    from simx.preprocess import preprocess
+    from simx.images.preprocess import preprocess
 
     names = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field",
              "immunohistochemistry", "colorwheel")
@@ -93,7 +96,7 @@ def main() -> None:
                 ms.run(x)
             seconds[p] += time.perf_counter() - t0
             calls[p] += args.calls
-    from simx.bench import model_gflops
+    from simx.bench.run import model_gflops
 
     gfl, _src, _g = model_gflops(model, spec)
     rows = []

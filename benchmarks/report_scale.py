@@ -77,11 +77,11 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=10)
     args = ap.parse_args()
 
-    from simx import report
-    from simx.datasets import evaluate
-    from simx.encoder import Encoder
-    from simx.indexer import embed_into_cache
-    from simx.search import search_cache
+    from simx.report import html as report
+    from simx.retrieval.datasets import evaluate
+    from simx.run.encoder import Encoder
+    from simx.embed.pipeline import embed_into_cache
+    from simx.retrieval.search import search_cache
 
     load_before = os.getloadavg()
     files = build_corpus(args.work / "imgs", views=12)
@@ -165,7 +165,7 @@ def _exact_thumb(path: Path, side: int) -> None:
     """The thumbnail as it would be made without the draft path (full decode + INTER_AREA)."""
     import cv2
 
-    from simx.image import load_rgb
+    from simx.images.decode import load_rgb
 
     rgb = load_rgb(path)
     f = side / max(rgb.shape[:2])

@@ -50,7 +50,7 @@ REPRESENTATIVES: tuple[Representative, ...] = (
 
 
 def run(note: str, timeout: int) -> dict[str, Any]:
-    from simx import registry
+    from simx.model import catalogue as registry
 
     cat = registry.load_catalogue()
     rows = []

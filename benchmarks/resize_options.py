@@ -38,8 +38,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from simx import sysinfo
-from simx.preprocess import (
+from simx.core import machine as sysinfo
+from simx.images.preprocess import (
     FAST_REDUCING_GAP,
     _center_crop_starts,
     _fast_resize_crop,
@@ -145,8 +145,8 @@ def modes() -> None:
     import torch
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from simx.preprocess import preprocess
-    from simx.spec import PreprocessSpec
+    from simx.images.preprocess import preprocess
+    from simx.model.spec import PreprocessSpec
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from simx.errors import SimxError, first_line
-from simx.registry import ModelEntry
-from simx.search import pair_id
-from simx.spec import METADATA_KEY, ModelSpec
-from simx.weights_hash import weights_sha256
+from simx.core.errors import SimxError, first_line
+from simx.model.catalogue import ModelEntry
+from simx.run.text import pair_id
+from simx.model.spec import METADATA_KEY, ModelSpec
+from simx.model.weights_hash import weights_sha256
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MIN_OPSET = 18  # torch's dynamo exporter has no implementations below 18

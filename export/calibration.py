@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simx.spec import PreprocessSpec
+from simx.model.spec import PreprocessSpec
 
 #: Photos the cosine gate uses (verify.PHOTOS); kept out of calibration.
 GATE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -76,6 +76,6 @@ def evaluation_images() -> list[tuple[str, np.ndarray]]:
 
 def pixels(images: list[np.ndarray], pre: PreprocessSpec) -> np.ndarray:
     """float32 [N, 3, S, S] through simx's exact preprocessing (what the runtime feeds)."""
-    from simx.preprocess import preprocess_batch
+    from simx.images.preprocess import preprocess_batch
 
     return preprocess_batch(images, pre)

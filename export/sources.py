@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simx.errors import SimxError, first_line
-from simx.registry import ModelEntry
-from simx.spec import PreprocessSpec
+from simx.core.errors import SimxError, first_line
+from simx.model.catalogue import ModelEntry
+from simx.model.spec import PreprocessSpec
 
 # DINOv2 checkpoints hold the position grid of their 518-px training resolution.
 DINOV2_GRID = 37

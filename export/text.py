@@ -33,14 +33,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from simx import registry
-from simx.errors import SimxError, first_line
-from simx.fsutil import fsync_dir, write_bytes_durably
-from simx.hf_tokenizer import TOKENIZER_SUFFIX
-from simx.search import pair_id
-from simx.spec import METADATA_KEY, ModelSpec
-from simx.tokenizer import TOKENIZER_NAME, get_tokenizer
-from simx.weights_hash import weights_sha256
+from simx.model import catalogue as registry
+from simx.core.errors import SimxError, first_line
+from simx.core.fs import fsync_dir, write_bytes_durably
+from simx.run.hf_tokenizer import TOKENIZER_SUFFIX
+from simx.run.text import pair_id
+from simx.model.spec import METADATA_KEY, ModelSpec
+from simx.run.tokenizer import TOKENIZER_NAME, get_tokenizer
+from simx.model.weights_hash import weights_sha256
 
 TEXT_INPUT = "input_ids"
 TEXT_OUTPUT = "text_embeddings"
@@ -207,7 +207,7 @@ def simx_hf_tokenizer(ref: Any, source: str) -> Any:
     The settings are read from the loaded transformers tokenizer (its pad token, sides and
     sep id), i.e. what transformers applies around the backend on every call.
     """
-    from simx.hf_tokenizer import HFTokenizer, HFTokenizerSettings
+    from simx.run.hf_tokenizer import HFTokenizer, HFTokenizerSettings
 
     hf = ref.tokenizer
     backend = getattr(hf, "backend_tokenizer", None)

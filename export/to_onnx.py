@@ -20,8 +20,8 @@ import onnx
 import torch
 from torch import nn
 
-from simx.errors import SimxError, first_line
-from simx.fsutil import fsync_dir, fsync_path
+from simx.core.errors import SimxError, first_line
+from simx.core.fs import fsync_dir, fsync_path
 
 
 INPUT_NAME = "pixel_values"
@@ -125,7 +125,7 @@ def _umask_mode() -> int:
 def check_committed_weights(path: Path, expected: str | None) -> None:
     """The committed file's weights hash is the one its spec records (else the runtime
     would refuse the file at open); a mismatch removes the file."""
-    from simx.weights_hash import weights_sha256
+    from simx.model.weights_hash import weights_sha256
 
     if expected and weights_sha256(path) != expected:
         path.unlink(missing_ok=True)

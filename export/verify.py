@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from simx.errors import SimxError, first_line
-from simx.spec import PreprocessSpec
+from simx.core.errors import SimxError, first_line
+from simx.model.spec import PreprocessSpec
 
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # batch 1: the first; batch 3: the rest
@@ -195,7 +195,7 @@ def compare(
     the embeddings centred across the probe photos (``centred_min_cosine``), which stays
     meaningful when every raw embedding is nearly the same vector.
     """
-    from simx.session import open_model
+    from simx.run.session import open_model
 
     gate = GATES[precision]
     with warnings.catch_warnings():  # "fp16 on the CPU is slow": expected, CPU is the judge
@@ -298,7 +298,7 @@ def int8_gates(
       Static files run in batches of 8 here, dynamic ones one image at a time (as the
       Encoder runs each).
     """
-    from simx.session import open_model
+    from simx.run.session import open_model
 
     ms = open_model(path, provider="cpu")
     name, out_name = ms.session.get_inputs()[0].name, ms.spec.output_name

@@ -8,16 +8,16 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .errors import ModelFileError, ProviderError, SimxError
+from simx.core.errors import ModelFileError, ProviderError, SimxError
 
-__version__ = "0.1.0"
+from .core.version import __version__
 
 _LAZY = {
-    "Encoder": "simx.encoder",
-    "FeatureCache": "simx.cache",
-    "ModelSpec": "simx.spec",
-    "PreprocessSpec": "simx.spec",
-    "open_model": "simx.session",
+    "Encoder": "simx.run.encoder",
+    "FeatureCache": "simx.cache.store",
+    "ModelSpec": "simx.model.spec",
+    "PreprocessSpec": "simx.model.spec",
+    "open_model": "simx.run.session",
 }
 
 __all__ = ["SimxError", "ModelFileError", "ProviderError", "__version__", *_LAZY]

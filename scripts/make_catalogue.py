@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write ``runtime/catalogue.json``: every model simx can export, read from the libraries.
+"""Write ``runtime/model/catalogue.json``: every model simx can export, read from the libraries.
 
 Why a committed snapshot: the runtime (``simx models``, id lookups) never imports torch,
 timm or open_clip, yet must list what they offer. This script asks every family in
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PATH = Path(__file__).resolve().parent.parent / "runtime" / "catalogue.json"
+PATH = Path(__file__).resolve().parent.parent / "runtime" / "model" / "catalogue.json"
 
 
 def snapshot() -> dict[str, Any]:

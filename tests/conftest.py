@@ -81,7 +81,7 @@ def models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported(models_dir) -> dict[str, Path]:
     """id -> path of dinov2-small, dinov2-small-reg and ViT-B-32, exported with random weights."""
-    from simx import registry
+    from simx.model import catalogue as registry
     from simx.export.api import export_model
 
     out = {}

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from simx import bench
-from simx.cli import main
+from simx.bench import run as bench
+from simx.cli.app import main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402

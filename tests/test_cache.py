@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx.cache import (  # noqa: E402
+from simx.cache.store import (
     DATA_FILES,
     EMBEDDINGS,
     INDEX,
@@ -33,8 +33,8 @@ from simx.cache import (  # noqa: E402
     canonical_path,
     identity_meta,
 )
-from simx.encoder import Encoder  # noqa: E402
-from simx.indexer import embed_into_cache  # noqa: E402
+from simx.run.encoder import Encoder
+from simx.embed.pipeline import embed_into_cache
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,7 @@ def test_second_writer_fails_or_waits(folder, enc, tmp_path):
 
 def make_format_1(cache: Path) -> None:
     """Turn a cache into the format-1 folder an older simx wrote (rows sorted by path)."""
-    from simx.cache import _jsonl, _record
+    from simx.cache.store import _jsonl, _record
 
     fc = FeatureCache(cache)
     order = sorted(range(len(fc)), key=lambda i: fc.paths[i])
@@ -424,7 +424,7 @@ def test_readers_never_see_a_mixed_state_while_a_writer_commits(tmp_path):
 def test_batches_seam_feeds_the_same_cache_in_any_order(folder, enc, tmp_path):
     """Another engine (Ray) hands batches to embed_into_cache through ``batches``; they may
     arrive in any order and any size, and the cache must equal the default run's."""
-    from simx.encoder import Batch
+    from simx.run.encoder import Batch
 
     seen: list[list[str]] = []
 

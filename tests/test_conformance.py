@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import conformance  # noqa: E402
 
-from simx import registry  # noqa: E402
+from simx.model import catalogue as registry
 from simx.export import to_onnx  # noqa: E402
 
 

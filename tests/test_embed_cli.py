@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_cache import assert_same_cache  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx.cache import NEW, FeatureCache, canonical_path  # noqa: E402
+from simx.cache.store import NEW, FeatureCache, canonical_path
 
 SUMMARY = re.compile(r"embedded (\d+), unchanged (\d+), removed (\d+), failed (\d+); "
                      r"([\d.]+) img/s; providers (\S+); cache (.+) \((\d+) rows\)")

@@ -12,9 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx import Encoder, ModelFileError, ProviderError  # noqa: E402
-from simx.encoder import EmbedError  # noqa: E402
-from simx.image import load_rgb  # noqa: E402
+from simx import Encoder, ModelFileError, ProviderError
+from simx.run.encoder import EmbedError
+from simx.images.decode import load_rgb
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_end_to_end_matches_torch_reference(exported, model_id, paths):
     by simx.export.sources with the same seeded random weights the export used."""
     import torch
 
-    from simx import registry
+    from simx.model import catalogue as registry
     from simx.export.sources import build
 
     enc = Encoder(exported[model_id], provider="cpu")

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from simx import registry
-from simx.cli import main as cli
-from simx.errors import SimxError
+from simx.model import catalogue as registry
+from simx.cli.app import main as cli
+from simx.core.errors import SimxError
 from simx.export import api, sources, to_onnx, verify
-from simx.session import open_model, read_spec
-from simx.spec import METADATA_KEY, ModelSpec
+from simx.run.session import open_model, read_spec
+from simx.model.spec import METADATA_KEY, ModelSpec
 
 SMALL = ("dinov2-small", "dinov2-small-reg", "openclip-vit-b-32-laion2b_s34b_b79k")
 # Five distinct colour photos of odd sizes for the batch-5 run.
@@ -399,7 +399,7 @@ def test_text_flag_exports_the_text_tower_after_the_image(tiny_build, monkeypatc
     def export_text_tower(entry, *, weights, output_dir, opset, image_size, tokenizer,
                           image_spec_hash):
         assert (output_dir / f"{entry.id}.onnx").is_file()  # image tower first
-        from simx.session import read_spec
+        from simx.run.session import read_spec
 
         image = read_spec(output_dir / f"{entry.id}.onnx")
         assert image_spec_hash == image.embedding_hash() and tokenizer is None
@@ -609,7 +609,7 @@ def test_giant_models_export_with_external_data(model_id, tmp_path):
 
 
 def test_cli_export_prints_its_stages_and_a_parity_summary(tmp_path):
-    from simx.session import read_spec
+    from simx.run.session import read_spec
 
     r = CliRunner().invoke(cli, ["export", "dinov2", "--variant", "small", "--weights", "random",
                                  "--image-size", "56", "--output-dir", str(tmp_path)])

@@ -9,10 +9,10 @@ import onnx
 import pytest
 import torch
 
-from simx import registry
+from simx.model import catalogue as registry
 from simx.export import api, sources, verify
 from simx.export.families._base import median_pairwise_cosine
-from simx.session import open_model
+from simx.run.session import open_model
 
 # Eight distinct colour photos from scikit-image (conftest PHOTO_NAMES, colour only).
 PROBE = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
@@ -92,7 +92,7 @@ def test_families_dict_covers_the_catalogue():
 def test_export_dinov3_cli_refuses_unknown_variants_in_one_line(tmp_path):
     from click.testing import CliRunner
 
-    from simx.cli import main as cli
+    from simx.cli.app import main as cli
 
     r = CliRunner().invoke(cli, ["export", "dinov3", "--variant", "small_pls", "--output-dir",
                                  str(tmp_path / "out")])

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import conformance  # noqa: E402
 import representatives  # noqa: E402
 
-from simx import registry  # noqa: E402
+from simx.model import catalogue as registry  # noqa: E402
 from simx.export import api, sources, verify  # noqa: E402
 from simx.export.families._base import median_pairwise_cosine  # noqa: E402
-from simx.session import open_model  # noqa: E402
+from simx.run.session import open_model  # noqa: E402
 
 PROBE = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
          "immunohistochemistry", "colorwheel", "stereo_motorcycle")

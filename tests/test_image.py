@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from simx.errors import SimxError
-from simx.image import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, find_images, load_rgb
+from simx.core.errors import SimxError
+from simx.images.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, find_images, load_rgb
 
 
 def pil_rgb(path: Path) -> np.ndarray:
@@ -223,7 +223,7 @@ def test_unreadable_file(tmp_path, good_jpeg, monkeypatch):
         if os.access(p, os.R_OK):  # root ignores permissions: make open() refuse instead
             def refuse(*args, **kwargs):
                 raise PermissionError(13, "Permission denied")
-            monkeypatch.setattr("simx.image.open", refuse, raising=False)
+            monkeypatch.setattr("simx.images.decode.open", refuse, raising=False)
         _fails(p, "permission denied")
     finally:
         p.chmod(0o644)

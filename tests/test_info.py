@@ -6,10 +6,10 @@ import json
 
 from click.testing import CliRunner
 
-from simx.cli import main
-from simx.encoder import Encoder
-from simx.indexer import embed_into_cache
-from simx.session import read_spec
+from simx.cli.app import main
+from simx.run.encoder import Encoder
+from simx.embed.pipeline import embed_into_cache
+from simx.run.session import read_spec
 
 
 def test_info_model(exported):

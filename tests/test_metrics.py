@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simx.metrics import (
+from simx.retrieval.metrics import (
     ap_at_k_simbench,
     ap_inria,
     holidays_map,
     holidays_queries,
     ukbench_ns_score,
 )
-from simx.search import rank_all
+from simx.retrieval.search import rank_all
 
 
 # ----------------------------------------------------------------------------- UKBench

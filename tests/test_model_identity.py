@@ -15,13 +15,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model, tiny_spec  # noqa: E402
 
-from simx.cache import CacheMismatchError  # noqa: E402
-from simx.encoder import Encoder  # noqa: E402
-from simx.errors import ModelFileError  # noqa: E402
-from simx.indexer import embed_into_cache  # noqa: E402
-from simx.session import open_model, read_spec  # noqa: E402
-from simx.spec import ModelSpec, SpecError  # noqa: E402
-from simx.weights_hash import weights_sha256  # noqa: E402
+from simx.cache.store import CacheMismatchError
+from simx.run.encoder import Encoder
+from simx.core.errors import ModelFileError
+from simx.embed.pipeline import embed_into_cache
+from simx.run.session import open_model, read_spec
+from simx.model.spec import ModelSpec, SpecError
+from simx.model.weights_hash import weights_sha256
 
 
 def _with_spec(path: Path, spec: ModelSpec, external: bool = False) -> Path:

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from simx import registry
+from simx.model import catalogue as registry
 from simx.export import optimize, quantize
 
 MODELS = ("dinov2-small", "openclip-vit-b-32-laion2b_s34b_b79k")

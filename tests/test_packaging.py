@@ -31,7 +31,7 @@ def test_distribution_name_is_the_free_one():
 
 def test_no_hint_names_the_squatted_package():
     bad = []
-    files = [*ROOT.glob("runtime/*.py"), *ROOT.glob("export/*.py"), *ROOT.glob("benchmarks/*.*"),
+    files = [*ROOT.glob("runtime/**/*.py"), *ROOT.glob("export/*.py"), *ROOT.glob("benchmarks/*.*"),
              *ROOT.glob("scripts/*"), *ROOT.glob("*.md"), *ROOT.glob("docs/*.md")]
     for f in files:
         if f.is_file() and f.suffix in (".py", ".md", ".sh", ""):
@@ -43,7 +43,7 @@ def test_no_hint_names_the_squatted_package():
 
 @pytest.mark.parametrize("module", ["onnx", "torch", "open_clip", "onnxruntime"])
 def test_export_without_the_extra_is_one_line_exit_2(module, monkeypatch, tmp_path):
-    from simx.cli import main
+    from simx.cli.app import main
 
     monkeypatch.setitem(sys.modules, module, None)  # what an install without it looks like
     r = CliRunner().invoke(main, ["export", "dinov2", "--variant", "small", "--weights", "random",
@@ -55,7 +55,7 @@ def test_export_without_the_extra_is_one_line_exit_2(module, monkeypatch, tmp_pa
 
 
 def test_opencv_without_imread_color_rgb_decodes_the_same(photo_dir, monkeypatch):
-    from simx import image
+    from simx.images import decode as image
 
     path = photo_dir / "coffee.jpg"
     want = image.load_rgb(path)
@@ -64,7 +64,7 @@ def test_opencv_without_imread_color_rgb_decodes_the_same(photo_dir, monkeypatch
 
 
 def test_a_bug_in_decoding_is_not_filed_as_a_bad_image(photo_dir, monkeypatch, tiny_enc):
-    from simx import encoder
+    from simx.run import encoder as encoder
 
     def broken(*a, **k):
         raise TypeError("unexpected keyword (a bug, not a bad file)")

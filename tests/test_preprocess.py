@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simx.preprocess import (
+from simx.images.preprocess import (
     FAST_MODE_ERROR,
     _exact_axis,
     crop_window,
@@ -24,7 +24,7 @@ from simx.preprocess import (
     resize_crop,
     resized_size,
 )
-from simx.spec import PreprocessSpec
+from simx.model.spec import PreprocessSpec
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))

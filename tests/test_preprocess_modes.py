@@ -20,15 +20,15 @@ import pytest
 from PIL import Image
 
 from conftest import load_photo
-from simx.image import load_rgb
-from simx.preprocess import (
+from simx.images.decode import load_rgb
+from simx.images.preprocess import (
     FAST_MODE_ERROR_BY_MODE,
     preprocess,
     preprocess_batch,
     resize_crop,
     target_size,
 )
-from simx.spec import ModelSpec, PreprocessSpec, SpecError
+from simx.model.spec import ModelSpec, PreprocessSpec, SpecError
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -170,7 +170,7 @@ def test_crop_smaller_than_resize_uses_the_proven_box_exactly(h: int, w: int, mo
     bilinear filter's narrower support too. The reference is torchvision on PIL."""
     import torchvision.transforms as T
 
-    from simx.preprocess import _exact_axis
+    from simx.images.preprocess import _exact_axis
 
     if (h, w) == (1200, 1600):
         assert _exact_axis(1200, 256, 16, 240, support=1) is not None  # the box is used
@@ -414,7 +414,7 @@ def test_palette_files_are_resized_nearest_by_the_reference(mode, interpolation,
 def test_preprocess_pil_matches_open_clip_in_every_file_mode(cfg: dict, tmp_path):
     """The opt-in: simx.preprocess.preprocess_pil(Image.open(p)) is open_clip's numbers for
     RGBA, LA, P and 1-bit files too (and for RGB and grey), on square and wide images."""
-    from simx.preprocess import preprocess_pil
+    from simx.images.preprocess import preprocess_pil
 
     spec, ref = PreprocessSpec.from_open_clip(cfg), oc_transform(cfg)
     files = _alpha_ramp_files(tmp_path)
@@ -449,7 +449,7 @@ def test_encoder_follows_the_files_preprocess_spec(cfg: dict, photo_files, tmp_p
     from onnx import helper
     from tiny_model import build_tiny_model
 
-    from simx.encoder import Encoder
+    from simx.run.encoder import Encoder
 
     path = build_tiny_model(tmp_path / "tiny-mode.onnx")
     m = onnx.load(str(path))
@@ -479,7 +479,7 @@ def test_export_reference_transform_covers_every_mode(mode: str, interpolation: 
     tag uses it is open_clip's own transform, and equals simx's preprocessing bit for bit."""
     pytest.importorskip("open_clip")
     from simx.export import verify
-    from simx.preprocess import preprocess_pil
+    from simx.images.preprocess import preprocess_pil
 
     spec = PreprocessSpec(resize=224, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                           resize_mode=mode, interpolation=interpolation)

@@ -13,9 +13,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model, tiny  # noqa: E402,F401
 
-from simx import autoselect, providers  # noqa: E402
-from simx.errors import ProviderError  # noqa: E402
-from simx.session import check_available, open_model, resolve_precision  # noqa: E402
+from simx.run import autoselect as autoselect
+from simx.run import providers as providers
+from simx.core.errors import ProviderError
+from simx.run.session import check_available, open_model, resolve_precision
 
 
 def _openvino_importable() -> bool:
@@ -62,7 +63,7 @@ def test_table_rows_and_aliases():
 
 
 def test_cli_choices_come_from_the_table():
-    from simx.cli import main
+    from simx.cli.app import main
 
     for name in ("embed", "bench", "search", "eval"):
         opt = next(p for p in main.commands[name].params if p.name == "provider")
@@ -82,7 +83,7 @@ def test_unknown_provider_lists_the_valid_ones(tiny):  # noqa: F811
 
 
 def test_simbench_device_reads_the_table(tmp_path: Path):
-    from simx.methods import ConfigError, load_method_config
+    from simx.embed.simbench import ConfigError, load_method_config
 
     def cfg(device: str) -> Path:
         p = tmp_path / f"{device.replace(':', '_')}.yaml"
@@ -173,7 +174,7 @@ def test_openvino_plugin_runs_or_says_why(tiny):  # noqa: F811
     try:
         check_available("openvino")
     except ProviderError as e:
-        from simx.sysinfo import cpu_model
+        from simx.core.machine import cpu_model
 
         assert "Intel" not in cpu_model().split()[0]  # an Intel CPU must get a device
         assert cpu_model() in str(e) and "openvino-runtime" in str(e)
@@ -222,7 +223,7 @@ def test_dinov2_small_bf16_cosine(exported):
 # ----------------------------------------------------------------------------- auto
 def test_auto_picks_caches_and_reports(tiny, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
                                        user_cache: Path):
-    from simx.encoder import Encoder
+    from simx.run.encoder import Encoder
 
     enc = Encoder(tiny, provider="auto", precision="auto", threads=1)
     c = enc.choice
@@ -275,7 +276,7 @@ def test_auto_fallback_warning_is_one_line():
 def test_cli_embed_precision_auto_prints_the_choice(tiny, photo_dir, tmp_path: Path):  # noqa: F811
     from click.testing import CliRunner
 
-    from simx.cli import main
+    from simx.cli.app import main
 
     r = CliRunner().invoke(main, ["embed", str(photo_dir), "--model", str(tiny), "--cache",
                                   str(tmp_path / "c"), "--precision", "auto", "--threads", "1"])
@@ -289,9 +290,9 @@ def test_cli_embed_precision_auto_prints_the_choice(tiny, photo_dir, tmp_path: P
 
 # ----------------------------------------------------------------------------- the cache record
 def test_cache_records_and_refuses_mixed_precision(tiny, photo_dir, tmp_path: Path):  # noqa: F811
-    from simx.cache import CacheMismatchError, CacheWriter
-    from simx.encoder import Encoder
-    from simx.indexer import embed_into_cache
+    from simx.cache.store import CacheMismatchError, CacheWriter
+    from simx.run.encoder import Encoder
+    from simx.embed.pipeline import embed_into_cache
 
     cache = tmp_path / "c"
     enc = Encoder(tiny, provider="cpu")
@@ -319,7 +320,7 @@ def test_cache_records_and_refuses_mixed_precision(tiny, photo_dir, tmp_path: Pa
 def test_cli_refuses_bf16_rows_into_an_fp32_cache(tiny, photo_dir, tmp_path: Path):  # noqa: F811
     from click.testing import CliRunner
 
-    from simx.cli import main
+    from simx.cli.app import main
 
     if not providers.host_bf16():
         pytest.skip("no bf16 path on this CPU")
@@ -338,7 +339,7 @@ def test_cli_refuses_bf16_rows_into_an_fp32_cache(tiny, photo_dir, tmp_path: Pat
 # ----------------------------------------------------------------------------- bench figures
 def test_reference_gemm_in_the_precision_used():
     pytest.importorskip("onnx")
-    from simx.refgemm import gemm_gflops
+    from simx.bench.refgemm import gemm_gflops
 
     cpu = gemm_gflops("cpu", "fp32", threads=1, n=128, repeats=1)
     assert cpu["gflops"] > 0 and cpu["precision"] == "fp32" and "MatMul" in cpu["kind"]
@@ -351,7 +352,7 @@ def test_reference_gemm_in_the_precision_used():
 
 def test_bench_reports_same_precision_efficiency(tiny):  # noqa: F811
     pytest.importorskip("onnx")
-    from simx import bench
+    from simx.bench import run as bench
 
     cfg = bench.BenchConfig(model=str(tiny), provider="cpu", batch_sizes=(2,), seconds=0.2,
                             rounds=1, warmup=1, sgemm_n=64)
@@ -365,8 +366,8 @@ def test_bench_reports_same_precision_efficiency(tiny):  # noqa: F811
 
 
 def test_decode_pool_sized_from_measured_speeds(tiny, photo_dir):  # noqa: F811
-    from simx.encoder import Encoder, sized_workers
-    from simx.sysinfo import usable_cores
+    from simx.run.encoder import Encoder, sized_workers
+    from simx.core.machine import usable_cores
 
     assert sized_workers(10.0, 100.0, False) == 1  # decoding is a tenth of the model
     assert sized_workers(30.0, 10.0, False) == min(4, usable_cores())  # ceil(1.25 * 3)
@@ -401,7 +402,7 @@ def test_auto_considers_the_int8_sibling_and_opens_it(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch):
     """An fp32 file's `<stem>-int8.onnx` beside it is a candidate, gated against the fp32
     output; when it is the fastest accurate path, auto opens that file and says so."""
-    from simx.encoder import Encoder
+    from simx.run.encoder import Encoder
 
     fp32 = build_tiny_model(tmp_path / "tiny-test.onnx")
     int8 = build_tiny_model(tmp_path / "tiny-test-int8.onnx", dynamic_int8=True)

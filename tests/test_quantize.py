@@ -25,10 +25,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from simx import Encoder, registry
+from simx import Encoder
+from simx.model import catalogue as registry
 from simx.export import calibration, quantize, verify
-from simx.session import open_model, read_spec
-from simx.spec import METADATA_KEY
+from simx.run.session import open_model, read_spec
+from simx.model.spec import METADATA_KEY
 from tiny_model import build_tiny_model
 
 MODELS = ("dinov2-small", "openclip-vit-b-32-laion2b_s34b_b79k")
@@ -117,7 +118,7 @@ def test_encoder_batches_static_int8_and_results_do_not_move(tiny_static, paths)
 
 
 def test_int8_without_the_static_mark_still_runs_per_image(tmp_path):
-    from simx.encoder import needs_per_image
+    from simx.run.encoder import needs_per_image
 
     q = build_tiny_model(tmp_path / "q.onnx", dynamic_int8=True)
     spec = read_spec(q)

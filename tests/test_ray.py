@@ -28,7 +28,7 @@ pytest.importorskip("ray.data")
 sys.path.insert(0, str(Path(__file__).parent))
 from test_embed_cli import SUMMARY, simx_embed  # noqa: E402
 
-from simx.cache import FeatureCache  # noqa: E402
+from simx.cache.store import FeatureCache
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 START_TIMEOUT = 90.0  # seconds for one `ray start` to report the node up
@@ -217,7 +217,7 @@ def test_cli_ray_run_equals_single_process_and_rerun_embeds_nothing(ray_cluster,
 
 def test_api_blocks_spread_over_actors_equal_single_process(ray_cluster, images, tiny,
                                                             reference, tmp_path, monkeypatch):
-    from simx.ray_engine import embed_on_ray
+    from simx.embed.ray_engine import embed_on_ray
 
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -234,7 +234,7 @@ def test_api_blocks_spread_over_actors_equal_single_process(ray_cluster, images,
 
 def test_killed_worker_loses_and_duplicates_no_row(ray_cluster, images, tiny, reference,
                                                    tmp_path, monkeypatch):
-    from simx.ray_engine import embed_on_ray
+    from simx.embed.ray_engine import embed_on_ray
 
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -302,7 +302,7 @@ def test_ray_options_need_the_ray_engine(images, tiny, tmp_path):
 def test_file_uris_are_listed_and_read_through_pyarrow(ray_cluster, images, tiny, reference,
                                                        tmp_path):
     """``file://`` goes through pyarrow's filesystems, the code ``s3://`` and ``gs://`` use."""
-    from simx.ray_engine import embed_on_ray
+    from simx.embed.ray_engine import embed_on_ray
 
     cache = tmp_path / "cache"
     uri = f"file://{images}"

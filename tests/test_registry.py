@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from simx import registry
-from simx.cli import main as cli
-from simx.registry import UnknownModelError
+from simx.model import catalogue as registry
+from simx.cli.app import main as cli
+from simx.model.catalogue import UnknownModelError
 
 OPENCLIP = [e for e in registry.MODELS.values() if e.source.startswith("open_clip:")]
 DINOV2 = [e for e in registry.MODELS.values() if e.family == "dinov2"]
@@ -31,7 +31,7 @@ def _make_catalogue():
 
 
 def test_snapshot_equals_what_the_libraries_list():
-    """runtime/catalogue.json is what scripts/make_catalogue.py writes from the installed
+    """runtime/model/catalogue.json is what scripts/make_catalogue.py writes from the installed
     open_clip and timm: every pair of open_clip.list_pretrained(), every timm DINO name,
     with their configs. (Fields that need each tower built, parameter counts and a timm
     trunk's stride, are compared in the slow test below.)"""
@@ -45,7 +45,7 @@ def test_snapshot_equals_what_the_libraries_list():
         fresh = catalogue(measure=False)
     committed = json.loads(registry.CATALOGUE_PATH.read_text())["models"]
     assert [r["id"] for r in committed] == [r["id"] for r in fresh], (
-        "runtime/catalogue.json is stale: run python scripts/make_catalogue.py")
+        "runtime/model/catalogue.json is stale: run python scripts/make_catalogue.py")
     for ours, theirs in zip(committed, fresh):
         unmeasured = {k for k, v in theirs.items() if v is None and k in ("params_m", "patch_size")}
         assert {k: v for k, v in ours.items() if k not in unmeasured} == {

@@ -33,8 +33,8 @@ from cdp import Browser, find_chromium  # noqa: E402
 from test_search_eval import make_holidays, make_ukbench  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx import report  # noqa: E402
-from simx.cli import main  # noqa: E402
+from simx.report import html as report
+from simx.cli.app import main
 
 # Names that would run script if they reached the page unescaped. The first needs a
 # folder: "/" cannot be in a file name, so "<script>alert(1)<" / "script>.jpg" spells it.
@@ -280,7 +280,7 @@ def test_eval_reports_in_browser(browser, rgb_photos, tiny, tmp_path):
 
 
 def test_eval_per_query_detail_agrees_with_metrics(rgb_photos, tiny, tmp_path):
-    from simx.datasets import evaluate
+    from simx.retrieval.datasets import evaluate
 
     uk = make_ukbench(tmp_path / "uk", rgb_photos)
     r = evaluate("ukbench", uk, tiny, cache_dir=tmp_path / "c", detail=True, progress=False)
@@ -327,7 +327,7 @@ def test_escape_and_thumbnails(photos, tmp_path):
     # A large JPEG takes the reduced-scale (draft) decode: same picture as the exact path.
     import cv2
 
-    from simx.image import load_rgb
+    from simx.images.decode import load_rgb
 
     a = photos["astronaut"]
     Image.fromarray(cv2.resize(a, (a.shape[1] * 2, a.shape[0] * 2))).save(tmp_path / "a.jpg",
@@ -367,7 +367,7 @@ def test_bench_series_one_line_per_path():
                        _bench_row(8, 50.0, 0.8, precision="int8")],
            "paths": [{"provider": "CUDAExecutionProvider", "precision": "fp16",
                       "results": [_bench_row(1, 100.0, None), _bench_row(32, 900.0, None)]}]}
-    from simx.plot import bench_series
+    from simx.report.plot import bench_series
 
     got = {(s["provider"], s["precision"]): s for s in bench_series([res])}
     assert set(got) == {("CPU", "fp32"), ("CPU", "int8"), ("CUDA", "fp16")}
@@ -386,7 +386,7 @@ def test_bench_series_one_line_per_path():
 
 
 def test_plot_module_merges_json_files(tmp_path):
-    from simx.plot import main as plot_main
+    from simx.report.plot import main as plot_main
 
     # a committed real run, and the same run as if it had been an int8 path
     a = json.loads((ROOT / "benchmarks/results/bench_dinov2-small_images_amd-epyc-2c.json")
@@ -401,7 +401,7 @@ def test_plot_module_merges_json_files(tmp_path):
     from PIL import Image
 
     assert Image.open(out).format == "PNG"
-    from simx.plot import bench_series
+    from simx.report.plot import bench_series
 
     fp32, int8 = bench_series([a, b])
     assert (fp32["precision"], int8["precision"]) == ("fp32", "int8")
@@ -441,7 +441,7 @@ def test_plot_without_matplotlib_is_one_clear_error(monkeypatch):
         return real(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_mpl)
-    from simx.plot import PlotError, check_viz
+    from simx.report.plot import PlotError, check_viz
 
     with pytest.raises(PlotError, match=r"\[viz\]"):
         check_viz()

@@ -19,10 +19,11 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx.cli import main  # noqa: E402
-from simx.datasets import DatasetError, default_cache_dir, evaluate, load_dataset  # noqa: E402
-from simx.errors import SimxError  # noqa: E402
-from simx.search import SearchError, rank_all, search_cache, topk  # noqa: E402
+from simx.cli.app import main
+from simx.retrieval.datasets import DatasetError, default_cache_dir, evaluate, load_dataset
+from simx.core.errors import SimxError
+from simx.core.errors import SearchError
+from simx.retrieval.search import rank_all, search_cache, topk
 
 CLIP_ID = "openclip-vit-b-32-laion2b_s34b_b79k"
 
@@ -96,7 +97,7 @@ def tiny(tmp_path_factory) -> Path:
 def ns_reference(cache_dir: Path, root: Path) -> float:
     """UKBench N-S recomputed by brute force from the cache's own vectors: the mean number
     of same-object images among each image's 4 nearest (itself included)."""
-    from simx.cache import FeatureCache
+    from simx.cache.store import FeatureCache
 
     ds = load_dataset("ukbench", root)
     c = FeatureCache(cache_dir)
@@ -146,7 +147,7 @@ def test_topk_edge_cases(tmp_path):
 
 
 def test_faiss_missing_is_a_clear_error(monkeypatch, tmp_path):
-    from simx import search
+    from simx.retrieval import ann as search
 
     real_import = builtins.__import__
 
@@ -163,7 +164,7 @@ def test_faiss_missing_is_a_clear_error(monkeypatch, tmp_path):
 def test_faiss_agrees_with_exact(tmp_path):
     import faiss  # noqa: F401  (a test dependency: missing FAISS fails, never skips)
 
-    from simx.search import faiss_index, faiss_topk
+    from simx.retrieval.ann import faiss_index, faiss_topk
 
     rng = np.random.default_rng(1)
     db = rng.normal(size=(300, 16)).astype(np.float32)
@@ -182,8 +183,8 @@ def test_faiss_agrees_with_exact(tmp_path):
 # ----------------------------------------------------------------------------- simx search
 @pytest.fixture(scope="module")
 def photo_cache(tmp_path_factory, photo_dir, tiny) -> Path:
-    from simx.encoder import Encoder
-    from simx.indexer import embed_into_cache
+    from simx.run.encoder import Encoder
+    from simx.embed.pipeline import embed_into_cache
 
     cache = tmp_path_factory.mktemp("cache") / "c"
     embed_into_cache([photo_dir], Encoder(tiny, provider="cpu"), cache, progress=False)
@@ -320,7 +321,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "methods"
 
 
 def test_shipped_method_configs():
-    from simx.methods import load_method_config
+    from simx.embed.simbench import load_method_config
 
     d = load_method_config(CONFIGS / "dinov2.yaml")
     assert d["model"] == "dinov2-base" and d["batch_size"] == 16 and d["provider"] == "cpu"
@@ -345,7 +346,7 @@ def test_shipped_method_configs():
     ],
 )
 def test_bad_method_configs(tmp_path, text, match):
-    from simx.methods import ConfigError, load_method_config
+    from simx.embed.simbench import ConfigError, load_method_config
 
     p = tmp_path / "m.yaml"
     p.write_text(text)
@@ -354,7 +355,7 @@ def test_bad_method_configs(tmp_path, text, match):
 
 
 def test_method_config_simx_keys(tmp_path):
-    from simx.methods import load_method_config
+    from simx.embed.simbench import load_method_config
 
     p = tmp_path / "m.yaml"
     p.write_text("method: dinov2\nvariant: small\nregisters: true\ndevice: cuda:0\n"
@@ -365,7 +366,7 @@ def test_method_config_simx_keys(tmp_path):
 
 
 def test_apply_method_config_command_line_wins(tmp_path):
-    from simx.methods import ConfigError, apply_method_config
+    from simx.embed.simbench import ConfigError, apply_method_config
 
     cfg = CONFIGS / "dinov2.yaml"
     o = apply_method_config(cfg)

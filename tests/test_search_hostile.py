@@ -16,12 +16,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_search_eval import run_cli  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx.cache import FeatureCache  # noqa: E402
-from simx.encoder import Encoder  # noqa: E402
-from simx.errors import ModelFileError  # noqa: E402
-from simx.indexer import embed_into_cache  # noqa: E402
-from simx.search import SearchError, search_cache, topk  # noqa: E402
-from simx.session import resolve_model_path  # noqa: E402
+from simx.cache.store import FeatureCache
+from simx.run.encoder import Encoder
+from simx.core.errors import ModelFileError
+from simx.embed.pipeline import embed_into_cache
+from simx.core.errors import SearchError
+from simx.retrieval.search import search_cache, topk
+from simx.run.session import resolve_model_path
 
 
 def _photos(d: Path, rgb_photos, n: int = 4, step: int = 4) -> Path:

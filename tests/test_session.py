@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from simx import registry
-from simx.errors import ModelFileError, ProviderError
-from simx.session import open_model, pick_providers, resolve_model_path
-from simx.spec import ModelSpec, PreprocessSpec
+from simx.model import catalogue as registry
+from simx.core.errors import ModelFileError, ProviderError
+from simx.run.session import open_model, pick_providers, resolve_model_path
+from simx.model.spec import ModelSpec, PreprocessSpec
 
 
 def _pool_model(path: Path, metadata: str | None) -> Path:

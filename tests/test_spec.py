@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from simx import registry
-from simx.spec import ModelSpec, PreprocessSpec, SpecError, read_spec_from_metadata
+from simx.model import catalogue as registry
+from simx.model.spec import ModelSpec, PreprocessSpec, SpecError, read_spec_from_metadata
 
 
 def _spec(**over) -> ModelSpec:

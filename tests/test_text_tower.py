@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx import registry  # noqa: E402
-from simx.errors import ModelFileError  # noqa: E402
+from simx.model import catalogue as registry
+from simx.core.errors import ModelFileError
 
 
 CLIP_ID = "openclip-vit-b-32-laion2b_s34b_b79k"
@@ -58,16 +58,16 @@ def text_model(text_dir, torch_clip) -> Path:
 def test_text_file_spec_and_graph(text_model):
     import onnx
 
-    from simx.session import read_spec
+    from simx.run.session import read_spec
 
     spec = read_spec(text_model)
     assert spec.id == f"{CLIP_ID}-text" and spec.weights == "random" and spec.normalize
     assert spec.extra["kind"] == "text" and spec.extra["image_model"] == CLIP_ID
     assert spec.extra["context_length"] == 77 and spec.dim == 512
-    from simx.tokenizer import VOCAB_SHA256
+    from simx.run.tokenizer import VOCAB_SHA256
 
     assert spec.extra["vocab_sha256"] == VOCAB_SHA256
-    from simx.search import pair_id
+    from simx.run.text import pair_id
 
     assert spec.extra["pair"] == pair_id(CLIP_ID, registry.get(CLIP_ID).source, "random")
     assert "tokenizer_file" not in spec.extra  # CLIP's BPE ships with simx
@@ -86,7 +86,7 @@ def test_text_encoder_matches_torch_end_to_end(text_model, torch_clip):
     import open_clip
     import torch
 
-    from simx.search import TextEncoder
+    from simx.run.text import TextEncoder
 
     te = TextEncoder(text_model, provider="cpu")
     got = te.embed(TEXTS, batch_size=4)
@@ -101,7 +101,7 @@ def test_text_encoder_matches_torch_end_to_end(text_model, torch_clip):
 
 
 def test_text_tower_found_beside_image_model(text_model, tmp_path, monkeypatch):
-    from simx.search import text_model_path
+    from simx.run.text import text_model_path
 
     # Beside an image model file, found by file name or by the image spec's id.
     d = tmp_path / "m"
@@ -124,7 +124,7 @@ def test_verify_text_rejects_a_different_model(text_model, torch_clip):
     import torch
 
     from simx.export.text import PARITY_TEXTS, TextExportError, _TextTower, verify_text
-    from simx.tokenizer import tokenize
+    from simx.run.tokenizer import tokenize
 
     model = copy.deepcopy(torch_clip)
     with torch.no_grad():
@@ -145,9 +145,9 @@ def test_search_text_against_a_cache(text_model, tmp_path, photo_dir, monkeypatc
     (plumbing only: random towers put text and images in unrelated spaces)."""
     from click.testing import CliRunner
 
-    from simx.cli import main
-    from simx.encoder import Encoder
-    from simx.indexer import embed_into_cache
+    from simx.cli.app import main
+    from simx.run.encoder import Encoder
+    from simx.embed.pipeline import embed_into_cache
 
     models = tmp_path / "models"
     models.mkdir()
@@ -172,8 +172,8 @@ def test_search_text_against_a_cache(text_model, tmp_path, photo_dir, monkeypatc
 
 def test_encoder_embed_text(text_model, tmp_path):
     """Encoder.embed_text finds the text tower beside the image model and agrees with TextEncoder."""
-    from simx.encoder import Encoder
-    from simx.search import TextEncoder
+    from simx.run.encoder import Encoder
+    from simx.run.text import TextEncoder
 
     d = tmp_path / "m"
     d.mkdir()
@@ -194,8 +194,8 @@ def test_image_text_cosines_match_torch(exported, text_model, torch_clip, rgb_ph
     import torch
     from PIL import Image
 
-    from simx.encoder import Encoder
-    from simx.search import TextEncoder
+    from simx.run.encoder import Encoder
+    from simx.run.text import TextEncoder
 
     names = ["astronaut", "coffee", "chelsea"]
     texts = ["an astronaut", "a cup of coffee", "a cat on a chair"]
@@ -213,8 +213,8 @@ def test_text_export_goes_through_the_one_pipeline(text_model, torch_clip, tmp_p
     """onnx.checker runs, the weights hash is recorded, and a failed parity leaves nothing
     (the old text pipeline left .tmp files and wrote external data under the final name)."""
     from simx.export import text, verify
-    from simx.session import read_spec
-    from simx.weights_hash import weights_sha256
+    from simx.run.session import read_spec
+    from simx.model.weights_hash import weights_sha256
 
     spec = read_spec(text_model)
     assert spec.weights_sha256 == weights_sha256(text_model)
@@ -268,8 +268,8 @@ def siglip_text(tmp_path_factory, torch_siglip, siglip_tokenizer_dir) -> Path:
 def test_siglip_text_file_records_its_tokenizer(siglip_text):
     import hashlib
 
-    from simx.search import pair_id
-    from simx.session import read_spec
+    from simx.run.text import pair_id
+    from simx.run.session import read_spec
 
     spec = read_spec(siglip_text)
     e = spec.extra
@@ -291,7 +291,7 @@ def test_siglip_text_matches_torch_end_to_end(siglip_text, torch_siglip, siglip_
     import torch
     from open_clip.tokenizer import HFTokenizer
 
-    from simx.search import TextEncoder
+    from simx.run.text import TextEncoder
 
     ref_tok = HFTokenizer(str(siglip_tokenizer_dir), context_length=64, clean="canonicalize")
     te = TextEncoder(siglip_text, provider="cpu")
@@ -307,9 +307,10 @@ def test_siglip_text_matches_torch_end_to_end(siglip_text, torch_siglip, siglip_
 
 def test_siglip_text_refused_for_other_weights(siglip_text, tmp_path, photo_dir):
     """A cache of the same model id but other weights: the text tower is refused."""
-    from simx.encoder import Encoder
-    from simx.indexer import embed_into_cache
-    from simx.search import SearchError, search_cache
+    from simx.run.encoder import Encoder
+    from simx.embed.pipeline import embed_into_cache
+    from simx.core.errors import SearchError
+    from simx.retrieval.search import search_cache
 
     source = registry.get(SIGLIP_ID).source
     for weights, ok in (("random", True), ("sha256:" + "ab" * 32, False)):
@@ -334,7 +335,7 @@ def test_siglip_text_refused_for_other_weights(siglip_text, tmp_path, photo_dir)
 
 
 def test_siglip_text_needs_its_tokenizer_file(siglip_text, tmp_path):
-    from simx.search import TextEncoder
+    from simx.run.text import TextEncoder
 
     d = tmp_path / "lonely"
     d.mkdir()

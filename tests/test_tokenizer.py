@@ -9,13 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from simx.tokenizer import (
-    DEFAULT_CONTEXT_LENGTH,
-    VOCAB_SHA256,
-    ClipTokenizer,
-    get_tokenizer,
-    tokenize,
-)
+from simx.run.tokenizer import DEFAULT_CONTEXT_LENGTH, VOCAB_SHA256, ClipTokenizer, get_tokenizer, tokenize
 
 TRICKY = [
     "",
@@ -102,7 +96,7 @@ def test_decode_roundtrip_and_vocab_identity():
 
 
 def test_bad_inputs(tmp_path):
-    from simx.errors import SimxError
+    from simx.core.errors import SimxError
 
     with pytest.raises(SimxError, match="not found"):
         ClipTokenizer(tmp_path / "nope.txt.gz")
@@ -133,7 +127,7 @@ def hf_pair(request, tmp_path_factory):
     from tiny_tokenizers import KINDS
 
     from simx.export.text import simx_hf_tokenizer
-    from simx.hf_tokenizer import HFTokenizer
+    from simx.run.hf_tokenizer import HFTokenizer
 
     build, cfg = KINDS[request.param]
     folder = build(tmp_path_factory.mktemp(request.param))
@@ -173,7 +167,7 @@ def test_hf_tokenizer_check_refuses_a_wrong_setting(hf_pair):
     from dataclasses import replace
 
     from simx.export.text import TextExportError, check_tokenizer
-    from simx.hf_tokenizer import HFTokenizer
+    from simx.run.hf_tokenizer import HFTokenizer
 
     ours, ref, kind = hf_pair
     check_tokenizer(ours, ref, kind)  # the real settings pass
@@ -184,8 +178,8 @@ def test_hf_tokenizer_check_refuses_a_wrong_setting(hf_pair):
 
 
 def test_hf_tokenizer_file_errors(tmp_path):
-    from simx.errors import ModelFileError
-    from simx.hf_tokenizer import HFTokenizer, HFTokenizerSettings
+    from simx.core.errors import ModelFileError
+    from simx.run.hf_tokenizer import HFTokenizer, HFTokenizerSettings
     from tiny_tokenizers import t5_like
 
     folder = t5_like(tmp_path / "t5")
@@ -195,7 +189,7 @@ def test_hf_tokenizer_file_errors(tmp_path):
         HFTokenizer.from_file(tmp_path / "absent.json", s)
     with pytest.raises(ModelFileError, match="sha256"):
         HFTokenizer.from_file(folder / "tokenizer.json", s, sha256="0" * 64)
-    from simx.errors import SimxError
+    from simx.core.errors import SimxError
     with pytest.raises(SimxError, match="unknown text clean"):
         HFTokenizerSettings(source="t", context_length=16, clean="shout")
     with pytest.raises(SimxError, match="unknown keys"):

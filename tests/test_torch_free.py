@@ -30,7 +30,7 @@ def test_runtime_and_simx_embed_never_import_torch(tmp_path, rgb_photos):
         enc = simx.Encoder({str(model)!r}, provider="cpu")
         enc.embed([{str(d / "coffee.jpg")!r}])
         try:
-            simx.cli.main(["embed", {str(d)!r}, "--model", {str(model)!r},
+            simx.cli.app(["embed", {str(d)!r}, "--model", {str(model)!r},
                            "--cache", {str(tmp_path / "cache")!r}], standalone_mode=False)
         except SystemExit:
             pass

@@ -30,7 +30,7 @@ def tiny_spec(
     source: str = "test:tiny",
 ):
     """A ModelSpec for the tiny model; change ``weights`` or ``resize`` to get another hash."""
-    from simx.spec import ModelSpec, PreprocessSpec
+    from simx.model.spec import ModelSpec, PreprocessSpec
 
     return ModelSpec(
         id=model_id,
@@ -120,6 +120,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_enc(tiny: Path):
     """A CPU Encoder on the tiny model, one intra-op thread."""
-    from simx.encoder import Encoder
+    from simx.run.encoder import Encoder
 
     return Encoder(tiny, provider="cpu", threads=1)

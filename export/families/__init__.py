@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from simx.errors import SimxError
+from simx.core.errors import SimxError
 
 from ._base import Family
 from .dinov2 import DinoV2

@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported by the builders only, when an export runs
     from torch import nn
 
-    from simx.registry import ModelEntry
+    from simx.model.catalogue import ModelEntry
 
     from ..sources import Built
 

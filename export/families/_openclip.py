@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from simx.errors import SimxError
-from simx.spec import PreprocessSpec
+from simx.core.errors import SimxError
+from simx.model.spec import PreprocessSpec
 
 from ._base import Family, count_params, entry_row
 
 if TYPE_CHECKING:
-    from simx.registry import ModelEntry
+    from simx.model.catalogue import ModelEntry
 
     from ..sources import Built
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from simx.registry import IMAGENET_MEAN, IMAGENET_STD
+from simx.model.catalogue import IMAGENET_MEAN, IMAGENET_STD
 
 from ._base import Family, count_params, entry_row
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from simx.registry import ModelEntry
+    from simx.model.catalogue import ModelEntry
 
     from ..sources import Built
 

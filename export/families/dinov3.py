@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from simx.registry import IMAGENET_MEAN, IMAGENET_STD
+from simx.model.catalogue import IMAGENET_MEAN, IMAGENET_STD
 
 from ._base import Family, count_params, entry_row
 
 if TYPE_CHECKING:
-    from simx.registry import ModelEntry
+    from simx.model.catalogue import ModelEntry
 
     from ..sources import Built
 
