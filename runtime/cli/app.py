@@ -209,7 +209,7 @@ def _run_export(entry: registry.ModelEntry, **kw) -> None:
         raise SimxError(f"simx export needs {', '.join(missing)}, which this install lacks: "
                         f"pip install 'simx-embed[{extra}]'")
     try:
-        from .export.api import export_model
+        from simx.export.api import export_model
     except ImportError as e:
         raise SimxError(
             f"simx export needs the export extra ({e.name or e} is missing): "

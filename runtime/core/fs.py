@@ -1,4 +1,5 @@
-"""Durable-write helpers shared by the feature cache and the exporter's atomic model writer."""
+"""File helpers: durable writes (the cache and the exporter's atomic model writer) and the
+stat fields that identify a file version."""
 
 from __future__ import annotations
 
@@ -29,3 +30,23 @@ def write_bytes_durably(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+# The stat fields a cache row keeps, in this order everywhere (row columns, listings, index).
+STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "ino")
+
+
+def stat_fields(st: os.stat_result) -> tuple[int, int, int, int]:
+    """``st``'s STAT_FIELDS as ints (anything with st_size, st_mtime_ns, st_ctime_ns, st_ino)."""
+    return int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino)
+
+
+def file_version(path: str | os.PathLike[str]) -> tuple[str, int, int, int]:
+    """Which version of a file is there now: (path, inode, size, mtime_ns), all -1 if none.
+    A file replaced by rename changes at least one of them, which is how a reader notices
+    a commit that overlapped it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (str(path), -1, -1, -1)
+    return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)

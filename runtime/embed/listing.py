@@ -22,6 +22,7 @@ from simx.cache.store import (
     Row,
     canonical_path,
 )
+from simx.core.fs import STAT_FIELDS, stat_fields
 from simx.images.decode import IMAGE_EXTENSIONS
 from simx.images.uri import filesystem_of, is_uri, uri_stat
 
@@ -36,7 +37,6 @@ def _stat_failure(key: str, e: OSError) -> Failure:
     return Failure(key, f"cannot stat file: {e.strerror or e}")
 
 
-_STATS = ("size", "mtime_ns", "ctime_ns", "ino")
 
 
 @dataclass
@@ -54,17 +54,17 @@ class Listing:
     failures: dict[str, Failure] = field(default_factory=dict)
     blind_dirs: list[str] = field(default_factory=list)
     blind_files: set[str] = field(default_factory=set)
-    _buf: dict[str, array] = field(default_factory=lambda: {k: array("q") for k in _STATS})
+    _buf: dict[str, array] = field(default_factory=lambda: {k: array("q") for k in STAT_FIELDS})
 
     def add(self, key: str, st: os.stat_result | Any) -> None:
         self.paths.append(key)
-        for k, v in zip(_STATS, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)):
-            self._buf[k].append(int(v))
+        for k, v in zip(STAT_FIELDS, stat_fields(st)):
+            self._buf[k].append(v)
 
     def extend(self, other: Listing) -> None:
         """Add another (unfinished) listing's files, failures and blind spots."""
         self.paths.extend(other.paths)
-        for k in _STATS:
+        for k in STAT_FIELDS:
             self._buf[k].extend(other._buf[k])
         self.failures.update(other.failures)
         self.blind_dirs.extend(other.blind_dirs)
@@ -73,7 +73,7 @@ class Listing:
     def finish(self) -> Listing:
         """Sort by path and drop repeats (a file reached through two of the given paths),
         keeping the first stat; a path that also failed keeps only its failure."""
-        cols = {k: np.frombuffer(self._buf[k], np.int64) for k in _STATS}
+        cols = {k: np.frombuffer(self._buf[k], np.int64) for k in STAT_FIELDS}
         keys = np.array(self.paths, dtype=object)
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
@@ -84,14 +84,14 @@ class Listing:
         order = order[first]
         self.paths = keys[first].tolist()
         self.stats = {k: v[order].copy() for k, v in cols.items()}
-        self._buf = {k: array("q") for k in _STATS}
+        self._buf = {k: array("q") for k in STAT_FIELDS}
         return self
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def row(self, i: int) -> Row:
-        return Row(self.paths[i], *(int(self.stats[k][i]) for k in _STATS))
+        return Row(self.paths[i], *(int(self.stats[k][i]) for k in STAT_FIELDS))
 
     def hides(self, path: str) -> bool:
         """Whether ``path`` may exist although this walk did not see it."""
