@@ -1,8 +1,23 @@
-"""Shared fixtures: real photos from scikit-image, and small models exported once per session."""
+"""Shared fixtures: real photos from scikit-image, and small models exported once per session.
+
+Test tiers. Every test gets the markers of what it needs, found at collection from the
+fixtures it uses and the source of its function and fixtures (see ``_needs``):
+``torch`` (torch exports), ``chromium`` (the HTML reports in a browser), ``ray`` (a Ray
+cluster) and ``network`` (a PyPI install). The fast, torch-free tier deselects all four:
+
+    python3 -m pytest -q --fast
+
+and then refuses to import torch at all, so a test that needs torch but was not marked
+fails loudly instead of making the fast tier slow. (``-m "not torch and ..."`` selects
+the same way; the plain command runs everything.)
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +106,68 @@ def exported(models_dir) -> dict[str, Path]:
             path = export_model(registry.get(model_id), weights="random", output_dir=models_dir)
         out[model_id] = path
     return out
+
+
+# ----------------------------------------------------------------------------- tiers
+_TORCH = re.compile(r"\b(import torch|from torch\b|torchvision|open_clip|import timm|from timm"
+                    r"|simx\.export|export_model|from export\b)")
+_FIXTURE_TIERS = {"exported": "torch", "ray_cluster": "ray", "browser": "chromium"}
+_MODULE_TIERS = {"test_wheel": "network"}
+TIERS = ("torch", "chromium", "ray", "network")
+
+
+def _source(obj) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _needs(item) -> set[str]:
+    """The tiers a collected test needs: by its fixtures, its module and the source of its
+    function and of every fixture it uses (their own imports of torch or simx.export)."""
+    need = {t for f, t in _FIXTURE_TIERS.items() if f in item.fixturenames}
+    mod = item.module.__name__ if item.module else ""
+    if mod in _MODULE_TIERS:
+        need.add(_MODULE_TIERS[mod])
+    sources = [_source(getattr(item, "function", None))]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info else ()):
+        sources += [_source(d.func) for d in defs]
+    top = [ln for ln in _source(item.module).splitlines() if ln.startswith(("import ", "from "))]
+    if any(_TORCH.search(s) for s in sources) or any(_TORCH.search(ln) for ln in top):
+        need.add("torch")
+    return need
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fast", action="store_true",
+                     help=f"the torch-free fast tier: deselect tests marked {', '.join(TIERS)}")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """--fast: a test module that imports torch (or the exporter) at the top is not collected."""
+    if config.getoption("fast") and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        top = [ln for ln in collection_path.read_text().splitlines()
+               if ln.startswith(("import ", "from ")) or "importorskip(" in ln]
+        return any(_TORCH.search(ln) for ln in top) or None
+    return None
+
+
+def pytest_configure(config):
+    for t in TIERS:
+        config.addinivalue_line("markers", f"{t}: needs {t} (a test tier; see tests/conftest.py)")
+    if config.getoption("fast") or "not torch" in (config.getoption("markexpr") or ""):
+        sys.modules.setdefault("torch", None)  # an unmarked torch test fails, never slows the tier
+
+
+def pytest_collection_modifyitems(config, items):
+    keep, drop = [], []
+    for item in items:
+        need = _needs(item)
+        for t in sorted(need):
+            item.add_marker(getattr(pytest.mark, t))
+        (drop if need and config.getoption("fast") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

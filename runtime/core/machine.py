@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+from simx.core.version import __version__ as simx_version, package_version
 
 # The environment variables that change how many threads BLAS/OpenMP libraries use.
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -59,15 +60,6 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _version(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:
-        return None
-
-
 def load_average() -> list[float] | None:
     """1, 5 and 15 minute load averages: how busy the machine was (None off Unix)."""
     try:
@@ -86,7 +78,6 @@ def machine_facts() -> dict[str, Any]:
         ort_providers = list(ort.get_available_providers())
     except ImportError:
         ort_version, ort_providers = None, []
-    from simx.core.version import __version__ as simx_version
 
     return {
         "hostname": socket.gethostname(),
@@ -100,7 +91,7 @@ def machine_facts() -> dict[str, Any]:
         "numpy": np.__version__,
         "onnxruntime": ort_version,
         "onnxruntime_providers_available": ort_providers,
-        "opencv": _version("opencv-python-headless") or _version("opencv-python"),
+        "opencv": package_version("opencv-python-headless") or package_version("opencv-python"),
         "simx": simx_version,
         "thread_env": {k: os.environ[k] for k in _THREAD_ENV if k in os.environ},
         "load_average_1_5_15": load,

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -124,77 +125,30 @@ def embed_into_cache(
     with CacheWriter(cache_dir, encoder.spec, force=force, lock_timeout=lock_timeout,
                      options=options, model_path=encoder.path, run=run) as writer:
         listing = (lister or scan)(paths)
-        stat_failures = listing.failures
-        report.found = len(listing) + len(stat_failures)
-        old_failed = {f.path: f for f in writer.failures}
+        report.found = len(listing) + len(listing.failures)
         keep, todo_ix, report.removed = _diff(writer, listing)
         report.unchanged = keep
-        todo = [listing.paths[i] for i in todo_ix]  # sorted: the listing is
-        run_failures: dict[str, Failure] = dict(stat_failures)
-        done = np.zeros(len(todo), bool)
-        retried = [j for j, k in enumerate(todo) if k in old_failed]
-
-        def failures_now() -> list[Failure]:
-            # Not yet retried: a previously failed file keeps its old line until it is.
-            out = dict(run_failures)
-            for j in retried:
-                if not done[j]:
-                    out.setdefault(todo[j], old_failed[todo[j]])
-            return [out[k] for k in sorted(out)]
-
-        def commit() -> None:
-            writer.commit(failures_now())
-            report.commits += 1
-
-        bar = None
-        if progress is None:
-            progress = sys.stderr.isatty()
-        if progress and todo:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(todo), unit="img", desc="simx embed", file=sys.stderr,
-                       dynamic_ncols=True)
-        t0 = last_commit = time.perf_counter()
-        commit_cost = 0.0
-        since_commit = 0
+        state = _Run(writer, listing, todo_ix, report)
+        bar = _progress_bar(progress, len(state.todo))
+        t0 = time.perf_counter()
+        policy = _CommitPolicy(commit_every, commit_seconds, t0)
         try:
-            source = (batches(todo) if batches is not None
-                      else encoder.iter_embed(todo, batch_size))
+            source = (batches(state.todo) if batches is not None
+                      else encoder.iter_embed(state.todo, batch_size))
             for batch in source:
-                # A non-finite row would poison every search; that file is a failure instead.
-                finite = np.isfinite(batch.embeddings).all(axis=1)
-                rows = [listing.row(int(todo_ix[i])) for i in batch.indices]
-                done[list(batch.indices)] = True
-                bad = [(i, "the model produced non-finite values (NaN or inf) for this image")
-                       for i, ok in zip(batch.indices, finite) if not ok]
-                rows = [r for r, ok in zip(rows, finite) if ok]
-                if rows:
-                    writer.add(rows, batch.embeddings[finite])  # streamed to disk now
-                for i, err in [*batch.failures, *bad]:
-                    r = listing.row(int(todo_ix[i]))
-                    run_failures[todo[i]] = Failure(todo[i], err, r.size, r.mtime_ns)
-                    done[i] = True
-                report.embedded += len(rows)
-                since_commit += len(rows) + len(batch.failures) + len(bad)
+                n = state.take(batch)
                 if bar is not None:
-                    bar.update(len(rows) + len(batch.failures) + len(bad))
+                    bar.update(n)
                 failpoints.hit("batch")
-                now = time.perf_counter()
-                due_count = commit_every > 0 and since_commit >= commit_every
-                due_time = commit_seconds > 0 and now - last_commit >= max(commit_seconds,
-                                                                          10 * commit_cost)
-                if (due_count or due_time) and not done.all():
-                    commit()
-                    last_commit = time.perf_counter()
-                    commit_cost = last_commit - now
-                    since_commit = 0
+                if policy.due(n) and not state.done.all():
+                    policy.timed(state.commit)
         except KeyboardInterrupt:
-            commit()  # keep what is done; a re-run continues from here
+            state.commit()  # keep what is done; a re-run continues from here
             raise
         finally:
             if bar is not None:
                 bar.close()
-        final_failures = failures_now()
+        final_failures = state.failures_now()
         changed = (
             writer.pending()
             or final_failures != writer.failures
@@ -202,12 +156,93 @@ def embed_into_cache(
                                                        len(final_failures), options, encoder.path, run)
         )
         if changed:
-            commit()
+            state.commit()
         report.embed_seconds = time.perf_counter() - t0
         report.failures = final_failures
         report.failed = len(final_failures)
         report.rows = writer.count
     return report
+
+
+def _progress_bar(progress: bool | None, total: int) -> Any:
+    """A tqdm bar on stderr (by default only when stderr is a terminal), or None."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not (progress and total):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="simx embed", file=sys.stderr, dynamic_ncols=True)
+
+
+class _CommitPolicy:
+    """When to commit: every ``every`` images and/or ``seconds`` seconds; the time trigger
+    backs off to 10x the last commit's duration, so commits never dominate a run."""
+
+    def __init__(self, every: int, seconds: float, start: float) -> None:
+        self.every, self.seconds = every, seconds
+        self.last = start
+        self.cost = 0.0
+        self.since = 0
+        self.now = start
+
+    def due(self, n: int) -> bool:
+        self.since += n
+        self.now = time.perf_counter()
+        due_count = self.every > 0 and self.since >= self.every
+        due_time = self.seconds > 0 and self.now - self.last >= max(self.seconds, 10 * self.cost)
+        return due_count or due_time
+
+    def timed(self, commit: Callable[[], None]) -> None:
+        commit()
+        self.last = time.perf_counter()
+        self.cost = self.last - self.now
+        self.since = 0
+
+
+class _Run:
+    """One run's bookkeeping between the diff and the final commit: which of ``todo`` are
+    done, the failures so far, and the rows streamed to the writer."""
+
+    def __init__(self, writer: CacheWriter, listing: Listing, todo_ix: np.ndarray,
+                 report: EmbedReport) -> None:
+        self.writer, self.listing, self.todo_ix, self.report = writer, listing, todo_ix, report
+        self.todo = [listing.paths[i] for i in todo_ix]  # sorted: the listing is
+        self.old_failed = {f.path: f for f in writer.failures}
+        self.run_failures: dict[str, Failure] = dict(listing.failures)
+        self.done = np.zeros(len(self.todo), bool)
+        self.retried = [j for j, k in enumerate(self.todo) if k in self.old_failed]
+
+    def failures_now(self) -> list[Failure]:
+        # Not yet retried: a previously failed file keeps its old line until it is.
+        out = dict(self.run_failures)
+        for j in self.retried:
+            if not self.done[j]:
+                out.setdefault(self.todo[j], self.old_failed[self.todo[j]])
+        return [out[k] for k in sorted(out)]
+
+    def commit(self) -> None:
+        self.writer.commit(self.failures_now())
+        self.report.commits += 1
+
+    def take(self, batch: Batch) -> int:
+        """Stream a batch's rows to the writer and record its failures; returns how many
+        of ``todo`` it settled."""
+        # A non-finite row would poison every search; that file is a failure instead.
+        finite = np.isfinite(batch.embeddings).all(axis=1)
+        rows = [self.listing.row(int(self.todo_ix[i])) for i in batch.indices]
+        self.done[list(batch.indices)] = True
+        bad = [(i, "the model produced non-finite values (NaN or inf) for this image")
+               for i, ok in zip(batch.indices, finite) if not ok]
+        rows = [r for r, ok in zip(rows, finite) if ok]
+        if rows:
+            self.writer.add(rows, batch.embeddings[finite])  # streamed to disk now
+        for i, err in [*batch.failures, *bad]:
+            r = self.listing.row(int(self.todo_ix[i]))
+            self.run_failures[self.todo[i]] = Failure(self.todo[i], err, r.size, r.mtime_ns)
+            self.done[i] = True
+        self.report.embedded += len(rows)
+        return len(rows) + len(batch.failures) + len(bad)
 
 
 def _diff(writer: CacheWriter, listing: Listing) -> tuple[int, np.ndarray, int]:

@@ -74,6 +74,8 @@ from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
 
+from typing import Any
+
 import numpy as np
 from PIL import Image
 
@@ -373,7 +375,13 @@ def _resize_crop_spec(rgb: np.ndarray, spec: PreprocessSpec, fast: bool) -> np.n
               interpolation=spec.interpolation, fill=spec.fill)
 
 
-def preprocess(rgb: np.ndarray, spec: PreprocessSpec, *, fast: bool = False,
+def preprocess_spec(spec: PreprocessSpec | Any) -> PreprocessSpec:
+    """The PreprocessSpec of ``spec``: itself, or a ModelSpec's (``enc.spec.preprocess``), so
+    callers may pass either."""
+    return getattr(spec, "preprocess", spec)
+
+
+def preprocess(rgb: np.ndarray, spec: PreprocessSpec | Any, *, fast: bool = False,
                out: np.ndarray | None = None) -> np.ndarray:
     """One HxWx3 uint8 RGB image -> float32 [3, crop_h, crop_w], the model's input.
 
@@ -384,12 +392,14 @@ def preprocess(rgb: np.ndarray, spec: PreprocessSpec, *, fast: bool = False,
     provably exact; its measured error is :data:`FAST_MODE_ERROR_BY_MODE` (uint8 levels,
     per resize mode; :data:`FAST_MODE_ERROR` for ``shortest``). ``out``
     (float32 [3, crop_h, crop_w]) is filled in place when given, e.g. a row of a batch.
+    ``spec`` may be a PreprocessSpec or a ModelSpec (``Encoder(...).spec``).
     """
+    spec = preprocess_spec(spec)
     cropped = _resize_crop_spec(rgb, spec, fast)
     return normalize(cropped, spec.mean, spec.std, out=out)
 
 
-def preprocess_pil(im: Image.Image, spec: PreprocessSpec, *,
+def preprocess_pil(im: Image.Image, spec: PreprocessSpec | Any, *,
                    out: np.ndarray | None = None) -> np.ndarray:
     """open_clip's order on a PIL image: resize and crop in the image's own mode, then RGB.
 
@@ -399,8 +409,10 @@ def preprocess_pil(im: Image.Image, spec: PreprocessSpec, *,
     exact path of :func:`preprocess` (the numbers are the same in both orders); other modes
     run Pillow's full resize, then the crop (Pillow pads with zeros in every band, as
     torchvision's pad with fill 0 does; ``fill`` is painted in every band, or as the palette
-    index of a P image, as torchvision does), then ``convert("RGB")``.
+    index of a P image, as torchvision does), then ``convert("RGB")``. ``spec`` may be a
+    PreprocessSpec or a ModelSpec.
     """
+    spec = preprocess_spec(spec)
     if im.mode in ("RGB", "L"):
         return preprocess(np.asarray(im.convert("RGB")), spec, out=out)
     resample, _ = _filter(spec.interpolation)
@@ -424,9 +436,10 @@ def preprocess_pil(im: Image.Image, spec: PreprocessSpec, *,
     return normalize(np.asarray(region.convert("RGB")), spec.mean, spec.std, out=out)
 
 
-def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec, *,
+def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec | Any, *,
                      fast: bool = False) -> np.ndarray:
     """Several images -> float32 [N, 3, crop_h, crop_w], each exactly as :func:`preprocess`."""
+    spec = preprocess_spec(spec)
     ch, cw = spec.crop_hw
     batch = np.empty((len(images), 3, ch, cw), np.float32)
     for i, rgb in enumerate(images):

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from simx.core.errors import SimxError, first_line
+from simx.core.version import __version__
 
 QUERY_SIDE = 256  # px, long side of a query thumbnail
 HIT_SIDE = 160  # px, long side of a result thumbnail (pages hold many of these)
@@ -280,12 +281,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _version() -> str:
-    from simx.core.version import __version__
-
-    return str(__version__)
-
-
 def _hit_caption(rank: int, score: float | None, path: str, mark: str = "") -> str:
     s = f' <span class="score">{score:.4f}</span>' if score is not None else ""
     m = f'<span class="mark">{esc(mark)}</span> ' if mark else ""
@@ -361,7 +356,7 @@ def search_report(results: Sequence[dict[str, Any]], cache_dir: str | os.PathLik
             ("queries", len(results)),
             ("top-k", k),
             ("index", index),
-            ("generated", f"{_now()} by simx {_version()}"),
+            ("generated", f"{_now()} by simx {__version__}"),
         ]),
         "</header>",
         random_banner(weights),
@@ -477,7 +472,7 @@ def eval_report(r: dict[str, Any], *, max_rows: int = EVAL_MAX_ROWS, query_side:
             ("images / groups / queries", f"{r.get('images')} / {r.get('groups')} / {r.get('queries')}"),
             ("cache", r.get("cache")),
             ("previews missing", thumbs.failed or None),
-            ("generated", f"{_now()} by simx {_version()}"),
+            ("generated", f"{_now()} by simx {__version__}"),
         ]),
         "</header>",
         random_banner(r.get("weights")),

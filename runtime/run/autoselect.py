@@ -24,14 +24,15 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from simx.run import providers as providers
+from simx.run import providers
+from simx.run.build import build_session, check_available, read_spec
 from simx.core.errors import ProviderError, SimxError, first_line
+from simx.core.version import package_version
 
 # Min cosine per image against the file's fp32 output on the CPU provider. fp32 paths on
 # other kernels differ in rounding only; bf16 / fp16 keep 0.9999+ on ViTs (issue 9).
@@ -42,15 +43,6 @@ CALIB_MIN_CALLS = 1
 SCHEMA = "simx.auto/1"
 
 
-def _version(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:
-        return None
-
-
 def host_key() -> dict[str, Any]:
     """What makes a decision valid on this machine (and stale on another)."""
     from simx.core.machine import cpu_model
@@ -59,8 +51,8 @@ def host_key() -> dict[str, Any]:
 
     return {"cpu_model": cpu_model(), "flags": providers.fast_units(),
             "all_flags_sha": hashlib.sha256(" ".join(sorted(providers.cpu_flags())).encode()).hexdigest()[:16],
-            "onnxruntime": ort.__version__, "openvino": _version("openvino"),
-            "onnxruntime_ep_openvino": _version("onnxruntime-ep-openvino")}
+            "onnxruntime": ort.__version__, "openvino": package_version("openvino"),
+            "onnxruntime_ep_openvino": package_version("onnxruntime-ep-openvino")}
 
 
 def cache_path(key: dict[str, Any]) -> Path:
@@ -70,8 +62,6 @@ def cache_path(key: dict[str, Any]) -> Path:
 
 def candidates(provider: str, file_precision: str) -> tuple[list[tuple[str, str]], list[str]]:
     """(provider, precision) paths worth timing here, and one line per path left out and why."""
-    from simx.run.session import check_available
-
     names = list(providers.PROVIDERS) if provider == "auto" else [providers.get(provider).name]
     paths: list[tuple[str, str]] = []
     skipped: list[str] = []
@@ -101,8 +91,6 @@ SAME_MODEL = ("id", "source", "weights", "image_size", "dim", "normalize", "prep
 def siblings(path: Path, spec: Any) -> tuple[list[tuple[Path, Any]], list[str]]:
     """The other-precision exports of an fp32 file found beside it, and one line per file
     left out and why (another model under the same name, an unreadable file)."""
-    from simx.run.session import read_spec
-
     if spec.precision != "fp32":
         return [], []
     found: list[tuple[Path, Any]] = []
@@ -157,8 +145,6 @@ def calibrate(path: Path, provider: str = "auto", threads: int | None = None,
               seconds: float = CALIB_SECONDS, kind: str = "image") -> dict[str, Any]:
     """Time and gate every candidate path of the file and of its siblings; return the
     decision (not cached here). The reference is the file on the CPU provider."""
-    from simx.run.session import open_model, read_spec
-
     spec = read_spec(path)
     paths, skipped = candidates(provider, spec.precision)
     x = calibration_pixels(spec)
@@ -173,7 +159,7 @@ def calibrate(path: Path, provider: str = "auto", threads: int | None = None,
         runs += [(other, o.precision, name, prec) for name, prec in more]
         skipped += [f"{other.name} {w}" for w in why if w not in skipped]
     ref = None if runs and runs[0][2:] == ("cpu", spec.precision) else \
-        open_model(path, "cpu", threads, kind=kind).run(x)
+        build_session(path, "cpu", threads, kind=kind).run(x)
     gate = GATES.get(spec.precision, 0.999)
     measured: list[dict[str, Any]] = []
     for file, file_prec, name, prec in runs:
@@ -182,7 +168,7 @@ def calibrate(path: Path, provider: str = "auto", threads: int | None = None,
             row["file"] = file.name  # beside the file: the decision survives a moved folder
         try:
             # int8 / fp16 files run at their own precision (None: the file's own)
-            ms = open_model(file, name, threads, kind=kind,
+            ms = build_session(file, name, threads, kind=kind,
                             precision=prec if file_prec == "fp32" else None)
             img_s, out = _time_path(ms, x, seconds)
             if ref is None:
@@ -236,12 +222,9 @@ def describe(c: dict[str, Any]) -> tuple[str, str | None]:
 
 
 def choose(path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None,
-           kind: str = "image",
-           calibrate_fn: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+           kind: str = "image") -> dict[str, Any]:
     """The cached decision for this host, model and request, or a fresh calibration
     (then cached). The result carries ``line`` and ``warning`` for the CLI to print."""
-    from simx.run.session import check_available, read_spec
-
     path = Path(path)
     spec = read_spec(path)
     key = {"host": host_key(), "model": {"weights_sha256": spec.weights_sha256,
@@ -263,7 +246,7 @@ def choose(path: str | os.PathLike[str], provider: str = "auto", threads: int | 
     except (OSError, ValueError, KeyError, ProviderError):
         c = None
     if c is None:
-        c = (calibrate_fn or calibrate)(path, provider=provider, threads=threads, kind=kind)
+        c = calibrate(path, provider=provider, threads=threads, kind=kind)
         c["key"] = key
         c["source"] = "measured"
         try:
