@@ -3,7 +3,7 @@
 Why a pipeline: on the CPU, DINOv2-S costs ~220 core-ms per image and an exact
 preprocess 10-30 ms, so decoding in the inference thread would idle the model for
 5-15% of the run; on a GPU the model is so fast that decoding *is* the run. A small
-thread pool decodes and preprocesses up to ``prefetch`` batches ahead while
+thread pool decodes and preprocesses up to ``PREFETCH_BATCHES`` batches ahead while
 onnxruntime runs the current batch (both release the GIL), bounded so memory stays flat.
 
 Thread budget (documented choice, so the two pools do not fight over cores):
@@ -255,18 +255,17 @@ class Encoder:
         self,
         images: Iterable[ImageInput],
         batch_size: int | None = None,
-        prefetch: int = PREFETCH_BATCHES,
     ) -> Iterator[Batch]:
         """Embed ``images`` in batches, reporting per-image failures instead of raising.
 
-        Decoding runs ``prefetch`` batches ahead in a thread pool. A batch holds
+        Decoding runs ``PREFETCH_BATCHES`` batches ahead in a thread pool. A batch holds
         ``batch_size`` *successfully* prepared images (the last one may hold fewer), so
         a bad file never shrinks the batch the model sees.
         """
         bs = int(batch_size or self.default_batch_size)
         if bs < 1:
             raise SimxError(f"batch size must be at least 1, got {bs}")
-        window = bs * (max(0, prefetch) + 1)
+        window = bs * (PREFETCH_BATCHES + 1)
         source = enumerate(images)
         pending: deque[tuple[int, Future[np.ndarray]]] = deque()
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="simx-decode",
