@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from simx.bench import run as bench
+from simx import bench
 from simx.model import catalogue as registry
 from simx.core import machine as sysinfo
 from simx.bench import reference
@@ -134,11 +134,11 @@ def build_paths(entry: registry.ModelEntry, files: dict[str, Path], x: np.ndarra
     """name -> batch runner (float32 [B,3,S,S] -> [B,D]) and name -> note (skips, precisions)."""
     import torch
 
-    from simx.export import sources
+    from simx.export import families
     from simx.run.session import open_model
 
     torch.set_num_threads(threads)
-    tmod = sources.build(entry, "random", entry.default_size).module.eval()
+    tmod = families.build(entry, "random", entry.default_size).module.eval()
     notes: dict[str, str] = {}
     paths: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 

@@ -29,7 +29,7 @@ from simx.run import providers as providers
 from simx.model import catalogue as registry
 from simx.core import machine as sysinfo
 from simx.core.errors import ProviderError
-from simx.bench.refgemm import gemm_gflops
+from simx.bench import gemm_gflops
 from simx.run.session import check_available, open_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def main() -> None:
                 ms.run(x)
             seconds[p] += time.perf_counter() - t0
             calls[p] += args.calls
-    from simx.bench.run import model_gflops
+    from simx.bench import model_gflops
 
     gfl, _src, _g = model_gflops(model, spec)
     rows = []

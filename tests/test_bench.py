@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from simx.bench import run as bench
+from simx import bench
 from simx.cli.app import main
 
 sys.path.insert(0, str(Path(__file__).parent))

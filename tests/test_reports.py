@@ -280,7 +280,7 @@ def test_eval_reports_in_browser(browser, rgb_photos, tiny, tmp_path):
 
 
 def test_eval_per_query_detail_agrees_with_metrics(rgb_photos, tiny, tmp_path):
-    from simx.retrieval.datasets import evaluate
+    from simx.retrieval.evaluate import evaluate
 
     uk = make_ukbench(tmp_path / "uk", rgb_photos)
     r = evaluate("ukbench", uk, tiny, cache_dir=tmp_path / "c", detail=True, progress=False)
@@ -383,6 +383,10 @@ def test_bench_series_one_line_per_path():
                                       "efficiency_precision": 0.6}}]}
     (s,) = bench_series([ov])
     assert (s["provider"], s["precision"], s["efficiency_precision"]) == ("OpenVINO", "bf16", [0.6])
+    # the key simx bench writes (efficiency_same_precision) is the one drawn
+    ov["results"][0]["model_only"] = {"img_s": 40.0, "efficiency": 1.5, "efficiency_same_precision": 0.7}
+    (s,) = bench_series([ov])
+    assert s["efficiency_precision"] == [0.7]
 
 
 def test_plot_module_merges_json_files(tmp_path):

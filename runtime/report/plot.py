@@ -97,7 +97,8 @@ def bench_series(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             s["e2e_img_s"].append(_num(e2e.get("img_s")) if isinstance(e2e, dict) else None)
             eff = _num(mo.get("efficiency"))
             s["efficiency"].append(eff)
-            s["efficiency_precision"].append(_num(mo.get("efficiency_precision")))
+            s["efficiency_precision"].append(_num(mo.get("efficiency_same_precision",
+                                                       mo.get("efficiency_precision"))))
             # The end-to-end line on the efficiency panel: the same GFLOPs delivered through
             # decode and preprocess, i.e. efficiency x (end-to-end / model-only), per run.
             ratio = _num(e2e.get("ratio_to_model_only")) if isinstance(e2e, dict) else None
@@ -204,13 +205,13 @@ def plot_bench(results: Sequence[dict[str, Any]], out: str | os.PathLike[str],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simx.plot A.json B.json -o paths.png``: several ``simx bench --json``
+    """``python -m simx.report.plot A.json B.json -o paths.png``: several ``simx bench --json``
     results (other providers or precisions) in one figure."""
     import argparse
 
-    from simx.bench.run import load_result
+    from simx.bench import load_result
 
-    ap = argparse.ArgumentParser(prog="python -m simx.plot", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m simx.report.plot", description=main.__doc__)
     ap.add_argument("results", nargs="+", help="simx bench --json files")
     ap.add_argument("-o", "--output", required=True, help="the PNG to write")
     args = ap.parse_args(argv)
