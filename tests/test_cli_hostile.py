@@ -68,3 +68,13 @@ def test_bench_images_with_only_corrupt_files_says_so(tiny, tmp_path):
     r = simx("bench", "--model", tiny, "--provider", "cpu", "--batch-sizes", "1", "--images", imgs,
              timeout=120)
     assert r.returncode == 2 and "could be decoded" in r.stderr, r.stderr
+
+
+def test_bench_synthetic_is_hidden_ignored_and_excludes_images(tmp_path):
+    # the default without --images: still accepted (old scripts), no longer advertised
+    assert "--synthetic" not in simx("bench", "--help", timeout=60).stdout
+    r = simx("bench", "--model", tmp_path / "absent.onnx", "--synthetic", timeout=60)
+    assert r.returncode == 2 and "no such option" not in r.stderr.lower(), r.stderr
+    r = simx("bench", "--model", tmp_path / "absent.onnx", "--synthetic", "--images", tmp_path,
+             timeout=60)
+    assert r.returncode == 2 and "--synthetic and --images exclude each other" in r.stderr, r.stderr

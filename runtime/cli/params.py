@@ -1,10 +1,11 @@
-"""Click parameter types shared by the commands, so that every command refuses the same
-values the same way (exit 2, before any work): NaN seconds would never elapse, and zero or
-negative thread counts mean nothing to onnxruntime."""
+"""Click parameter types and options shared by the commands, so that every command refuses
+the same values the same way (exit 2, before any work): NaN seconds would never elapse, and
+zero or negative thread counts mean nothing to onnxruntime."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import click
@@ -56,3 +57,38 @@ def run_options(f: Any) -> Any:
                           "units), fp16 (TensorRT); auto = the fastest path that passes the "
                           "accuracy gate, measured once per host and model [default: the file's].")(f)
     return f
+
+
+# Options several commands share; the help text, where it differs, is the caller's.
+def provider_option(help: str | None = None) -> Any:
+    """--provider: one of the provider table's names, ``auto`` by default."""
+    return click.option("--provider", type=PROVIDER, default="auto", show_default=True, help=help)
+
+
+def threads_option(help: str | None = None) -> Any:
+    """--threads: onnxruntime intra-op threads (>= 1), none = its own default."""
+    return click.option("--threads", type=THREADS, default=None, help=help)
+
+
+def json_flag(help: str) -> Any:
+    """--json, as the flag ``as_json``: print the result as JSON instead of text."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def html_option(help: str) -> Any:
+    """--html, as ``html_path``: also write a self-contained HTML page to this file."""
+    return click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+                        default=None, help=help)
+
+
+def check_html_output(html_path: Path | None) -> None:
+    """Refuse an unwritable --html path before any work, not after it."""
+    if html_path is not None:
+        from simx.report.html import check_output
+
+        check_output(html_path)
+
+
+def parse_options(items: tuple[str, ...]) -> dict[str, str]:
+    """--provider-option KEY=VALUE items as a dict (onnxruntime is not imported here)."""
+    return providers.parse_options(items)
