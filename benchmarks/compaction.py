@@ -63,17 +63,18 @@ def _written(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int
 
 def _writer(d: Path) -> Any:
     """A CacheWriter that never compacts on its own (the benchmark decides when)."""
-    import simx.cache.store as cache
+    import simx.cache.merge as policy  # where the writer reads COMPACT_SEGMENTS
+    from simx.cache import CacheWriter
     from tiny_model import tiny_spec
 
-    cache.COMPACT_SEGMENTS = 1 << 30  # benchmark-only: let the segments pile up
-    return cache.CacheWriter(d, tiny_spec(dim=DIM), compact_dead=1.0)
+    policy.COMPACT_SEGMENTS = 1 << 30  # benchmark-only: let the segments pile up
+    return CacheWriter(d, tiny_spec(dim=DIM), compact_dead=1.0)
 
 
 def build(d: Path, rows: int, segments: int, dead: float) -> dict[str, Any]:
     import numpy as np
 
-    from simx.cache.store import Row
+    from simx.cache import Row
 
     rng = np.random.default_rng(0)
     t = time.perf_counter()
@@ -138,7 +139,7 @@ def read(d: Path) -> dict[str, Any]:
 def add1(d: Path) -> dict[str, Any]:
     import numpy as np
 
-    from simx.cache.store import Row
+    from simx.cache import Row
 
     before = _files(d)
     t = time.perf_counter()

@@ -213,7 +213,7 @@ class NullActor:
 
 
 def _rows(n: int, base: int = 0) -> list[Any]:
-    from simx.cache.store import Row
+    from simx.cache import Row
 
     return [Row(f"/data/photos/{(base + i) // 1000:05d}/IMG_{base + i:08d}.jpg", 2_500_000 + i,
                 10**18 + i, 10**18 + i, 10**6 + i) for i in range(n)]
@@ -221,7 +221,7 @@ def _rows(n: int, base: int = 0) -> list[Any]:
 
 def write_only(work: Path, rows: int, block: int, commit_every: int) -> dict[str, Any]:
     """CacheWriter.add per block + commits, from memory: the driver's write share."""
-    from simx.cache.store import CacheWriter
+    from simx.cache import CacheWriter
 
     d = work / "write_only"
     shutil.rmtree(d, ignore_errors=True)
@@ -248,7 +248,7 @@ def hand_back(work: Path, rows: int, block: int, repeat: int) -> dict[str, Any]:
     import ray
     from ray.data.block import BlockAccessor
 
-    from simx.cache.store import CacheWriter
+    from simx.cache import CacheWriter
 
     sample = NullActor(DIM)({"i": np.arange(block)})
     arrow = BlockAccessor.batch_to_block(sample)
@@ -310,7 +310,7 @@ def hand_back(work: Path, rows: int, block: int, repeat: int) -> dict[str, Any]:
 def same_rows(a: Path, b: Path) -> float:
     """Max |difference| between two caches' rows, matched by path (Ray's blocks may commit
     in another order than a single-process run's); the same paths once each."""
-    from simx.cache.store import FeatureCache
+    from simx.cache import FeatureCache
 
     fa, fb = FeatureCache(a), FeatureCache(b)
     assert sorted(fa.paths) == sorted(fb.paths) and len(set(fa.paths)) == len(fa.paths)

@@ -1,4 +1,4 @@
-"""The feature cache: format, incremental re-runs, redo-log recovery, locking, model mismatch.
+"""The feature cache: format, incremental re-runs, crash recovery, locking, model mismatch.
 
 Uses the tiny model (tests/tiny_model.py): the cache logic is the same for any model.
 """
@@ -17,12 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx.cache.store import (
-    DATA_FILES,
-    EMBEDDINGS,
-    INDEX,
-    MANIFEST,
-    NEW,
+from simx.cache import (
+    FORMAT_1_LEFTOVERS,
     STAGING,
     CacheError,
     CacheLockedError,
@@ -81,9 +77,9 @@ def snapshot(cache: Path) -> dict[str, object]:
 
 
 def leftovers(cache: Path) -> list[str]:
-    """Files a finished writer must not leave: format 1's redo log and temp files, staged
-    segments, and segment files no manifest names."""
-    out = [n for n in (MANIFEST, *(x + NEW for x in DATA_FILES), "cache.json.tmp", EMBEDDINGS, INDEX)
+    """Files a finished writer must not leave: temp files, format 1's files (after --force),
+    staged segments, and segment files no manifest names."""
+    out = [n for n in (*FORMAT_1_LEFTOVERS, "cache.json.tmp")
            if (cache / n).exists()]
     out += [str(p) for p in (cache / STAGING).glob("*")] if (cache / STAGING).exists() else []
     live = {s["id"] for s in FeatureCache(cache).meta.get("segments", [])}
@@ -242,95 +238,38 @@ def test_second_writer_fails_or_waits(folder, enc, tmp_path):
 
 
 def make_format_1(cache: Path) -> None:
-    """Turn a cache into the format-1 folder an older simx wrote (rows sorted by path)."""
-    from simx.cache.store import _jsonl, _record
-
+    """Turn a cache into the format-1 folder a pre-release simx wrote: embeddings.npy,
+    index.jsonl, failed.jsonl and a cache.json of format_version 1, and a stale redo log."""
     fc = FeatureCache(cache)
     order = sorted(range(len(fc)), key=lambda i: fc.paths[i])
-    emb = np.asarray(fc.embeddings)[order]
     meta = identity_meta(fc.meta) | {"format_version": 1}
+    np.save(cache / "embeddings.npy", np.asarray(fc.embeddings)[order])
+    rows = [fc.rows[i] for i in order]
+    (cache / "index.jsonl").write_text("".join(
+        json.dumps({"path": r.path, "size": r.size, "mtime_ns": r.mtime_ns}) + "\n" for r in rows))
+    (cache / "failed.jsonl").write_text("")
+    (cache / "commit.json").write_text(json.dumps({"files": ["embeddings.npy"]}))
     shutil.rmtree(cache / "img_emb")
     shutil.rmtree(cache / "metadata")
-    np.save(cache / "embeddings.npy", emb)
-    (cache / "index.jsonl").write_bytes(_jsonl(_record(fc.rows[i]) for i in order))
-    (cache / "failed.jsonl").write_bytes(_jsonl(_record(f) for f in fc.failures))
     (cache / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _fake_pending_commit(cache: Path, renamed: int, manifest: bool) -> None:
-    """Put a format-1 folder in the state a crash leaves mid-commit: new files written,
-    some renamed."""
-    emb = np.load(cache / "embeddings.npy")
-    rows = (cache / "index.jsonl").read_text().splitlines()
-    meta = json.loads((cache / "cache.json").read_text())
-    meta["count"] = len(rows) - 1
-    new = {
-        "embeddings.npy": emb[1:],
-        "index.jsonl": "\n".join(rows[1:]) + "\n",
-        "failed.jsonl": "",
-        "cache.json": json.dumps(meta),
-    }
-    for name, content in new.items():
-        if name.endswith(".npy"):
-            np.save(open(cache / (name + NEW), "wb"), content)
-        else:
-            (cache / (name + NEW)).write_text(content)
-    if manifest:
-        (cache / MANIFEST).write_text(json.dumps({"files": list(DATA_FILES)}))
-    for name in DATA_FILES[:renamed]:
-        os.replace(cache / (name + NEW), cache / name)
-
-
-def test_format_1_is_read_and_upgraded_on_the_first_write(folder, enc, tmp_path, rgb_photos):
+def test_format_1_is_refused_and_force_rebuilds_it(folder, enc, tmp_path):
+    """No released simx wrote format 1: readers and writers refuse it with one clear error,
+    leaving its files alone, and --force replaces it with a format-2 cache."""
     cache, clean = tmp_path / "cache", tmp_path / "clean"
     run(folder, enc, cache)
     make_format_1(cache)
-    fc = FeatureCache(cache)
-    n = len(fc)
-    assert fc.meta["format_version"] == 1 and isinstance(fc.embeddings, np.memmap) and n > 2
-    old_inode = os.stat(cache / "embeddings.npy").st_ino
-    _save(rgb_photos["coffee"][::5, ::5], folder / "added.jpg")
-    (folder / "rocket.jpg").unlink()
-    rep = run(folder, enc, cache)
-    assert (rep.embedded, rep.removed, rep.unchanged) == (1, 1, n - 1)
-    meta = FeatureCache(cache).meta
-    assert meta["format_version"] == 2 and [s["rows"] for s in meta["segments"]] == [n, 1]
-    # format 1's rows became a segment by hard link: nothing was rewritten
-    assert os.stat(cache / "img_emb" / f"img_emb_{meta['segments'][0]['id']}.npy").st_ino == old_inode
+    before = sorted(p.name for p in cache.iterdir())
+    for open_it in (lambda: FeatureCache(cache), lambda: run(folder, enc, cache)):
+        with pytest.raises(CacheError, match=r"format-1 cache written by a pre-release simx.*--force"):
+            open_it()
+    assert sorted(p.name for p in cache.iterdir()) == before
+    rep = run(folder, enc, cache, force=True)
+    assert rep.unchanged == 0 and rep.embedded == len(FeatureCache(cache)) > 2
+    assert FeatureCache(cache).meta["format_version"] == 2
     run(folder, enc, clean)
-    assert_same_cache(cache, clean)
-
-
-@pytest.mark.parametrize("renamed", [0, 1, 2, 4])
-def test_format_1_pending_manifest_is_redone(folder, enc, tmp_path, renamed):
-    cache = tmp_path / "cache"
-    run(folder, enc, cache)
-    make_format_1(cache)
-    n = len(FeatureCache(cache))
-    _fake_pending_commit(cache, renamed, manifest=True)
-    # A reader sees the new commit even before anyone finishes it...
-    fc = FeatureCache(cache)
-    assert len(fc) == fc.embeddings.shape[0] == n - 1
-    # ...and the next writer finishes the renames and cleans up.
-    with CacheWriter(cache, enc.spec) as w:
-        assert w.count == n - 1
-    assert not (cache / MANIFEST).exists()
-    assert not any((cache / (x + NEW)).exists() for x in DATA_FILES)
-    assert len(FeatureCache(cache)) == n - 1
-    run(folder, enc, cache)  # and a re-run embeds the missing row back (and upgrades)
-    assert len(FeatureCache(cache)) == n and FeatureCache(cache).meta["format_version"] == 2
-
-
-def test_format_1_uncommitted_temp_files_are_discarded(folder, enc, tmp_path):
-    cache = tmp_path / "cache"
-    run(folder, enc, cache)
-    make_format_1(cache)
-    n = len(FeatureCache(cache))
-    _fake_pending_commit(cache, 0, manifest=False)
-    assert len(FeatureCache(cache)) == n
-    with CacheWriter(cache, enc.spec) as w:
-        assert w.count == n
-    assert sorted(p.name for p in cache.iterdir()) == sorted([*DATA_FILES, ".lock"])
+    assert_same_cache(cache, clean)  # format 1's files are gone too (leftovers)
 
 
 def test_orphan_and_staged_segments_are_discarded(folder, enc, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cache import _save, assert_same_cache, leftovers, run, snapshot  # noqa: E402
 
-from simx.cache.store import COMPACT_DEAD_FRACTION, FeatureCache
+from simx.cache import COMPACT_DEAD_FRACTION, FeatureCache
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_cache import _save, leftovers, run  # noqa: E402
 from test_embed_cli import simx_embed, summary  # noqa: E402
 
-from simx.cache.store import CacheError, CacheWriteError, FeatureCache, Row
+from simx.cache import CacheError, CacheWriteError, FeatureCache, Row
 
 
 @pytest.fixture()

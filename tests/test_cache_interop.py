@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cache import _save, run  # noqa: E402
 
-from simx.cache.store import FeatureCache, compact
+from simx.cache import FeatureCache, compact
 
 embedding_reader = pytest.importorskip("embedding_reader")
 

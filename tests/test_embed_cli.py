@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cache import assert_same_cache  # noqa: E402
+from test_cache import assert_same_cache, leftovers, make_format_1  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx.cache.store import NEW, FeatureCache, canonical_path
+from simx.cache import NEW, FeatureCache, canonical_path
 
 SUMMARY = re.compile(r"embedded (\d+), unchanged (\d+), removed (\d+), failed (\d+); "
                      r"([\d.]+) img/s; providers (\S+); cache (.+) \((\d+) rows\)")
@@ -164,6 +164,24 @@ def test_exit_codes(tiny, tmp_path, rgb_photos):
     r = simx_embed(d, "--model", tiny, "--cache", cache, "--provider", "cuda")
     assert r.returncode == 2 and "cuda" in r.stderr.lower()
 
+
+
+def test_format_1_cache_is_one_line_and_force_rebuilds_it(tiny, tmp_path, rgb_photos):
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for name in ("coffee", "astronaut"):
+        Image.fromarray(rgb_photos[name][::4, ::4]).save(d / f"{name}.jpg")
+    cache = tmp_path / "cache"
+    assert simx_embed(d, "--model", tiny, "--cache", cache).returncode == 0
+    make_format_1(cache)
+    r = simx_embed(d, "--model", tiny, "--cache", cache)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "format-1 cache" in r.stderr and "--force" in r.stderr
+    r = simx_embed(d, "--model", tiny, "--cache", cache, "--force")
+    assert r.returncode == 0 and summary(r.stdout)["embedded"] == 2, r.stderr
+    assert FeatureCache(cache).meta["format_version"] == 2 and not leftovers(cache)
 
 # Crash points inside a run of 40 images, batch 4, a commit every 8 images:
 # before any commit; with the 2nd commit's files written but no manifest; right after

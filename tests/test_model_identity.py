@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model, tiny_spec  # noqa: E402
 
-from simx.cache.store import CacheMismatchError
+from simx.cache import CacheMismatchError
 from simx.run.encoder import Encoder
 from simx.core.errors import ModelFileError
 from simx.embed.pipeline import embed_into_cache

@@ -290,7 +290,7 @@ def test_cli_embed_precision_auto_prints_the_choice(tiny, photo_dir, tmp_path: P
 
 # ----------------------------------------------------------------------------- the cache record
 def test_cache_records_and_refuses_mixed_precision(tiny, photo_dir, tmp_path: Path):  # noqa: F811
-    from simx.cache.store import CacheMismatchError, CacheWriter
+    from simx.cache import CacheMismatchError, CacheWriter
     from simx.run.encoder import Encoder
     from simx.embed.pipeline import embed_into_cache
 
@@ -339,7 +339,7 @@ def test_cli_refuses_bf16_rows_into_an_fp32_cache(tiny, photo_dir, tmp_path: Pat
 # ----------------------------------------------------------------------------- bench figures
 def test_reference_gemm_in_the_precision_used():
     pytest.importorskip("onnx")
-    from simx.bench.refgemm import gemm_gflops
+    from simx.bench import gemm_gflops
 
     cpu = gemm_gflops("cpu", "fp32", threads=1, n=128, repeats=1)
     assert cpu["gflops"] > 0 and cpu["precision"] == "fp32" and "MatMul" in cpu["kind"]
@@ -352,7 +352,7 @@ def test_reference_gemm_in_the_precision_used():
 
 def test_bench_reports_same_precision_efficiency(tiny):  # noqa: F811
     pytest.importorskip("onnx")
-    from simx.bench import run as bench
+    from simx import bench
 
     cfg = bench.BenchConfig(model=str(tiny), provider="cpu", batch_sizes=(2,), seconds=0.2,
                             rounds=1, warmup=1, sgemm_n=64)

@@ -28,7 +28,7 @@ pytest.importorskip("ray.data")
 sys.path.insert(0, str(Path(__file__).parent))
 from test_embed_cli import SUMMARY, simx_embed  # noqa: E402
 
-from simx.cache.store import FeatureCache
+from simx.cache import FeatureCache
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 START_TIMEOUT = 90.0  # seconds for one `ray start` to report the node up

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
 from simx.cli.app import main
-from simx.retrieval.datasets import DatasetError, default_cache_dir, evaluate, load_dataset
+from simx.retrieval.datasets import DatasetError, default_cache_dir, load_dataset
+from simx.retrieval.evaluate import evaluate
 from simx.core.errors import SimxError
 from simx.core.errors import SearchError
 from simx.retrieval.search import rank_all, search_cache, topk
@@ -97,7 +98,7 @@ def tiny(tmp_path_factory) -> Path:
 def ns_reference(cache_dir: Path, root: Path) -> float:
     """UKBench N-S recomputed by brute force from the cache's own vectors: the mean number
     of same-object images among each image's 4 nearest (itself included)."""
-    from simx.cache.store import FeatureCache
+    from simx.cache import FeatureCache
 
     ds = load_dataset("ukbench", root)
     c = FeatureCache(cache_dir)

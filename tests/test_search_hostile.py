@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_search_eval import run_cli  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx.cache.store import FeatureCache
+from simx.cache import FeatureCache
 from simx.run.encoder import Encoder
 from simx.core.errors import ModelFileError
 from simx.embed.pipeline import embed_into_cache

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simx.cache.store import CacheError, FeatureCache, _pyarrow, _rows_table
+from simx.cache.format import CacheError
+from simx.cache.reader import FeatureCache
+from simx.cache.tables import need_pyarrow, rows_table
 from simx.core.fs import fsync_path
 
 FORMATS = ("npy", "parquet")
@@ -54,12 +56,12 @@ def _npy(fc: FeatureCache, order: list[int], tmp: Path) -> None:
 
 
 def _parquet(fc: FeatureCache, order: list[int], tmp: Path) -> None:
-    pa, pq = _pyarrow()
+    pa, pq = need_pyarrow()
     writer = None
     try:
         for s in range(0, max(len(order), 1), CHUNK):
             idx = order[s:s + CHUNK]
-            t = fc.table.take(np.asarray(idx, np.int64)) if idx else _rows_table([])
+            t = fc.table.take(np.asarray(idx, np.int64)) if idx else rows_table([])
             if "path_hex" not in t.column_names:  # one schema for every row group
                 t = t.append_column("path_hex", pa.nulls(len(idx), pa.string()))
             emb = np.ascontiguousarray(fc.embeddings[np.asarray(idx, np.int64)], np.float32)

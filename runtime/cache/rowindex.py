@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import numpy as np
 
 UNKNOWN = np.iinfo(np.int64).min  # ctime_ns / ino of rows written before simx recorded them
-STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "ino")
 
 
 def path_keys(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,13 +97,6 @@ class PathIndex:
         found = out >= 0
         out[found] = np.where(self.alive[out[found]], out[found], -1)
         return out
-
-    def lookup(self, key: tuple[int, int]) -> tuple[int, int] | None:
-        """(segment, row) of the live row with this (hash, crc), fresh rows included."""
-        if key in self._fresh:
-            return self._fresh[key]
-        p = int(self.find(np.array([key[0]], np.int64), np.array([key[1]], np.uint32))[0])
-        return None if p < 0 else (int(self.seg[p]), int(self.loc[p]))
 
     def add(self, key: tuple[int, int], seg: int, loc: int) -> None:
         """A new live row (the caller has removed any old row of the same path)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from simx.cache.store import (
+from simx.cache import (
     Failure,
     Row,
     canonical_path,

@@ -27,7 +27,7 @@ import numpy as np
 
 from simx.core import failpoints
 from simx.embed.listing import Listing, scan
-from simx.cache.store import (
+from simx.cache import (
     FAILED,
     CacheWriter,
     Failure,

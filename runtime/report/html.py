@@ -311,7 +311,7 @@ def _common_dir(paths: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- search
 def _cache_meta(cache_dir: Path) -> tuple[dict[str, Any], int | None]:
     """cache.json through the cache reader (any format it knows), with its row count."""
-    from simx.cache.store import FeatureCache
+    from simx.cache import FeatureCache
 
     try:
         c = FeatureCache(cache_dir)

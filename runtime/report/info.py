@@ -37,7 +37,7 @@ def model_info(model: str | os.PathLike[str]) -> dict[str, Any]:
 
 def cache_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """A cache's model, identity and size."""
-    from simx.cache.store import DATA_FILES, EMB_DIR, FAILED, META, META_DIR, FeatureCache
+    from simx.cache import DATA_FILES, EMB_DIR, FAILED, META, META_DIR, FeatureCache
 
     d = Path(directory)
     c = FeatureCache(d)

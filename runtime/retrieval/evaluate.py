@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from simx.cache.store import CacheError, FeatureCache, canonical_path
+from simx.cache import CacheError, FeatureCache, canonical_path
 from simx.core.errors import SimxError
 from simx.embed.pipeline import embed_into_cache
 from simx.retrieval.datasets import Dataset, default_cache_dir, load_dataset

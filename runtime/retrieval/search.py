@@ -68,7 +68,7 @@ def search_cache(
     Image queries already in the cache reuse their row; others are embedded with
     the cache's own model (or ``model``). Text queries need the model's text tower.
     """
-    from simx.cache.store import FeatureCache
+    from simx.cache import FeatureCache
 
     cache_dir = Path(cache_dir)
     cache = FeatureCache(cache_dir)
