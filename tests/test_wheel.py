@@ -67,7 +67,7 @@ def test_cpu_install_embeds_without_torch(fresh_python, exported, photo_dir, tmp
         "import sys, json\n"
         "import simx\n"
         "from simx import Encoder\n"
-        "from simx.tokenizer import get_tokenizer\n"
+        "from simx.run.tokenizer import get_tokenizer\n"
         f"e = Encoder({str(model)!r}, provider='cpu')\n"
         f"v = e.embed([{str(photo_dir / 'coffee.jpg')!r}, {str(photo_dir / 'rocket.jpg')!r}])\n"
         "ids = get_tokenizer(77)(['a photo of a cat'])\n"

@@ -37,7 +37,7 @@ def model_info(model: str | os.PathLike[str]) -> dict[str, Any]:
 
 def cache_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """A cache's model, identity and size."""
-    from simx.cache import DATA_FILES, EMB_DIR, FAILED, META, META_DIR, FeatureCache
+    from simx.cache import EMB_DIR, FAILED, META, META_DIR, FeatureCache
 
     d = Path(directory)
     c = FeatureCache(d)
@@ -48,12 +48,11 @@ def cache_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
             "provider": m.get("provider") or "cpu", "dim": c.dim,
             "rows": len(c), "failed": len(c.failures), "options": m.get("options", {}),
             "format_version": m.get("format_version"), "simx_version": m.get("simx_version"),
-            "segments": len(m.get("segments", [])) if m.get("format_version", 1) >= 2 else None,
+            "segments": len(m.get("segments", [])),
             "dead_rows": sum(len(s.get("dead", [])) for s in m.get("segments", [])),
-            "files": ({n: _size(d / n) for n in DATA_FILES} if m.get("format_version", 1) < 2 else
-                      {META: _size(d / META), FAILED: _size(d / FAILED),
-                       **{f"{sub}/": sum(_size(p) for p in (d / sub).glob("*"))
-                          for sub in (EMB_DIR, META_DIR)}})}
+            "files": {META: _size(d / META), FAILED: _size(d / FAILED),
+                      **{f"{sub}/": sum(_size(p) for p in (d / sub).glob("*"))
+                         for sub in (EMB_DIR, META_DIR)}}}
 
 
 def info(target: str | os.PathLike[str]) -> dict[str, Any]:
