@@ -204,13 +204,13 @@ def preprocess_check(entry: Any) -> str:
 
 def export_row(entry: Any, depth: int | None, timeout: int) -> dict[str, Any]:
     """Export one representative; the gate's figures, or the failure and its cause."""
-    from simx.export import api, sources, verify
+    from simx.export import api, families, verify, weights
 
     size = entry.default_size
     row: dict[str, Any] = {"id": entry.id, "family": entry.family, "size": size,
                            "params_m": entry.params_m, "depth": depth or "full"}
     captured: dict[str, Any] = {}
-    orig_build, orig_ref = sources.build, verify.torch_reference
+    orig_build, orig_ref = families.build, verify.torch_reference
 
     def build(*a: Any, **k: Any) -> Any:
         b = orig_build(*a, **k)
@@ -227,11 +227,11 @@ def export_row(entry: Any, depth: int | None, timeout: int) -> dict[str, Any]:
         captured["median_pairwise_cosine"] = float(np.median(sim[iu]))
         return refs
 
-    sources.build, verify.torch_reference = build, torch_reference
+    families.build, verify.torch_reference = build, torch_reference
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="simx-conf-") as out, alarm(timeout), \
-                reduced_depth(depth), sources.quiet_logging():
+                reduced_depth(depth), weights.quiet_logging():
             path = Path(api.export_model(entry, weights="random", output_dir=Path(out),
                                          image_size=size))
             from simx.run.session import read_spec
@@ -250,7 +250,7 @@ def export_row(entry: Any, depth: int | None, timeout: int) -> dict[str, Any]:
         tb = traceback.extract_tb(e.__traceback__)
         row["where"] = f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
     finally:
-        sources.build, verify.torch_reference = orig_build, orig_ref
+        families.build, verify.torch_reference = orig_build, orig_ref
     row["export_s"] = round(time.perf_counter() - started, 1)
     row["median_pairwise_cosine"] = captured.get("median_pairwise_cosine")
     row["blocks"] = captured.get("blocks")

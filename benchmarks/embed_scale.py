@@ -4,7 +4,7 @@ unchanged re-run, and of adding one image, against the number of files.
 Stand-in model: tests/tiny_model.py with a 768-d output (a real simx model file: spec,
 preprocessing, session, decode pool, cache; ~1000x cheaper than DINOv2). Corpus: N small
 PNGs (8x8, 256 distinct ones) in folders of 1000, under one root; a case of N files embeds
-the first N/1000 folders. Each case runs ``simx.indexer.embed_into_cache`` in a fresh
+the first N/1000 folders. Each case runs ``simx.embed.pipeline.embed_into_cache`` in a fresh
 subprocess, so ru_maxrss is that case's peak.
 
 ``--stub`` replaces decode + model by random 768-d rows handed to the same driver (the

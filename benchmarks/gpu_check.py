@@ -132,9 +132,9 @@ def main() -> None:
         result["models"].append(m)
 
         # torch peer, built exactly as the exporter builds it
-        from simx.export import sources
+        from simx.export import families
 
-        tmod = sources.build(entry, "random", spec.image_size).module.eval().to(device)
+        tmod = families.build(entry, "random", spec.image_size).module.eval().to(device)
         torch_paths = {"torch_fp32": None}
         torch_paths["torch_fp16_autocast" if cuda else "torch_bf16_autocast"] = (
             torch.float16 if cuda else torch.bfloat16)

@@ -1,6 +1,6 @@
 """The machine a benchmark ran on, for its .json and the header of its .md.
 
-simx.sysinfo.machine_facts gives the CPU, cores and library versions; this adds the ISA
+simx.core.machine.machine_facts gives the CPU, cores and library versions; this adds the ISA
 flags from /proc/cpuinfo that decide onnxruntime's and numpy's kernels, and writes the
 lines every results file opens with (load average before and after: the machine is shared).
 """
@@ -45,7 +45,7 @@ def peak_rss_mb() -> float:
 
 
 def machine_facts() -> dict[str, Any]:
-    """simx.sysinfo's facts plus the ISA flags (its load average is the one *before*)."""
+    """simx.core.machine's facts plus the ISA flags (its load average is the one *before*)."""
     return {**_facts(), "isa_flags": isa_flags()}
 
 

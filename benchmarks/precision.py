@@ -94,10 +94,10 @@ def photos_batch(entry: registry.ModelEntry) -> np.ndarray:
 
 
 def build_variants(model_id: str, log: Any) -> tuple[dict[str, onnx.ModelProto], dict[str, Any]]:
-    from simx.export import optimize, quantize, sources, to_onnx
+    from simx.export import families, optimize, quantize, to_onnx
 
     entry = registry.get(model_id)
-    built = sources.build(entry, "random", 224)
+    built = families.build(entry, "random", 224)
     t = time.perf_counter()
     plain = to_onnx.export_onnx(built.module, 224, 18, what=model_id)
     del built

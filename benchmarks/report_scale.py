@@ -78,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from simx.report import html as report
-    from simx.retrieval.datasets import evaluate
+    from simx.retrieval.evaluate import evaluate
     from simx.run.encoder import Encoder
     from simx.embed.pipeline import embed_into_cache
     from simx.retrieval.search import search_cache

@@ -9,9 +9,9 @@ measured too, in uint8 levels. Single thread (cv2.setNumThreads(1)), best CPU ti
 few repeats, a few seconds in all.
 
 Options:
-* ``cv2 decode``: ``cv2.imdecode`` of the JPEG bytes (what ``simx.image.load_rgb`` runs);
+* ``cv2 decode``: ``cv2.imdecode`` of the JPEG bytes (what ``simx.images.decode.load_rgb`` runs);
 * ``pillow full + crop``: the reference: ``Image.fromarray``, ``resize`` to 341x256, crop;
-* ``simx exact``: ``simx.preprocess.resize_crop``: Pillow, only the crop's rows/columns
+* ``simx exact``: ``simx.images.preprocess.resize_crop``: Pillow, only the crop's rows/columns
   where the box is proven bit-exact (the short side), full on the other;
 * ``pillow box both (inexact)``: the box on both axes, proof or not;
 * ``simx fast``: ``fast=True``: box on both axes plus ``reducing_gap=3``;
@@ -22,7 +22,7 @@ Writes benchmarks/results/resize_options.md. Usage: ``python3 benchmarks/resize_
 
 ``--modes`` measures only the resize modes of OpenCLIP tags (issue 11): for one tag of each
 (resize mode, filter), open_clip's own preprocess (PIL + torchvision, to the float tensor)
-against ``simx.preprocess.preprocess`` (exact, and ``fast=True``) on a 1600x1200 photo and
+against ``simx.images.preprocess.preprocess`` (exact, and ``fast=True``) on a 1600x1200 photo and
 its portrait twin, and replaces that section of the results file (the rest is kept).
 """
 
@@ -146,7 +146,7 @@ def modes() -> None:
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from simx.images.preprocess import preprocess
-    from simx.model.spec import PreprocessSpec
+    from simx.export.families._openclip import preprocess_from_openclip
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -155,7 +155,7 @@ def modes() -> None:
         rgb = photo(w, h)
         for model, tag in MODE_TAGS:
             cfg = _tag_cfg(model, tag)
-            spec = PreprocessSpec.from_open_clip(cfg)
+            spec = preprocess_from_openclip(cfg)
             ref_t = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
             ref = ref_t(Image.fromarray(rgb)).numpy()
             exact = preprocess(rgb, spec)
@@ -182,7 +182,7 @@ def modes() -> None:
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (shared machine: read the ratios).",
         "",
         "`open_clip` is `image_transform_v2(tag's PreprocessCfg)(Image.fromarray(rgb))`; "
-        "`simx` is `simx.preprocess.preprocess`, checked bit-equal to it in this run; "
+        "`simx` is `simx.images.preprocess.preprocess`, checked bit-equal to it in this run; "
         "`fast` is `fast=True`, its worst error in uint8 levels alongside.",
         "",
         "| photo | tag | mode filter size | open_clip ms | simx ms | ratio | fast ms | "
@@ -272,7 +272,7 @@ def main() -> None:
         "",
         "- **Default (exact):** `simx exact`. Pillow's own C resample, so the pixels are the",
         "  reference's by construction; the crop box is used only on an axis where",
-        "  `simx.preprocess._exact_axis` proves the box's filter taps bit-identical to the full",
+        "  `simx.images.preprocess._exact_axis` proves the box's filter taps bit-identical to the full",
         "  resize's (for DINOv2 the short side, always), the other axis is resampled in full and",
         "  sliced. The long side cannot be proven for most photos (4:3 gives 1600/341), and the",
         "  inexact box on it flips a rounding on a few pixels in 10,000 (`pillow box both`).",

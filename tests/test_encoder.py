@@ -131,11 +131,11 @@ def _torchvision_pixels(path: Path, spec) -> np.ndarray:
 def test_end_to_end_matches_torch_reference(exported, model_id, paths):
     """simx (OpenCV decode + exact resize + ORT) vs the reference users run today:
     PIL.Image.open().convert('RGB') + torchvision transforms + the torch model, built
-    by simx.export.sources with the same seeded random weights the export used."""
+    by simx.export.families with the same seeded random weights the export used."""
     import torch
 
     from simx.model import catalogue as registry
-    from simx.export.sources import build
+    from simx.export.families import build
 
     enc = Encoder(exported[model_id], provider="cpu")
     spec = enc.spec

@@ -25,7 +25,8 @@ from click.testing import CliRunner
 from simx.model import catalogue as registry
 from simx.cli.app import main as cli
 from simx.core.errors import SimxError
-from simx.export import api, sources, to_onnx, verify
+from simx.export import api, families, to_onnx, verify, weights, writer
+from simx.export.families.dinov2 import bake_pos_embed
 from simx.run.session import open_model, read_spec
 from simx.model.spec import METADATA_KEY, ModelSpec
 
@@ -51,7 +52,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def torch_models() -> dict[str, torch.nn.Module]:
     """The torch modules the session exports came from (random weights are seeded)."""
     return {
-        mid: sources.build(registry.get(mid), "random", 224).module for mid in SMALL
+        mid: families.build(registry.get(mid), "random", 224).module for mid in SMALL
     }
 
 
@@ -175,12 +176,12 @@ def test_baked_position_grid_is_bit_identical_to_official_forward(registers, gri
     offset, antialias = (0.0, True) if registers else (0.1, False)
     official = _official_interpolate_pos_encoding(
         pos, grid * grid, grid * 14, grid * 14, 14, offset, antialias)
-    baked = sources.bake_pos_embed(pos[:, 1:], grid, antialias=antialias, offset=offset)
+    baked = bake_pos_embed(pos[:, 1:], grid, antialias=antialias, offset=offset)
     assert torch.equal(baked, official[:, 1:])
     if grid != 37:
         # timm's own resampling (size + antialias) differs for non-register models: the
         # test above could fail.
-        timm_way = sources.bake_pos_embed(pos[:, 1:], grid, antialias=True, offset=0.0)
+        timm_way = bake_pos_embed(pos[:, 1:], grid, antialias=True, offset=0.0)
         assert registers or not torch.equal(timm_way, official[:, 1:])
 
 
@@ -234,7 +235,7 @@ def test_official_checkpoint_matches_official_forward(registers, tmp_path, rgb_p
     out_dir = tmp_path / "out"
     path = api.export_model(entry, weights=str(ckpt), output_dir=out_dir, image_size=112, opset=18)
     ms = open_model(path, provider="cpu")
-    assert ms.spec.weights == "sha256:" + sources.sha256_file(ckpt)
+    assert ms.spec.weights == "sha256:" + weights.sha256_file(ckpt)
     assert ms.spec.image_size == 112 and ms.spec.preprocess.resize == 128
 
     pixels = _reference_pixels(rgb_photos, BATCH_PHOTOS[:3], ms.spec.preprocess)
@@ -262,7 +263,7 @@ def test_open_clip_checkpoint_file_loads_like_open_clip_does(tmp_path, rgb_photo
     entry = registry.get("openclip-vit-b-32-laion2b_s34b_b79k")
     path = api.export_model(entry, weights=str(ckpt), output_dir=tmp_path / "out", image_size=64)
     ms = open_model(path, provider="cpu")
-    assert ms.spec.weights == "sha256:" + sources.sha256_file(ckpt)
+    assert ms.spec.weights == "sha256:" + weights.sha256_file(ckpt)
     assert (ms.spec.image_size, ms.spec.preprocess.resize) == (64, 64)
     ref_model = open_clip.create_model("ViT-B-32", pretrained=str(ckpt), force_image_size=64).eval()
     x = _reference_pixels(rgb_photos, BATCH_PHOTOS[:3], ms.spec.preprocess)
@@ -281,10 +282,10 @@ def test_torchscript_checkpoints_are_read(tmp_path):
         torch.jit.script(lin).save(str(path))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing leaks to the user's terminal
-        state, digest = sources.read_checkpoint(path)
-    assert sources.is_torchscript(path)
+        state, digest = weights.read_checkpoint(path)
+    assert weights.is_torchscript(path)
     assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], lin.weight)
-    assert digest == sources.sha256_file(path)
+    assert digest == weights.sha256_file(path)
 
 
 def test_read_checkpoint_unwraps_training_checkpoints(tmp_path):
@@ -292,24 +293,24 @@ def test_read_checkpoint_unwraps_training_checkpoints(tmp_path):
     dino = tmp_path / "dino_train.pth"
     torch.save({"teacher": {"backbone.cls_token": t, "backbone.blocks.0.norm1.weight": t,
                             "dino_head.mlp.0.weight": t}, "iteration": 5}, dino)
-    assert sorted(sources.read_checkpoint(dino)[0]) == ["blocks.0.norm1.weight", "cls_token"]
+    assert sorted(weights.read_checkpoint(dino)[0]) == ["blocks.0.norm1.weight", "cls_token"]
     clip = tmp_path / "epoch_3.pt"
     torch.save({"state_dict": {"module.visual.proj": t}, "epoch": 3}, clip)
-    assert list(sources.read_checkpoint(clip)[0]) == ["visual.proj"]
+    assert list(weights.read_checkpoint(clip)[0]) == ["visual.proj"]
     junk = tmp_path / "list.pt"
     torch.save([1, 2], junk)
-    with pytest.raises(sources.WeightsError, match="does not hold a state dict"):
-        sources.read_checkpoint(junk)
+    with pytest.raises(weights.WeightsError, match="does not hold a state dict"):
+        weights.read_checkpoint(junk)
 
 
 # --------------------------------------------------------------------------- atomic writes
 def test_external_data_is_written_atomically_and_loads(exported, tmp_path, rgb_photos):
     model = onnx.load(str(exported["dinov2-small"]))
     final = tmp_path / "dinov2-small.onnx"
-    with to_onnx.AtomicModelWriter(final, external=True) as w:
+    with writer.AtomicModelWriter(final, external=True) as w:
         tmp = w.write(model)
         assert not final.exists() and tmp.exists()
-        to_onnx.set_metadata(model, "note", "x")
+        writer.set_metadata(model, "note", "x")
         path = w.commit(model)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dinov2-small.onnx", "dinov2-small.onnx.data"]
     stub = onnx.load(str(path), load_external_data=False)
@@ -326,7 +327,7 @@ def test_writer_leaves_nothing_on_failure(exported, tmp_path):
     model = onnx.load(str(exported["openclip-vit-b-32-laion2b_s34b_b79k"]))
     for external in (False, True):
         with pytest.raises(RuntimeError):
-            with to_onnx.AtomicModelWriter(tmp_path / "m.onnx", external=external) as w:
+            with writer.AtomicModelWriter(tmp_path / "m.onnx", external=external) as w:
                 w.write(model)
                 raise RuntimeError("verification failed")
         assert list(tmp_path.iterdir()) == []
@@ -350,10 +351,10 @@ def tiny_build(monkeypatch):
     """Make export_model build _Tiny instead of the real tower: the pipeline in seconds."""
 
     def build(e, weights, image_size):
-        return sources.Built(module=_Tiny(e.dim).eval(), weights="random",
+        return families.Built(module=_Tiny(e.dim).eval(), weights="random",
                              preprocess=e.preprocess(image_size), normalize=True)
 
-    monkeypatch.setattr(sources, "build", build)
+    monkeypatch.setattr(families, "build", build)
 
 
 def test_failed_verification_leaves_no_file(tiny_build, monkeypatch, tmp_path):
@@ -367,7 +368,7 @@ def test_failed_verification_leaves_no_file(tiny_build, monkeypatch, tmp_path):
 def test_export_switches_to_external_data_above_the_threshold(tiny_build, monkeypatch, tmp_path,
                                                              rgb_photos):
     """The giant-model path (weights in <id>.onnx.data), exercised on a tiny tower."""
-    monkeypatch.setattr(to_onnx, "EXTERNAL_DATA_THRESHOLD", 1024)
+    monkeypatch.setattr(writer, "EXTERNAL_DATA_THRESHOLD", 1024)
     path = api.export_model(registry.get("dinov2-small"), weights="random", output_dir=tmp_path,
                             image_size=56)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dinov2-small.onnx", "dinov2-small.onnx.data"]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from simx.model import catalogue as registry
-from simx.export import api, sources, verify
+from simx.export import api, families, verify
+from simx.export.weights import RANDOM_SEED
 from simx.export.families._base import median_pairwise_cosine
 from simx.run.session import open_model
 
@@ -42,7 +43,7 @@ def test_dinov3_small_exports_with_parity_at_batch_1_and_3(dinov3_small, rgb_pho
     assert spec.preprocess.mean == registry.IMAGENET_MEAN
     # export_model's own gate ran on photos and random tensors at batch 1 and 3
     assert spec.parity["photos_min_cosine"] >= 0.99999 and spec.parity["n_images"] == 8
-    built = sources.build(registry.dinov3("small"), "random", 224)
+    built = families.build(registry.dinov3("small"), "random", 224)
     x = _pixels(rgb_photos, spec.preprocess).numpy()
     with torch.no_grad():
         ref = built.module(torch.from_numpy(x)).numpy()
@@ -62,8 +63,8 @@ def test_dinov3_rope_is_baked_for_the_export_grid(dinov3_small, rgb_photos):
     g = onnx.load(str(dinov3_small), load_external_data=False).graph
     ops = {n.op_type for n in g.node}
     assert not ops & {"Sin", "Cos"}, ops & {"Sin", "Cos"}
-    built = sources.build(registry.dinov3("small"), "random", 224)
-    torch.manual_seed(sources.RANDOM_SEED)
+    built = families.build(registry.dinov3("small"), "random", 224)
+    torch.manual_seed(RANDOM_SEED)
     timm_model = timm.create_model("vit_small_patch16_dinov3", num_classes=0, img_size=224,
                                    init_values=1.0).eval()
     x = _pixels(rgb_photos, registry.dinov3("small").preprocess())[:3]
@@ -129,7 +130,7 @@ def test_user_weights_that_collapse_warn_loudly_and_are_recorded(tmp_path):
 def test_random_recipe_keeps_distinct_photos_distinct(model_id, rgb_photos):
     """Median pairwise cosine over 8 distinct photos < 0.9 (RN50's default init: 0.999)."""
     e = registry.get(model_id)
-    built = sources.build(e, "random", e.default_size)
+    built = families.build(e, "random", e.default_size)
     with torch.no_grad():
         out = built.module(_pixels(rgb_photos, built.preprocess)).numpy()
     assert median_pairwise_cosine(out) < MAX_MEDIAN_COSINE, model_id

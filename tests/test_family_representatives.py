@@ -23,7 +23,8 @@ import conformance  # noqa: E402
 import representatives  # noqa: E402
 
 from simx.model import catalogue as registry  # noqa: E402
-from simx.export import api, sources, verify  # noqa: E402
+from simx.export import api, families, verify  # noqa: E402
+from simx.export.weights import quiet_logging  # noqa: E402
 from simx.export.families._base import median_pairwise_cosine  # noqa: E402
 from simx.run.session import open_model  # noqa: E402
 
@@ -55,8 +56,8 @@ def test_representative_exports_with_parity_and_distinct_photos(rep, tmp_path, r
 
     e = registry.get(rep.model_id)
     size = e.default_size
-    with conformance.reduced_depth(rep.depth), sources.quiet_logging():
-        built = sources.build(e, "random", size)  # a second, independent build
+    with conformance.reduced_depth(rep.depth), quiet_logging():
+        built = families.build(e, "random", size)  # a second, independent build
         path = api.export_model(e, weights="random", output_dir=tmp_path, image_size=size)
     if rep.depth is not None:
         assert conformance.n_blocks(built.module) < conformance.full_depth_classes(e, size)[1]

@@ -110,7 +110,7 @@ def test_modes_decode_like_pil_convert(tmp_path, photos):
 
 def test_16_bit_images_keep_their_high_byte(tmp_path, photos):
     """16-bit colour PNG: v >> 8, which is exactly Pillow's result. 16-bit grey: v >> 8 too,
-    where Pillow's convert("RGB") clips to 255 (documented deviation, see simx.image)."""
+    where Pillow's convert("RGB") clips to 255 (documented deviation, see simx.images.decode)."""
     rgb = photos["coffee"][:100, :150]
     low = ((np.arange(150) * 7) % 256).astype(np.uint16)[None, :, None]  # must not matter
     rgb16 = rgb.astype(np.uint16) * 256 + low

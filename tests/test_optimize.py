@@ -53,10 +53,10 @@ def _digest(model: onnx.ModelProto) -> str:
 @pytest.fixture(scope="module", params=MODELS)
 def case(request, rgb_photos):
     """(entry, unfused fp32 proto, fused proto, counts, real-photo pixels, fp32 outputs)."""
-    from simx.export import sources, to_onnx
+    from simx.export import families, to_onnx
 
     entry = registry.get(request.param)
-    built = sources.build(entry, "random", 224)
+    built = families.build(entry, "random", 224)
     plain = to_onnx.export_onnx(built.module, 224, 18, what=entry.id)
     del built
     before = _digest(plain)

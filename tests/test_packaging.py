@@ -101,7 +101,7 @@ def test_huge_sparse_file_is_refused_without_reading_it(tmp_path, head):
         f.write(first)
         f.truncate(3 << 30)
     code = ("import resource, sys\n"
-            "from simx.image import load_rgb, ImageError\n"
+            "from simx.images.decode import load_rgb, ImageError\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "try:\n"
             f"    load_rgb({str(p)!r}); print('loaded')\n"

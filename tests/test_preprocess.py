@@ -219,7 +219,7 @@ def test_fast_mode_error_is_as_documented(photos):
 # -- torch-free ---------------------------------------------------------------------------
 
 def test_runtime_modules_do_not_import_torch():
-    code = ("import sys, simx.preprocess, simx.image; "
+    code = ("import sys, simx.images.preprocess, simx.images.decode; "
             "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,9 +4,10 @@ The reference for an OpenCLIP tag is ``open_clip.transform.image_transform`` bui
 tag's ``PreprocessCfg`` (open_clip's defaults, overlaid with ``get_pretrained_cfg(model,
 tag)``, size from the model config: what ``create_model_and_transforms`` builds, without
 any weights), applied to ``Image.open(path)`` of a real photo saved as PNG. simx decodes
-the same file with ``simx.image.load_rgb`` and runs ``simx.preprocess.preprocess`` with
-``PreprocessSpec.from_open_clip`` of the same cfg. The float32 tensors must be equal, bit
-for bit, on photos of ordinary, odd, tiny and very wide sizes.
+the same file with ``simx.images.decode.load_rgb`` and runs ``simx.images.preprocess.preprocess`` with
+the exporter's converter (``simx.export.families._openclip.preprocess_from_openclip``)
+of the same cfg. The float32 tensors must be equal, bit for bit, on photos of ordinary,
+odd, tiny and very wide sizes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from simx.images.preprocess import (
 from simx.model.spec import ModelSpec, PreprocessSpec, SpecError
 
 open_clip = pytest.importorskip("open_clip")
+from simx.export.families._openclip import preprocess_from_openclip  # noqa: E402
 
 # One representative tag per (resize mode, interpolation, statistics) that open_clip 3.3.0
 # ships; no tag uses `longest` or a non-square size, so those are built directly below.
@@ -99,7 +101,7 @@ def _compare(spec: PreprocessSpec, ref, files: dict[str, Path]) -> None:
 @pytest.mark.parametrize("model,tag", TAGS, ids=[f"{m}/{t}" for m, t in TAGS])
 def test_bit_exact_to_open_clip_preprocess(model: str, tag: str, photo_files):
     cfg = tag_cfg(model, tag)
-    spec = PreprocessSpec.from_open_clip(cfg)
+    spec = preprocess_from_openclip(cfg)
     # The spec carries what the tag says (the test would be vacuous on the wrong mode).
     assert (spec.resize_mode, spec.interpolation) == (cfg["resize_mode"], cfg["interpolation"])
     assert spec.mean == tuple(cfg["mean"]) and spec.std == tuple(cfg["std"])
@@ -113,14 +115,14 @@ def test_every_open_clip_pair_is_bit_exact(photo_files):
     distinct: dict[str, dict] = {}
     for model, tag in open_clip.list_pretrained():
         cfg = tag_cfg(model, tag)
-        spec = PreprocessSpec.from_open_clip(cfg)  # every pair gives a valid spec
+        spec = preprocess_from_openclip(cfg)  # every pair gives a valid spec
         assert ModelSpec.from_json(_model_spec(spec, cfg["size"]).to_json()).preprocess == spec
         distinct.setdefault(json.dumps(cfg, sort_keys=True, default=list), cfg)
     modes = {(c["resize_mode"], c["interpolation"]) for c in distinct.values()}
     assert {("shortest", "bicubic"), ("squash", "bilinear")} <= modes  # the sweep is real
     few = {k: photo_files[k] for k in ("chelsea", "crop 517x333", "tiny 31x47", "wide 97x1000")}
     for cfg in distinct.values():
-        _compare(PreprocessSpec.from_open_clip(cfg), oc_transform(cfg), few)
+        _compare(preprocess_from_openclip(cfg), oc_transform(cfg), few)
 
 
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
@@ -130,7 +132,7 @@ def test_longest_is_open_clips_resize_keep_ratio_and_pad(interpolation: str, fil
     """No tag uses `longest`; the reference is open_clip's transform for such a cfg."""
     cfg = dict(size=224, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="longest",
                interpolation=interpolation, fill_color=fill)
-    spec = PreprocessSpec.from_open_clip(cfg)
+    spec = preprocess_from_openclip(cfg)
     assert (spec.resize_mode, spec.fill) == ("longest", fill)
     _compare(spec, oc_transform(cfg), photo_files)
 
@@ -141,7 +143,7 @@ def test_non_square_sizes(mode: str, size: tuple[int, int], photo_files):
     """(h, w) sizes, as open_clip's transform takes them (bicubic: open_clip's non-square
     `shortest` path always uses ResizeKeepRatio's default, bicubic)."""
     cfg = dict(size=size, resize_mode=mode, interpolation="bicubic")
-    spec = PreprocessSpec.from_open_clip(cfg)
+    spec = preprocess_from_openclip(cfg)
     assert spec.crop_hw == size and spec.crop == size
     _compare(spec, oc_transform(cfg), photo_files)
     batch = preprocess_batch([load_rgb(p) for p in list(photo_files.values())[:3]], spec)
@@ -156,7 +158,7 @@ def test_non_square_sizes(mode: str, size: tuple[int, int], photo_files):
 ])
 def test_any_mean_std_is_bit_exact(mean, std, photo_files):
     cfg = dict(size=192, mean=mean, std=std, resize_mode="squash", interpolation="bilinear")
-    _compare(PreprocessSpec.from_open_clip(cfg), oc_transform(cfg), photo_files)
+    _compare(preprocess_from_openclip(cfg), oc_transform(cfg), photo_files)
 
 
 @pytest.mark.parametrize("h,w", [(1200, 1600), (1600, 1200), (1024, 1536), (343, 256),
@@ -300,8 +302,8 @@ def test_image_size_must_match_a_non_square_crop():
 #
 # open_clip's eval Compose is [Resize, CenterCrop, MaybeConvertMode("RGB"), ToTensor,
 # Normalize], so Image.open(p) of an RGBA, LA or P file is resized in its own mode. simx
-# decodes to RGB first (simx.image.load_rgb, convert("RGB") pixels) and resizes that; the
-# choice and its reasons are in simx.preprocess's docstring. These tests pin what that
+# decodes to RGB first (simx.images.decode.load_rgb, convert("RGB") pixels) and resizes that; the
+# choice and its reasons are in simx.images.preprocess's docstring. These tests pin what that
 # means, exactly: where the two agree, where they differ, and why.
 
 def _alpha_ramp_files(tmp_path: Path) -> dict[str, Path]:
@@ -339,7 +341,7 @@ def test_rgba_la_palette_equal_open_clip_on_the_rgb_conversion(mode, interpolati
     and == preprocess(Image.open(p)) itself for opaque RGBA and grey files."""
     cfg = dict(size=size, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode=mode,
                interpolation=interpolation)
-    spec, ref = PreprocessSpec.from_open_clip(cfg), oc_transform(cfg)
+    spec, ref = preprocess_from_openclip(cfg), oc_transform(cfg)
     for name, p in _alpha_ramp_files(tmp_path).items():
         got = preprocess(load_rgb(p), spec)
         with Image.open(p) as im:
@@ -361,7 +363,7 @@ def test_alpha_files_differ_only_where_the_filter_reads_transparent_pixels(
     whose filter footprint touches a source column with alpha < 255 (x < 400 here)."""
     cfg = dict(size=size, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode=mode,
                interpolation=interpolation)
-    spec, ref = PreprocessSpec.from_open_clip(cfg), oc_transform(cfg)
+    spec, ref = preprocess_from_openclip(cfg), oc_transform(cfg)
     scale = 512 / size
     support = {"bicubic": 2, "bilinear": 1}[interpolation] * max(scale, 1.0)
     # Output column x reads source columns from int((x + 0.5) * scale - support + 0.5).
@@ -388,7 +390,7 @@ def test_palette_files_are_resized_nearest_by_the_reference(mode, interpolation,
 
     cfg = dict(size=size, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode=mode,
                interpolation=interpolation)
-    spec, ref = PreprocessSpec.from_open_clip(cfg), oc_transform(cfg)
+    spec, ref = preprocess_from_openclip(cfg), oc_transform(cfg)
     nearest = oc_transform(cfg)
     nearest.transforms[0].interpolation = T.InterpolationMode.NEAREST
     p = _alpha_ramp_files(tmp_path)["P 256 colours"]
@@ -412,11 +414,11 @@ def test_palette_files_are_resized_nearest_by_the_reference(mode, interpolation,
     dict(size=(224, 320), resize_mode="shortest"),
 ], ids=["shortest", "squash-bilinear", "squash-384", "longest", "longest-fill", "224x320"])
 def test_preprocess_pil_matches_open_clip_in_every_file_mode(cfg: dict, tmp_path):
-    """The opt-in: simx.preprocess.preprocess_pil(Image.open(p)) is open_clip's numbers for
+    """The opt-in: simx.images.preprocess.preprocess_pil(Image.open(p)) is open_clip's numbers for
     RGBA, LA, P and 1-bit files too (and for RGB and grey), on square and wide images."""
     from simx.images.preprocess import preprocess_pil
 
-    spec, ref = PreprocessSpec.from_open_clip(cfg), oc_transform(cfg)
+    spec, ref = preprocess_from_openclip(cfg), oc_transform(cfg)
     files = _alpha_ramp_files(tmp_path)
     wide = Image.open(files["RGBA ramp"]).crop((0, 100, 512, 197))  # 512x97 RGBA
     wide.save(tmp_path / "wide_rgba.png")
@@ -454,7 +456,7 @@ def test_encoder_follows_the_files_preprocess_spec(cfg: dict, photo_files, tmp_p
     path = build_tiny_model(tmp_path / "tiny-mode.onnx")
     m = onnx.load(str(path))
     spec = ModelSpec.from_json(dict((p.key, p.value) for p in m.metadata_props)["simx"])
-    spec = replace(spec, preprocess=PreprocessSpec.from_open_clip(cfg))
+    spec = replace(spec, preprocess=preprocess_from_openclip(cfg))
     del m.metadata_props[:]
     helper.set_model_props(m, {"simx": spec.to_json()})
     onnx.save(m, str(path))

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from simx.model import catalogue as registry
 from simx.cli.app import main as cli
 from simx.model.catalogue import UnknownModelError
+from simx.model.spec import PreprocessSpec
 
 OPENCLIP = [e for e in registry.MODELS.values() if e.source.startswith("open_clip:")]
 DINOV2 = [e for e in registry.MODELS.values() if e.family == "dinov2"]
@@ -39,7 +40,7 @@ def test_snapshot_equals_what_the_libraries_list():
     import timm
 
     from simx.export.families import catalogue
-    from simx.export.sources import quiet_logging
+    from simx.export.weights import quiet_logging
 
     with quiet_logging():
         fresh = catalogue(measure=False)
@@ -167,6 +168,30 @@ def test_openclip_entries_agree_with_open_clip(entry):
         m = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=entry.quick_gelu)
     params = sum(p.numel() for p in m.parameters()) / 1e6
     assert abs(params - entry.params_m) / entry.params_m < 0.01, (entry.id, params)
+
+
+def test_preprocess_from_openclip_reads_every_field_and_defaults():
+    """The exporter's open_clip -> PreprocessSpec converter on its own (bit-exactness
+    against open_clip's transform is in test_preprocess_modes.py)."""
+    from simx.export.families._openclip import OPENAI_MEAN, OPENAI_STD, preprocess_from_openclip
+
+    full = dict(size=256, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), resize_mode="squash",
+                interpolation="bilinear", fill_color=0)
+    assert preprocess_from_openclip(full) == PreprocessSpec(256, 256, (0.1, 0.2, 0.3),
+                                                            (0.4, 0.5, 0.6), "squash", "bilinear")
+    # open_clip's defaults for what a cfg leaves out; 'random' interpolation is bicubic at eval
+    bare = preprocess_from_openclip({"interpolation": "random"})
+    assert bare == PreprocessSpec(224, 224, OPENAI_MEAN, OPENAI_STD, "shortest", "bicubic")
+    assert preprocess_from_openclip(dict(size=224, mean=0.5, std=0.25)).mean == (0.5,) * 3
+    # (h, w) sizes stay (h, w); a square pair folds to its int
+    assert preprocess_from_openclip(dict(size=(224, 320))).crop == (224, 320)
+    assert preprocess_from_openclip(dict(size=[224, 224])).crop == 224
+    # fill_color is CenterCropOrPad's padding: carried for `longest`, None means 0, and the
+    # other modes (CenterCrop pads with 0) keep fill 0
+    longest = dict(size=224, resize_mode="longest", interpolation="bicubic")
+    assert preprocess_from_openclip({**longest, "fill_color": 128}).fill == 128
+    assert preprocess_from_openclip({**longest, "fill_color": None}).fill == 0
+    assert preprocess_from_openclip({**full, "fill_color": 128}).fill == 0
 
 
 def test_preprocessing_modes_come_from_the_tags():

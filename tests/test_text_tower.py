@@ -354,7 +354,7 @@ def test_siglip_export_without_tokenizer_says_so(torch_siglip, tmp_path, monkeyp
 
     import open_clip
 
-    from simx.export import sources
+    from simx.export import weights
     from simx.export.text import TextExportError, export_text_tower
 
     real = open_clip.get_model_config
@@ -365,7 +365,7 @@ def test_siglip_export_without_tokenizer_says_so(torch_siglip, tmp_path, monkeyp
         return c
 
     monkeypatch.setattr(open_clip, "get_model_config", cfg)
-    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(weights, "hub_reachable", lambda timeout=3.0: False)
     out = tmp_path / "out"
     with pytest.raises(TextExportError, match="not in the local Hugging Face cache"):
         export_text_tower(registry.get(SIGLIP_ID), weights="random", output_dir=out,

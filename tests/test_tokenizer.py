@@ -105,7 +105,7 @@ def test_bad_inputs(tmp_path):
 
 
 def test_tokenizer_never_imports_torch():
-    code = "import sys, simx.tokenizer as t; t.tokenize('a cat'); assert 'torch' not in sys.modules"
+    code = "import sys, simx.run.tokenizer as t; t.tokenize('a cat'); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -199,10 +199,10 @@ def test_hf_tokenizer_file_errors(tmp_path):
 def test_hf_tokenizer_absent_says_so(monkeypatch):
     """Hub unreachable and not in the local cache: one clear error naming --tokenizer."""
     pytest.importorskip("transformers")
-    from simx.export import sources
+    from simx.export import weights
     from simx.export.text import TextExportError, open_clip_hf_tokenizer
 
-    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(weights, "hub_reachable", lambda timeout=3.0: False)
     cfg = {"hf_tokenizer_name": "simx-test/no-such-tokenizer", "context_length": 64,
            "tokenizer_kwargs": {"clean": "canonicalize"}}
     with pytest.raises(TextExportError, match="not in the local Hugging Face cache.*--tokenizer"):
@@ -219,7 +219,7 @@ def test_hf_tokenizer_runs_without_torch_or_transformers(hf_pair, tmp_path):
     texts = HF_TEXTS[:8]
     code = (
         "import sys, json, numpy as np\n"
-        "from simx.hf_tokenizer import HFTokenizer, HFTokenizerSettings\n"
+        "from simx.run.hf_tokenizer import HFTokenizer, HFTokenizerSettings\n"
         f"d = {str(tmp_path)!r}\n"
         "s = HFTokenizerSettings.from_dict(json.load(open(d + '/s.json')))\n"
         "t = HFTokenizer.from_file(d + '/t.json', s)\n"

@@ -125,8 +125,8 @@ def cold_start(python: str | None = None) -> dict[str, float | bool | None]:
     """Import times in a fresh interpreter, as a short-lived job pays them.
 
     ``import_simx_s`` is ``import simx`` alone (cheap by design: heavy names load lazily);
-    ``import_runtime_s`` adds what running a model needs (simx.session + onnxruntime,
-    and simx.encoder with OpenCV where it exists). Also reports whether torch got loaded,
+    ``import_runtime_s`` adds what running a model needs (simx.run.session + onnxruntime,
+    and simx.run.encoder with OpenCV where it exists). Also reports whether torch got loaded,
     which must never happen in the runtime.
     """
     try:

@@ -57,7 +57,7 @@ class BenchConfig:
     warmup: int = 2
     sgemm_n: int = 2048
     rounds: int = 5  # sgemm / model alternations per batch size
-    precision: str | None = None  # None: the file's; "auto": calibrated (simx.autoselect)
+    precision: str | None = None  # None: the file's; "auto": calibrated (simx.run.autoselect)
     provider_options: dict[str, str] = field(default_factory=dict)
     device_id: int = 0
 

@@ -41,7 +41,7 @@ THREADS = click.IntRange(min=1)
 COUNT = click.IntRange(min=0)
 
 
-# Provider and precision names come from the one table (simx.providers).
+# Provider and precision names come from the one table (simx.run.providers).
 PROVIDER = click.Choice(providers.CHOICES)
 PRECISION = click.Choice(providers.PRECISION_CHOICES)
 

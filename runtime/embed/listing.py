@@ -140,7 +140,7 @@ def scan(paths: Iterable[str | os.PathLike[str]], finish: bool = True) -> Listin
 
 
 def scan_uris(uris: Iterable[str], finish: bool = True) -> Listing:
-    """Image files under ``uris``, keyed by URI, with what ``simx.indexer.scan`` reports for
+    """Image files under ``uris``, keyed by URI, with what ``scan`` reports for
     local paths: a URI named directly is kept whatever its suffix, a folder (prefix) is
     listed recursively for image suffixes, and one that cannot be listed hides its rows."""
     import pyarrow.fs as pafs
@@ -173,7 +173,7 @@ def scan_uris(uris: Iterable[str], finish: bool = True) -> Listing:
 
 
 def scan_any(paths: Iterable[str | os.PathLike[str]]) -> Listing:
-    """``simx.indexer.scan`` for local paths and ``scan_uris`` for URIs, merged."""
+    """``scan`` for local paths and ``scan_uris`` for URIs, merged."""
     items = list(paths)
     uris = [str(p) for p in items if is_uri(p)]
     local = scan([p for p in items if not is_uri(p)], finish=False)

@@ -109,11 +109,11 @@ def embed_into_cache(
 ) -> EmbedReport:
     """Bring the cache at ``cache_dir`` up to date with the image files under ``paths``.
 
-    ``batches`` computes the embeddings of ``todo`` somewhere else (``simx.ray_engine``: on
+    ``batches`` computes the embeddings of ``todo`` somewhere else (``simx.embed.ray_engine``: on
     a Ray cluster) instead of ``encoder.iter_embed(todo, batch_size)``; it yields Batches
     whose ``indices`` point into ``todo``, in any order. The listing, the diff against the
     cache, the commits and the failure bookkeeping stay here, in the driver. ``lister``
-    replaces ``scan`` (``simx.uri.scan_any``: URIs listed through pyarrow's filesystems).
+    replaces ``scan`` (``simx.embed.listing.scan_any``: URIs listed through pyarrow's filesystems).
     Everything else (diff, streaming to the cache, commits, crash safety) stays here, so
     every engine writes the same cache.
     """

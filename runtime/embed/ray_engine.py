@@ -2,7 +2,7 @@
 
 Split of the work (why: one writer, and a killed job must resume where it stopped):
 - the driver (this process) lists the files, diffs them against the cache, commits and
-  keeps the failure bookkeeping: all of that is ``simx.indexer.embed_into_cache``, the
+  keeps the failure bookkeeping: all of that is ``simx.embed.pipeline.embed_into_cache``, the
   same code a single-process run uses;
 - Ray Data only computes Batches: ``from_items`` of the files still to do ->
   ``map_batches(EncoderActor, concurrency=N, num_gpus=G)`` -> ``iter_batches`` in the
@@ -21,7 +21,7 @@ A worker that dies mid-task is restarted by Ray and its task retried
 already seen, so a retried block can never add a row twice.
 
 Inputs: local paths, or any URI that pyarrow's filesystems read (``file://``, ``s3://``,
-``gs://``, ``hdfs://``), mixed freely; see ``simx.uri``. The driver lists URIs with
+``gs://``, ``hdfs://``), mixed freely; see ``simx.images.uri``. The driver lists URIs with
 pyarrow and the workers read their bytes, so the files need not be on the driver at all.
 """
 
@@ -263,7 +263,7 @@ def embed_on_ray(
     ``address`` is a running cluster (``ray start --head`` prints it; ``auto`` finds the
     local one); without it a private local Ray instance is started and stopped. Every other
     argument means what it means for ``simx embed``. The result equals a single-process
-    run row for row (fp32 onnxruntime is batch-invariant, see simx.encoder).
+    run row for row (fp32 onnxruntime is batch-invariant, see simx.run.encoder).
     """
     # The driver opens the model too: it checks the file (and the spec the cache is keyed
     # on) before a cluster is touched, and its path is what the workers open.

@@ -47,7 +47,7 @@ floats are bit-identical to torchvision, and the lookup is cheaper than the arit
 **RGBA, LA and palette files: simx converts to RGB first, open_clip resizes first.**
 open_clip's eval ``Compose`` converts to RGB *after* Resize and CenterCrop, so its
 ``preprocess(Image.open(p))`` resizes such files in their own mode. simx decodes every file
-to RGB (``convert("RGB")`` pixels, :mod:`simx.image`) and resizes that, which is equal, bit
+to RGB (``convert("RGB")`` pixels, :mod:`simx.images.decode`) and resizes that, which is equal, bit
 for bit, to ``preprocess(Image.open(p).convert("RGB"))``; for RGB, grey and fully opaque
 RGBA files it is equal to ``preprocess(Image.open(p))`` too. Where they differ, and why simx
 keeps its order (tests/test_preprocess_modes.py pins each statement):

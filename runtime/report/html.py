@@ -16,7 +16,7 @@ Why this shape:
 * **A bad image never breaks the page.** A file that is gone, unreadable or corrupt
   gets a placeholder box with the one-line reason simx's decoder gives.
 * **What the model saw.** Thumbnails follow the cache's own EXIF rule and simx's decoding
-  policy (:func:`simx.image.load_rgb`; large JPEGs are decoded at reduced scale first,
+  policy (:func:`simx.images.decode.load_rgb`; large JPEGs are decoded at reduced scale first,
   which looks the same at thumbnail size and is 3x faster), so a report shows the
   pictures that were embedded.
 * **Random weights shout.** A model exported with ``--weights random`` gives neighbours
@@ -113,7 +113,7 @@ def _draft_jpeg(path: str | os.PathLike[str], side: int, exif_transpose: bool) -
     (benchmarks/results/report_scale_amd-epyc-2c.md), and a report of 100 queries x top-10
     thumbnails up to 1100 distinct images. Only clean, large
     JPEGs take this path; anything else (other formats, small or oversized images, any
-    error) returns None and goes through :func:`simx.image.load_rgb`, which also gives
+    error) returns None and goes through :func:`simx.images.decode.load_rgb`, which also gives
     the one-line reason when the file is bad.
     """
     import numpy as np

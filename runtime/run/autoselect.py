@@ -13,7 +13,7 @@ each gated at its export against torch) are candidates too, gated against the fp
 file's output at their precision's gate: on an AVX512-VNNI EPYC, OpenVINO's runtime on
 the static-QDQ int8 sibling measured 1.55x OpenVINO bf16 on the fp32 file (DINOv2-S,
 batch 8), the fastest peer a user could pick. The decision is cached as JSON under the user cache folder
-(``simx.providers.user_cache_dir()/auto``), keyed by the host (CPU model, ISA flags,
+(``simx.run.providers.user_cache_dir()/auto``), keyed by the host (CPU model, ISA flags,
 onnxruntime and OpenVINO versions), the model (weights sha256 and spec hash) and the
 request (provider, threads), so the next run reads it instead of measuring again.
 """

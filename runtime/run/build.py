@@ -212,7 +212,7 @@ def session_options(threads: int | None = None) -> Any:
 
     - ``threads`` sets intra-op threads (default: onnxruntime's, one per physical core).
       Inter-op parallelism stays at 1: these graphs are a single chain of ops, and a
-      second pool would only compete with the decode workers (see simx.encoder).
+      second pool would only compete with the decode workers (see simx.run.encoder).
     - Memory: onnxruntime's CPU arena and memory-pattern planning stay on (their defaults).
       The arena keeps the largest batch's activations after the first call and reuses
       them, so steady-state calls allocate nothing; the price is that a process's RSS

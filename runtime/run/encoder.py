@@ -148,8 +148,8 @@ class Encoder:
         provider_options: dict[str, str] | None = None,
         device_id: int = 0,
     ) -> None:
-        # ``provider`` and ``precision`` come from simx.providers' table; precision "auto"
-        # calibrates this host's paths and opens the fastest accurate one (simx.autoselect).
+        # ``provider`` and ``precision`` come from simx.run.providers' table; precision "auto"
+        # calibrates this host's paths and opens the fastest accurate one (simx.run.autoselect).
         self._session: ModelSession = open_model(model, provider=provider, threads=threads,
                                                  precision=precision,
                                                  provider_options=provider_options,
@@ -185,7 +185,7 @@ class Encoder:
 
     @property
     def provider(self) -> str:
-        """simx's name of the provider that runs the model (a row of simx.providers)."""
+        """simx's name of the provider that runs the model (a row of simx.run.providers)."""
         return self._session.provider
 
     @property
