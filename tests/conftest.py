@@ -123,9 +123,30 @@ def _source(obj) -> str:
         return ""
 
 
+_TORCH_HELPERS: dict[str, re.Pattern | None] = {}
+
+
+def _torch_helpers(module) -> re.Pattern | None:
+    """A pattern matching calls of the module's own functions that reach torch, directly or
+    through one another (a test calling ``reference(...)`` that imports torchvision)."""
+    if module.__name__ not in _TORCH_HELPERS:
+        funcs = {n: _source(f) for n, f in vars(module).items()
+                 if inspect.isfunction(f) and f.__module__ == module.__name__}
+        tainted = {n for n, src in funcs.items() if _TORCH.search(src)}
+        while True:
+            pat = re.compile(r"\b(" + "|".join(map(re.escape, tainted)) + r")\b") if tainted else None
+            more = {n for n, src in funcs.items() if n not in tainted and pat and pat.search(src)}
+            if not more:
+                break
+            tainted |= more
+        _TORCH_HELPERS[module.__name__] = pat
+    return _TORCH_HELPERS[module.__name__]
+
+
 def _needs(item) -> set[str]:
     """The tiers a collected test needs: by its fixtures, its module and the source of its
-    function and of every fixture it uses (their own imports of torch or simx.export)."""
+    function and of every fixture it uses (their own imports of torch or simx.export, or
+    calls of the module's functions that reach torch)."""
     need = {t for f, t in _FIXTURE_TIERS.items() if f in item.fixturenames}
     mod = item.module.__name__ if item.module else ""
     if mod in _MODULE_TIERS:
@@ -135,7 +156,9 @@ def _needs(item) -> set[str]:
     for defs in (info.name2fixturedefs.values() if info else ()):
         sources += [_source(d.func) for d in defs]
     top = [ln for ln in _source(item.module).splitlines() if ln.startswith(("import ", "from "))]
-    if any(_TORCH.search(s) for s in sources) or any(_TORCH.search(ln) for ln in top):
+    helpers = _torch_helpers(item.module) if item.module else None
+    if (any(_TORCH.search(s) or (helpers and helpers.search(s)) for s in sources)
+            or any(_TORCH.search(ln) for ln in top)):
         need.add("torch")
     return need
 
