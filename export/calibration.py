@@ -4,7 +4,7 @@ Static QDQ quantization fixes every activation's int8 scale at export time, from
 ranges seen on a calibration set; that is what makes int8 batch-invariant (no scale is
 computed over a batch at run time). The images here are scikit-image's bundled photos
 (offline, no hub), run through simx's *own* exact preprocessing
-(``simx.preprocess.preprocess``), so the calibrated ranges are the ranges the runtime
+(``simx.images.preprocess.preprocess``), so the calibrated ranges are the ranges the runtime
 feeds the model.
 
 Three disjoint roles, so no gate judges the images it was tuned on:
@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from simx.core.errors import SimxError
 from simx.model.spec import PreprocessSpec
 
-#: Photos the cosine gate uses (verify.PHOTOS); kept out of calibration.
+#: Photos the cosine gate uses (``verify.PHOTOS`` is this); kept out of calibration.
 GATE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 #: The other offline skimage photos (grey ones replicated to RGB); not ``cat``, which is
 #: the same picture as ``chelsea``.
@@ -36,8 +37,14 @@ OTHER_PHOTOS = (
 
 
 def photo(name: str) -> np.ndarray:
-    """A bundled scikit-image photo as HxWx3 uint8 RGB."""
-    import skimage.data
+    """A bundled scikit-image photo as HxWx3 uint8 RGB (no network)."""
+    try:
+        import skimage.data
+    except ImportError:
+        raise SimxError(
+            "export verification needs scikit-image for its bundled photos: "
+            "pip install scikit-image"
+        ) from None
 
     a = getattr(skimage.data, name)()
     if isinstance(a, tuple):

@@ -62,12 +62,14 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from .optimize import require_loaded_data
+from .writer import EXTERNAL_DATA_THRESHOLD, tensor_bytes
 
 #: Weight op types quantized to int8. Conv (patch embedding) deliberately left out.
 INT8_OP_TYPES = ("MatMul", "Gemm")
@@ -75,50 +77,45 @@ INT8_OP_TYPES = ("MatMul", "Gemm")
 #: Calibration method for static int8 (onnxruntime ``CalibrationMethod``), by measurement.
 STATIC_METHOD = "MinMax"
 
-#: protobuf cannot serialize a message over 2 GiB; above this, only path-based tools work.
-_PROTO_LIMIT = 2**31 - 2**26
+def _through_files(model: onnx.ModelProto, prefix: str,
+                   quantize: Callable[[Path, Path], None]) -> onnx.ModelProto:
+    """Run one of onnxruntime's quantizers, which go through files, on ``model``: written
+    with external data in a temporary folder, ``quantize(src, out)``, loaded back into
+    memory, so any size works. The input proto is not modified.
 
+    The model is written through onnx_ir, which streams the caller's tensors to the
+    external data file without copying the proto (``quantize_*`` given a proto would
+    deepcopy it first: one more full copy of a giant model in memory). The quantizer
+    rewrites the graph but keeps metadata_props and the io names.
+    """
+    import onnx_ir as ir
 
-def _tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes held by initializers in memory (raw or typed fields), roughly the proto size."""
-    total = 0
-    for t in model.graph.initializer:
-        total += len(t.raw_data) or 4 * (len(t.float_data) + len(t.int32_data)) + 8 * len(t.int64_data)
-    return total
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        src, out = Path(tmp) / "model.onnx", Path(tmp) / "model-int8.onnx"
+        ir.save(ir.from_proto(model), src, external_data="model.data")
+        quantize(src, out)
+        return onnx.load(str(out), load_external_data=True)
 
 
 def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """CPU int8, dynamic: quantization of weight MatMuls, per-channel signed weights,
     activation scales per batch at run time (not batch-invariant: run it per image).
-
-    The input proto is not modified. Any size works: onnxruntime's quantizer goes through
-    files, written with external data in a temporary folder and loaded back into memory.
+    The input proto is not modified.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    import onnx_ir as ir
-
     require_loaded_data(model)
-    with tempfile.TemporaryDirectory(prefix="simx-int8.") as tmp:
-        src, out = Path(tmp) / "model.onnx", Path(tmp) / "model-int8.onnx"
-        # Written through onnx_ir, which streams the caller's tensors to the external
-        # data file without copying the proto (quantize_dynamic given a proto would
-        # deepcopy it first: one more full copy of a giant model in memory).
-        ir.save(ir.from_proto(model), src, external_data="model.data")
-        quantize_dynamic(
-            src,
-            out,
-            op_types_to_quantize=list(INT8_OP_TYPES),
-            per_channel=True,
-            reduce_range=False,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=True,
-            extra_options={"MatMulConstBOnly": True},
-        )
-        q = onnx.load(str(out), load_external_data=True)
-    # The quantizer rewrites the graph but keeps metadata_props and the io names; say
-    # nothing else here: export records precision and gate figures in its spec.
-    return q
+    # Nothing else is said here: export records precision and gate figures in its spec.
+    return _through_files(model, "simx-int8.", lambda src, out: quantize_dynamic(
+        src,
+        out,
+        op_types_to_quantize=list(INT8_OP_TYPES),
+        per_channel=True,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,
+        use_external_data_format=True,
+        extra_options={"MatMulConstBOnly": True},
+    ))
 
 
 #: What ``spec.extra["quantization"]`` says for each int8 recipe. The Encoder batches
@@ -159,34 +156,27 @@ def to_int8_static(
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    import onnx_ir as ir
-
     require_loaded_data(model)
     if calibration.ndim != 4 or len(calibration) == 0:
         raise ValueError(f"calibration must be a non-empty [N, 3, S, S] batch, got {calibration.shape}")
     name = model.graph.input[0].name
-    with tempfile.TemporaryDirectory(prefix="simx-int8s.") as tmp:
-        src, out = Path(tmp) / "model.onnx", Path(tmp) / "model-int8.onnx"
-        ir.save(ir.from_proto(model), src, external_data="model.data")
-        quantize_static(
-            src,
-            out,
-            _Frames(name, np.ascontiguousarray(calibration, np.float32)),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(INT8_OP_TYPES),
-            per_channel=True,
-            reduce_range=False,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, method),
-            use_external_data_format=True,
-            extra_options={
-                "MatMulConstBOnly": True,
-                "OpTypesToExcludeOutputQuantization": list(INT8_OP_TYPES),
-            },
-        )
-        q = onnx.load(str(out), load_external_data=True)
-    return q
+    return _through_files(model, "simx-int8s.", lambda src, out: quantize_static(
+        src,
+        out,
+        _Frames(name, np.ascontiguousarray(calibration, np.float32)),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(INT8_OP_TYPES),
+        per_channel=True,
+        reduce_range=False,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, method),
+        use_external_data_format=True,
+        extra_options={
+            "MatMulConstBOnly": True,
+            "OpTypesToExcludeOutputQuantization": list(INT8_OP_TYPES),
+        },
+    ))
 
 
 def _matmul_before_batch_transpose(model: onnx.ModelProto) -> int:
@@ -281,7 +271,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     require_loaded_data(model)
-    small = _tensor_bytes(model) < _PROTO_LIMIT
+    small = tensor_bytes(model) < EXTERNAL_DATA_THRESHOLD
     # With shape inference on, the converter works on inference's copy; with it off it
     # edits the proto in place, so copy first.
     src = model if small else copy.deepcopy(model)

@@ -20,7 +20,7 @@ Tokenizers: CLIP's BPE ships with simx. Models whose open_clip config names an
 ``<id>-text.tokenizer.json`` beside the text model (``tokenizer_file``, with
 ``tokenizer_settings``), taken from open_clip's own HFTokenizer, which transformers loads
 from ``--tokenizer DIR``, the local Hugging Face cache or the hub; the export refuses
-unless simx's torch-free replay (``simx.hf_tokenizer``) gives open_clip's ids.
+unless simx's torch-free replay (``simx.run.hf_tokenizer``) gives open_clip's ids.
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ from simx.run.text import pair_id
 from simx.model.spec import METADATA_KEY, ModelSpec
 from simx.run.tokenizer import TOKENIZER_NAME, get_tokenizer
 from simx.model.weights_hash import weights_sha256
+
+from . import verify, writer
+from . import weights as _weights
+from .families import family
+from .families._openclip import create_openclip
+from .weights import quiet_logging
 
 TEXT_INPUT = "input_ids"
 TEXT_OUTPUT = "text_embeddings"
@@ -92,45 +98,21 @@ def build_clip(entry: registry.ModelEntry, weights: str,
     """The full open_clip model (both towers) and the spec's weights string.
 
     ``weights``: "pretrained" (open_clip downloads the tag), "random" (seeded, tests
-    and speed only) or a checkpoint path (its sha256 goes into the spec). Loading
-    follows the image exporter (``sources.py``): same seed, same QuickGELU rule, same
-    one-line errors when the hub is unreachable or a checkpoint does not fit.
+    and speed only) or a checkpoint path (its sha256 goes into the spec). Loading is the
+    image exporter's (``families._openclip.create_openclip``): same seed, same QuickGELU
+    rule, same one-line errors when the hub is unreachable or a checkpoint does not fit;
+    random weights give the image tower its family's recipe, as the image export does, so
+    a random text file pairs with the random image file of the same entry.
     ``text_layers``: fewer text blocks (random weights only: tests and sweeps).
     """
-    import open_clip
-    import torch
-
-    from .families import family
-    from .sources import RANDOM_SEED, _hub_download, read_checkpoint
-
     if not entry.text:
         raise TextExportError(f"{entry.id} has no text tower simx can export (OpenCLIP models "
                               "with open_clip's own text transformer have one)")
     if text_layers is not None and weights != "random":
         raise TextExportError("text_layers (a reduced-depth text tower) needs random weights")
-    name, tag = entry.variant, entry.pretrained
-    kw: dict[str, Any] = {"force_quick_gelu": entry.quick_gelu, "pretrained_text": False}
-    if weights == "random":
-        torch.manual_seed(RANDOM_SEED)
-        with _text_layers(text_layers):
-            model = open_clip.create_model(name, pretrained=None, **kw)
-        # The image tower gets its family's random-weight recipe, as the image export
-        # does, so a random text file pairs with the random image file of the same entry.
-        family(entry.family).randomize(model.visual)
-        label = "random"
-    elif weights == "pretrained":
-        with _hub_download(f"{entry.id} (text)"):
-            model = open_clip.create_model(name, pretrained=tag, require_pretrained=True, **kw)
-        label = "pretrained"
-    else:
-        digest = read_checkpoint(weights)[1]  # clear errors for missing/unreadable files
-        model = open_clip.create_model(name, pretrained=None, **kw)
-        try:
-            open_clip.load_checkpoint(model, str(weights))
-        except Exception as e:
-            raise TextExportError(f"checkpoint {weights} does not fit {entry.id}: "
-                                  f"{first_line(e)}") from None
-        label = "sha256:" + digest
+    with _text_layers(text_layers):
+        model, label = create_openclip(entry, weights, family(entry.family).randomize,
+                                       what=f"{entry.id} (text)", pretrained_text=False)
     return model.eval(), label
 
 
@@ -174,8 +156,6 @@ def open_clip_hf_tokenizer(what: str, text_cfg: dict[str, Any],
     except ImportError:
         raise TextExportError(f"{what}: its text tower uses a Hugging Face tokenizer; exporting it "
                               "needs transformers (pip install transformers tokenizers)") from None
-    from .sources import _hub_reachable, quiet_logging
-
     if tokenizer is not None:
         folder = Path(tokenizer)
         if not (folder / "tokenizer.json").is_file():
@@ -184,7 +164,7 @@ def open_clip_hf_tokenizer(what: str, text_cfg: dict[str, Any],
         source, attempts = str(folder), [{}]
     else:
         # The local cache first (offline, instant); then the hub, only if it answers.
-        source, attempts = name, [{"local_files_only": True}] + ([{}] if _hub_reachable() else [])
+        source, attempts = name, [{"local_files_only": True}] + ([{}] if _weights.hub_reachable() else [])
     err: Exception | None = None
     for extra in attempts:
         try:
@@ -395,40 +375,23 @@ def export_text_tower(
     image file exported with it, recorded in the text spec. Both files are paired by
     ``pair``: the image id, source and weights (``simx.search.pair_id``).
     """
-    import torch
-
-    from . import to_onnx, verify
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if model is None:
         model, weights_label = build_clip(entry, weights, text_layers=text_layers)
     tower = _TextTower(model)
-    n_ctx = _context_length(model)
     tok, tok_extra = text_tokenizer_for(entry, model, tokenizer)
     ids = tok(list(PARITY_TEXTS))
     path = output_dir / f"{entry.id}-text.onnx"
-    batch = torch.export.Dim("batch", min=1)
-    example = torch.from_numpy(ids[:2].copy())  # batch >= 2, or the batch axis gets fixed
-    try:
-        program = torch.onnx.export(
-            tower, (example,), dynamo=True, input_names=[TEXT_INPUT], output_names=[TEXT_OUTPUT],
-            dynamic_shapes={"input_ids": {0: batch}}, opset_version=opset, verbose=False,
-        )
-    except Exception as e:  # the exporter raises many types; keep the first line
-        raise TextExportError(
-            f"torch.onnx.export failed for {entry.id}'s text tower: {first_line(e)}") from e
-    proto = program.model_proto
-    dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    if not dim0.dim_param:
-        raise TextExportError(f"{entry.id}-text: the exported batch axis is fixed at {dim0.dim_value}")
+    proto = _to_onnx(tower, ids, opset, entry.id)
     p = entry.preprocess(image_size)
+    label = weights_label or weights
     spec = ModelSpec(
         id=f"{entry.id}-text",
         family=entry.family,
         variant=entry.variant,
         source=entry.source,
-        weights=weights_label or weights,
+        weights=label,
         image_size=p.crop,
         dim=int(entry.dim),
         normalize=True,
@@ -440,9 +403,9 @@ def export_text_tower(
         extra={
             "kind": "text",
             "image_model": entry.id,
-            "pair": pair_id(entry.id, entry.source, weights_label or weights),
+            "pair": pair_id(entry.id, entry.source, label),
             **({"image_spec_hash": image_spec_hash} if image_spec_hash else {}),
-            "context_length": n_ctx,
+            "context_length": _context_length(model),
             **tok_extra,
             "quick_gelu": entry.quick_gelu,
             **({"text_layers": int(text_layers)} if text_layers is not None else {}),
@@ -452,22 +415,22 @@ def export_text_tower(
         raise TextExportError(f"{entry.id}-text: output dim differs from the registry's {spec.dim}")
     # The image tower's pipeline from here: temp names (external data too), onnx.checker,
     # parity, the weights hash, one atomic rename. A failure leaves no file behind.
-    external = to_onnx.tensor_bytes(proto) > to_onnx.EXTERNAL_DATA_THRESHOLD
-    with to_onnx.AtomicModelWriter(path, external) as writer:
-        to_onnx.set_metadata(proto, METADATA_KEY, spec.to_json())
-        tmp = writer.write(proto)
+    external = writer.tensor_bytes(proto) > writer.EXTERNAL_DATA_THRESHOLD
+    with writer.AtomicModelWriter(path, external) as w:
+        writer.set_metadata(proto, METADATA_KEY, spec.to_json())
+        tmp = w.write(proto)
         verify.check_graph(tmp, what=spec.id)
         parity = verify_text(tmp, tower, ids)
         spec = replace(spec, parity=parity, weights_sha256=weights_sha256(tmp))
-        to_onnx.set_metadata(proto, METADATA_KEY, spec.to_json())
+        writer.set_metadata(proto, METADATA_KEY, spec.to_json())
         side = _write_tokenizer(output_dir, tok_extra.get("tokenizer_file"), getattr(tok, "json", None))
         try:
-            path = writer.commit(proto)
+            path = w.commit(proto)
         except BaseException:
             if side is not None:
                 side.unlink(missing_ok=True)
             raise
-    to_onnx.check_committed_weights(path, spec.weights_sha256)
+    writer.check_committed_weights(path, spec.weights_sha256)
     return path
 
 
@@ -484,3 +447,24 @@ def _write_tokenizer(folder: Path, name: str | None, text: str | None) -> Path |
         tmp.unlink(missing_ok=True)
     fsync_dir(folder)
     return final
+
+
+def _to_onnx(tower: Any, ids: np.ndarray, opset: int, what: str) -> Any:
+    """The dynamo export of the text tower with a symbolic batch axis (an onnx ModelProto)."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    example = torch.from_numpy(ids[:2].copy())  # batch >= 2, or the batch axis gets fixed
+    try:
+        program = torch.onnx.export(
+            tower, (example,), dynamo=True, input_names=[TEXT_INPUT], output_names=[TEXT_OUTPUT],
+            dynamic_shapes={"input_ids": {0: batch}}, opset_version=opset, verbose=False,
+        )
+    except Exception as e:  # the exporter raises many types; keep the first line
+        raise TextExportError(
+            f"torch.onnx.export failed for {what}'s text tower: {first_line(e)}") from e
+    proto = program.model_proto
+    dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if not dim0.dim_param:
+        raise TextExportError(f"{what}-text: the exported batch axis is fixed at {dim0.dim_value}")
+    return proto

@@ -7,7 +7,7 @@ Run before the file is renamed into place; any failure fails the export. The inp
   PreprocessSpec), at batch 1 and batch 3;
 * seeded random tensors at batch 1 and batch 3 (inputs no photo produces).
 
-The file is opened through the runtime's own loader (``simx.session.open_model``) on
+The file is opened through the runtime's own loader (``simx.run.session.open_model``) on
 the CPU provider, so verification also proves the runtime can read the file's spec.
 
 Gates (``GATES``): fp32 must match to min cosine >= 0.99999 and max abs <= 1e-4 x
@@ -29,8 +29,9 @@ from torch import nn
 from simx.core.errors import SimxError, first_line
 from simx.model.spec import PreprocessSpec
 
+from . import calibration
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # batch 1: the first; batch 3: the rest
+PHOTOS = calibration.GATE_PHOTOS  # batch 1: the first; batch 3: the rest
 RANDOM_SEED = 1234
 MAX_PAIRWISE_COSINE = 0.98
 
@@ -71,19 +72,9 @@ class Probe:
 
 def _photo(name: str):
     """A bundled scikit-image photo as an RGB PIL image (no network)."""
-    try:
-        import skimage.data
-    except ImportError:
-        raise SimxError(
-            "export verification needs scikit-image for its bundled photos: "
-            "pip install scikit-image"
-        ) from None
     from PIL import Image
 
-    a = getattr(skimage.data, name)()
-    if isinstance(a, tuple):
-        a = a[0]
-    return Image.fromarray(np.ascontiguousarray(a)).convert("RGB")
+    return Image.fromarray(calibration.photo(name))
 
 
 def reference_transform(pre: PreprocessSpec):
@@ -171,12 +162,17 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-30)
 
 
-def max_pairwise_cosine(x: np.ndarray) -> float:
+def _cosines_between_rows(x: np.ndarray) -> np.ndarray:
+    """[N, N] cosines between the rows of ``x`` (float64), -inf on the diagonal."""
     x64 = x.astype(np.float64)
     x64 /= np.maximum(np.linalg.norm(x64, axis=1, keepdims=True), 1e-30)
     sim = x64 @ x64.T
     np.fill_diagonal(sim, -np.inf)
-    return float(sim.max())
+    return sim
+
+
+def max_pairwise_cosine(x: np.ndarray) -> float:
+    return float(_cosines_between_rows(x).max())
 
 
 def compare(
@@ -268,11 +264,7 @@ def compare(
 
 def top_k_neighbours(e: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
     """Each row's ``k`` nearest other rows by cosine, as indices [N, k] (itself excluded)."""
-    x = e.astype(np.float64)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
-    sim = x @ x.T
-    np.fill_diagonal(sim, -np.inf)
-    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return np.argsort(-_cosines_between_rows(e), axis=1, kind="stable")[:, :k]
 
 
 def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:

@@ -31,7 +31,7 @@ def snapshot() -> dict[str, Any]:
     import timm
 
     from simx.export.families import catalogue
-    from simx.export.sources import quiet_logging
+    from simx.export.weights import quiet_logging
 
     with quiet_logging(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

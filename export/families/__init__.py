@@ -1,4 +1,5 @@
-"""The model families simx exports, one module each, found by name in ``FAMILIES``.
+"""The model families simx exports, one module each, found by name in ``FAMILIES``; and
+``build``, the torch module for a catalogue entry, which its family makes.
 
 Adding a family is one new module with a ``Family`` subclass and one line here; adding a
 tag or variant touches no file (the catalogue comes from the libraries, see
@@ -10,8 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from simx.core.errors import SimxError
+from simx.model.catalogue import ModelEntry
 
-from ._base import Family
+from ._base import Built, Family
+
+__all__ = ["FAMILIES", "Built", "Family", "UnknownFamilyError", "build", "catalogue",
+           "check_image_size", "family"]
 from .dinov2 import DinoV2
 from .dinov3 import DinoV3
 from .resnet_clip import ResnetClip
@@ -51,3 +56,24 @@ def catalogue(measure: bool = True) -> list[dict[str, Any]]:
     if dupes:
         raise SimxError(f"catalogue ids are not unique: {', '.join(dupes)}")
     return rows
+
+
+def build(entry: ModelEntry, weights: str, image_size: int) -> Built:
+    """The torch module for ``entry`` with the requested weights (see ``simx.export.weights``),
+    in eval mode and without gradients: an ``nn.Module`` mapping float32 pixels
+    [B, 3, S, S] to the embedding the reference code produces, plus what the spec needs to
+    know about it (weights label, preprocessing, output normalisation)."""
+    check_image_size(entry, image_size)
+    built = family(entry.family).build(entry, weights, image_size)
+    for p in built.module.parameters():
+        p.requires_grad_(False)
+    return built
+
+
+def check_image_size(entry: ModelEntry, image_size: int) -> None:
+    """Refuse an input size the entry's tower cannot take (not a multiple of its patch)."""
+    if not entry.size_ok(image_size):
+        raise SimxError(
+            f"--image-size {image_size} is not a positive multiple of {entry.id}'s patch "
+            f"size {entry.patch_size}"
+        )

@@ -1,24 +1,38 @@
 """The interface every model family implements, and the helpers they share.
 
-Why a base class: export code (``sources``, ``api``, the catalogue generator) asks a
-family for its catalogue entries, its torch module and its library versions, and never
-branches on the family's name. A family is one module holding one ``Family`` subclass;
-``families/__init__.py`` lists them in ``FAMILIES``.
+Why a base class: export code (``families.build``, ``api``, the catalogue generator)
+asks a family for its catalogue entries, its torch module (a :class:`Built`) and its
+library versions, and never branches on the family's name. A family is one module
+holding one ``Family`` subclass; ``families/__init__.py`` lists them in ``FAMILIES``.
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from simx.model.spec import PreprocessSpec
 
 if TYPE_CHECKING:  # torch is imported by the builders only, when an export runs
     from torch import nn
 
     from simx.model.catalogue import ModelEntry
 
-    from ..sources import Built
+
+@dataclass
+class Built:
+    """A torch module ready to export, and the facts about it the spec records: an
+    ``nn.Module`` mapping float32 pixels [B, 3, S, S] to the embedding the reference code
+    produces, its weights label, preprocessing and output normalisation."""
+
+    module: nn.Module
+    weights: str  # "pretrained" | "random" | "sha256:<hex>"
+    preprocess: PreprocessSpec
+    normalize: bool
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Family:
@@ -217,15 +231,11 @@ def unit_gain_calibration(module: nn.Module, images, centre: bool = True,
         elif isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)) \
                 and id(m) not in inside_mha:
             handles.append(m.register_forward_hook(layer_hook))
-    was_training = module.training
-    module.eval()
     try:
-        with torch.no_grad():
-            module(images)
+        _forward(module, images, train=False)
     finally:
         for h in handles:
             h.remove()
-        module.train(was_training)
     return scaled[0]
 
 
@@ -243,16 +253,26 @@ def recalibrate_batchnorm(module: nn.Module, images) -> int:
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the calibration batch
+    try:
+        _forward(module, images, train=True)
+    finally:
+        for bn, mom in zip(norms, momenta):
+            bn.momentum = mom
+    return len(norms)
+
+
+def _forward(module: nn.Module, images, train: bool) -> None:
+    """One forward of ``images`` without gradients, in train mode (BatchNorm layers then
+    record statistics) or eval mode; the module's own mode is restored after."""
+    import torch
+
     was_training = module.training
-    module.train()
+    module.train(train)
     try:
         with torch.no_grad():
             module(images)
     finally:
         module.train(was_training)
-        for bn, mom in zip(norms, momenta):
-            bn.momentum = mom
-    return len(norms)
 
 
 #: LSUV's target standard deviation. 1.0 (LSUV's own) still left PE-Core's coffee and

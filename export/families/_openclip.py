@@ -16,15 +16,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from simx.core.errors import SimxError
+from simx.core.errors import SimxError, first_line
 from simx.model.spec import PreprocessSpec
 
-from ._base import Family, count_params, entry_row
+from ..weights import (RANDOM_SEED, WeightsError, hub_download, is_torchscript, quiet_logging,
+                       read_checkpoint)
+from ._base import Built, Family, count_params, entry_row
 
 if TYPE_CHECKING:
-    from simx.model.catalogue import ModelEntry
+    from collections.abc import Callable
 
-    from ..sources import Built
+    from simx.model.catalogue import ModelEntry
 
 
 def tower_kind(model_cfg: dict[str, Any]) -> str:
@@ -56,19 +58,34 @@ def openclip_preprocess(model: str, tag: str, image_size: int) -> dict[str, Any]
     return cfg
 
 
+#: open_clip's OPENAI_DATASET_MEAN / STD: its defaults for a cfg that names none.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 def preprocess_from_openclip(cfg: dict[str, Any]) -> PreprocessSpec:
-    size = cfg["size"]
-    if isinstance(size, (tuple, list)):
-        if size[0] != size[1]:
-            raise SimxError(f"open_clip preprocess size {size} is not square")
-        size = size[0]
+    """The PreprocessSpec of an open_clip ``PreprocessCfg`` as a dict (``asdict(cfg)``,
+    ``openclip_preprocess``'s, or a model's ``visual.preprocess_cfg``): the tag's eval
+    transform is ``resize = crop = size`` (an int, or (height, width)).
+
+    Missing keys take open_clip's defaults; ``interpolation='random'`` means bicubic at
+    eval. ``fill_color`` is the padding of ``CenterCropOrPad``, which only
+    ``resize_mode='longest'`` uses (None means 0, as in ``image_transform``); the other
+    modes' CenterCrop pads with 0, so their spec keeps fill 0.
+    """
+    size = cfg.get("size", 224)
+    mean = cfg.get("mean") or OPENAI_MEAN
+    std = cfg.get("std") or OPENAI_STD
+    mode = cfg.get("resize_mode") or "shortest"
+    interpolation = cfg.get("interpolation") or "bicubic"
     return PreprocessSpec(
-        resize=int(size),
-        crop=int(size),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        resize_mode=cfg["resize_mode"],
-        interpolation=cfg["interpolation"],
+        resize=size,
+        crop=size,
+        mean=tuple(mean) if isinstance(mean, (list, tuple)) else (mean,) * 3,
+        std=tuple(std) if isinstance(std, (list, tuple)) else (std,) * 3,
+        resize_mode=mode,
+        interpolation="bicubic" if interpolation == "random" else interpolation,
+        fill=int(cfg.get("fill_color") or 0) if mode == "longest" else 0,
     )
 
 
@@ -79,13 +96,6 @@ def _hf_text(model_name: str) -> bool:
 
     cfg = open_clip.factory.get_model_config(model_name) or {}
     return bool(cfg.get("text_cfg", {}).get("hf_model_name"))
-
-
-class _VisualOnly:
-    """Stands in for the open_clip model where only its visual tower is built."""
-
-    def __init__(self, visual: nn.Module) -> None:
-        self.visual = visual
 
 
 def _random_visual(model_name: str, image_size: int, quick_gelu: bool) -> nn.Module:
@@ -174,56 +184,19 @@ class OpenClipFamily(Family):
 
     def build(self, entry: ModelEntry, weights: str, image_size: int) -> Built:
         """The visual tower of an open_clip model: ``encode_image`` without normalisation."""
-        import open_clip
-
-        from ..sources import (RANDOM_SEED, Built, WeightsError, _hub_download, first_line,
-                               is_torchscript, quiet_logging, read_checkpoint)
-
         model_name, tag = entry.variant, entry.pretrained
         assert tag is not None
-        common: dict[str, Any] = dict(
-            force_quick_gelu=entry.quick_gelu,
-            force_image_size=image_size,
-            pretrained_image=False,
-            pretrained_text=False,
-        )
         if weights == "random" and _hf_text(model_name):
             torch.manual_seed(RANDOM_SEED)
-            model = _VisualOnly(_random_visual(model_name, image_size, entry.quick_gelu))
-            self.randomize(model.visual)
+            visual = _random_visual(model_name, image_size, entry.quick_gelu)
+            self.randomize(visual)
             label = "random"
-        elif weights == "random":
-            torch.manual_seed(RANDOM_SEED)
-            with quiet_logging():
-                model = open_clip.create_model(model_name, pretrained=None, **common)
-            self.randomize(model.visual)
-            label = "random"
-        elif weights == "pretrained":
-            with _hub_download(entry.id):
-                model = open_clip.create_model(
-                    model_name, pretrained=tag, require_pretrained=True, **common
-                )
-            label = "pretrained"
         else:
-            # Read it ourselves first: a clear error for a missing or unreadable file, and
-            # the digest. open_clip then loads it with its own key conversions and resizing.
-            _, digest = read_checkpoint(weights)
-            with quiet_logging():
-                model = open_clip.create_model(model_name, pretrained=None, **common)
-            jit = is_torchscript(Path(weights))
-            try:
-                # TorchScript archives need weights_only=False, which torch routes to
-                # torch.jit.load (no arbitrary unpickling); the rest stays weights_only.
-                with warnings.catch_warnings():
-                    if jit:  # torch's "dispatching to torch.jit.load" / "deprecated" notes
-                        warnings.simplefilter("ignore", (UserWarning, FutureWarning))
-                    open_clip.load_checkpoint(model, str(weights), weights_only=not jit)
-            except Exception as e:
-                raise WeightsError(
-                    f"checkpoint {weights} does not fit {entry.id}: {first_line(e)}"
-                ) from None
-            label = f"sha256:{digest}"
-
+            model, label = create_openclip(
+                entry, weights, self.randomize, force_image_size=image_size,
+                pretrained_image=False, pretrained_text=False)
+            visual = model.visual
+            del model
         pre = preprocess_from_openclip(openclip_preprocess(model_name, tag, image_size))
         ours = entry.preprocess(image_size)
         if pre != ours:
@@ -231,12 +204,52 @@ class OpenClipFamily(Family):
                 f"catalogue preprocessing for {entry.id} ({ours}) differs from open_clip's "
                 f"({pre}); regenerate runtime/catalogue.json with scripts/make_catalogue.py"
             )
-        module = OpenClipImage(model.visual).eval()
-        del model
         return Built(
-            module=module,
+            module=OpenClipImage(visual).eval(),
             weights=label,
             preprocess=pre,
             normalize=True,  # encode_image is not L2-normalized; the runtime does it
             extra={"output": self.output, "quick_gelu": entry.quick_gelu},
         )
+
+
+def create_openclip(entry: ModelEntry, weights: str, randomize: Callable[[nn.Module], None],
+                    what: str | None = None, **kw: Any) -> tuple[Any, str]:
+    """``open_clip.create_model`` for ``entry`` with the requested weights, and the spec's
+    weights label; shared by the image families and the text tower export.
+
+    ``weights``: "random" (seeded by ``RANDOM_SEED``, then ``randomize`` on the visual
+    tower: the family's recipe), "pretrained" (open_clip downloads the tag; ``what`` names
+    it in the offline error) or a checkpoint path, read here first for a clear error on a
+    missing or unreadable file and for its digest, then loaded by open_clip with its own
+    key conversions and resizing. ``kw`` goes to ``create_model`` (QuickGELU is forced as
+    the entry says).
+    """
+    import open_clip
+
+    kw = {"force_quick_gelu": entry.quick_gelu, **kw}
+    if weights == "random":
+        torch.manual_seed(RANDOM_SEED)
+        with quiet_logging():
+            model = open_clip.create_model(entry.variant, pretrained=None, **kw)
+        randomize(model.visual)
+        return model, "random"
+    if weights == "pretrained":
+        with hub_download(what or entry.id):
+            model = open_clip.create_model(entry.variant, pretrained=entry.pretrained,
+                                           require_pretrained=True, **kw)
+        return model, "pretrained"
+    _, digest = read_checkpoint(weights)
+    with quiet_logging():
+        model = open_clip.create_model(entry.variant, pretrained=None, **kw)
+    jit = is_torchscript(Path(weights))
+    try:
+        # TorchScript archives need weights_only=False, which torch routes to
+        # torch.jit.load (no arbitrary unpickling); the rest stays weights_only.
+        with warnings.catch_warnings():
+            if jit:  # torch's "dispatching to torch.jit.load" / "deprecated" notes
+                warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+            open_clip.load_checkpoint(model, str(weights), weights_only=not jit)
+    except Exception as e:
+        raise WeightsError(f"checkpoint {weights} does not fit {entry.id}: {first_line(e)}") from None
+    return model, f"sha256:{digest}"

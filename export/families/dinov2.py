@@ -8,22 +8,83 @@ Random weights: LayerScale at 1.0 (timm's 1e-5 makes every image one embedding).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 from simx.model.catalogue import IMAGENET_MEAN, IMAGENET_STD
 
-from ._base import Family, count_params, entry_row
+from ..weights import (RANDOM_SEED, WeightsError, load_into_meta_built, read_checkpoint,
+                       timm_pretrained_state)
+from ._base import Built, Family, count_params, entry_row
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from simx.model.catalogue import ModelEntry
-
-    from ..sources import Built
 
 _NAME = re.compile(r"^vit_(?P<variant>[a-z_]+?)_patch(?P<patch>\d+)(?P<reg>_reg4)?_dinov2$")
 EVAL_SIZE, EVAL_RESIZE = 224, 256
+# DINOv2 checkpoints hold the position grid of their 518-px training resolution.
+DINOV2_GRID = 37
+
+
+def bake_pos_embed(
+    patch_pos: torch.Tensor, grid: int, *, antialias: bool, offset: float
+) -> torch.Tensor:
+    """Resize a [1, M*M, D] patch position grid to [1, grid*grid, D] the official way.
+
+    This is ``DinoVisionTransformer.interpolate_pos_encoding`` from facebookresearch/dinov2,
+    done once at export time instead of on every forward: non-register hub models use
+    ``scale_factor=(g + 0.1) / M`` without antialias, register models ``size=(g, g)``
+    with antialias. The result is bit-identical to the official forward and the graph has
+    no Resize node. timm resamples differently when it loads official checkpoints, so the
+    position grid is always taken at its original size and resized here.
+    """
+    n, dim = patch_pos.shape[1], patch_pos.shape[2]
+    m = math.isqrt(n)
+    if m * m != n:
+        raise ValueError(f"pos_embed has {n} patch positions, not a square grid")
+    if m == grid:  # the official forward returns pos_embed unchanged here
+        return patch_pos
+    kwargs: dict[str, Any] = {}
+    if offset:
+        s = float(grid + offset) / m
+        kwargs["scale_factor"] = (s, s)
+    else:
+        kwargs["size"] = (grid, grid)
+    p = F.interpolate(
+        patch_pos.float().reshape(1, m, m, dim).permute(0, 3, 1, 2),
+        mode="bicubic",
+        antialias=antialias,
+        **kwargs,
+    )
+    assert p.shape[-2:] == (grid, grid), p.shape
+    return p.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(patch_pos.dtype)
+
+
+def official_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official DINOv2 key layout -> timm's, as timm's ``_convert_dinov2`` does.
+
+    Register models become timm ``no_embed_class`` models: the class position is folded
+    into ``cls_token`` (the same single add the official forward does) and ``pos_embed``
+    keeps the patch grid only. SwiGLU ``w12`` / ``w3`` become ``fc1`` / ``fc2``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    state = dict(state)
+    state.pop("mask_token", None)
+    if "register_tokens" in state:
+        out["reg_token"] = state.pop("register_tokens")
+        out["cls_token"] = state.pop("cls_token") + state["pos_embed"][:, 0]
+        out["pos_embed"] = state.pop("pos_embed")[:, 1:]
+    for k, v in state.items():
+        # Training checkpoints built with block_chunks > 0 name blocks "blocks.<chunk>.<i>.".
+        k = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k)
+        k = k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")
+        out[k] = v
+    return out
 
 
 def timm_dinov2(name: str, image_size: int, **kw: Any) -> nn.Module:
@@ -39,7 +100,6 @@ class DinoV2(Family):
 
     def entries(self, measure: bool = True) -> list[dict[str, Any]]:
         import timm
-        import torch
 
         rows = []
         for full in timm.list_pretrained("*dinov2*"):
@@ -63,12 +123,6 @@ class DinoV2(Family):
     def build(self, entry: ModelEntry, weights: str, image_size: int) -> Built:
         """Weights are obtained at the native 518-px grid (37x37), then the position grid
         is resized to ``image_size`` with the official interpolation and baked in."""
-        import torch
-
-        from ..sources import (DINOV2_GRID, RANDOM_SEED, Built, WeightsError, bake_pos_embed,
-                               load_into_meta_built, official_dinov2_to_timm, read_checkpoint,
-                               timm_pretrained_state)
-
         name = entry.source_name
         grid = image_size // entry.patch_size
         native = DINOV2_GRID * entry.patch_size
@@ -80,9 +134,10 @@ class DinoV2(Family):
             state = timm_pretrained_state(name, entry.id)
             label = "pretrained"
         else:
-            raw, digest = read_checkpoint(weights)
-            state = official_dinov2_to_timm(raw) if "mask_token" in raw else raw
+            state, digest = read_checkpoint(weights)
             label = f"sha256:{digest}"
+        if "mask_token" in state:  # the official layout (hub copies of it too)
+            state = official_dinov2_to_timm(state)
 
         if "pos_embed" not in state:
             raise WeightsError(f"checkpoint {weights} does not fit {entry.id}: it has no pos_embed")

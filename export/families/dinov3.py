@@ -31,12 +31,11 @@ from torch import nn
 
 from simx.model.catalogue import IMAGENET_MEAN, IMAGENET_STD
 
-from ._base import Family, count_params, entry_row
+from ..weights import RANDOM_SEED, load_into_meta_built, read_checkpoint, timm_pretrained_state
+from ._base import Built, Family, count_params, entry_row
 
 if TYPE_CHECKING:
     from simx.model.catalogue import ModelEntry
-
-    from ..sources import Built
 
 _NAME = re.compile(r"^vit_(?P<variant>[a-z0-9_]+?)_patch(?P<patch>\d+)_dinov3(?P<qkvb>_qkvb)?$")
 EVAL_SIZE, EVAL_RESIZE = 224, 256
@@ -112,9 +111,6 @@ class DinoV3(Family):
 
     def build(self, entry: ModelEntry, weights: str, image_size: int) -> Built:
         import timm.models.eva as eva
-
-        from ..sources import (RANDOM_SEED, Built, load_into_meta_built, read_checkpoint,
-                               timm_pretrained_state)
 
         name = entry.source_name
         arch = name.split(".", 1)[0]

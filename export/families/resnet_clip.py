@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
+from ._base import CALIBRATION_SEED, recalibrate_batchnorm, tower_size
 from ._openclip import OpenClipFamily
 
 
@@ -27,12 +29,8 @@ class ResnetClip(OpenClipFamily):
         return 32
 
     def randomize(self, module: nn.Module) -> None:
-        import torch
-
-        from ._base import recalibrate_batchnorm, tower_size
-
         if any(p.is_meta for p in module.parameters()):
             return
         size = tower_size(module)
-        g = torch.Generator().manual_seed(7)
+        g = torch.Generator().manual_seed(CALIBRATION_SEED)
         recalibrate_batchnorm(module, torch.randn(16, 3, size, size, generator=g))

@@ -70,7 +70,7 @@ class PreprocessSpec:
     ``resize`` and ``crop`` are an int (square) or (height, width). ``resize_mode`` is
     ``shortest`` (torchvision's Resize(int)), ``longest`` (open_clip's ResizeKeepRatio then
     CenterCropOrPad with ``fill``) or ``squash`` (both sides to the target); the exact
-    arithmetic of each is in simx.preprocess. ``fill`` (0-255) is the padding colour of
+    arithmetic of each is in simx.images.preprocess. ``fill`` (0-255) is the padding colour of
     ``longest``; the other modes' references pad with 0, so they require fill 0.
     """
 
@@ -116,10 +116,6 @@ class PreprocessSpec:
         """(height, width) of the model input."""
         return size_hw(self.crop)
 
-    @property
-    def resize_hw(self) -> tuple[int, int]:
-        return size_hw(self.resize)
-
     def to_dict(self) -> dict[str, Any]:
         """The JSON form. Keys added after schema 1's first files (``fill``) appear only when
         they differ from their default, so every older spec keeps its JSON and its hash."""
@@ -147,28 +143,6 @@ class PreprocessSpec:
             fill=pre.get("fill", 0),
         )
 
-    @classmethod
-    def from_open_clip(cls, cfg: dict[str, Any]) -> PreprocessSpec:
-        """From open_clip's ``PreprocessCfg`` as a dict (``asdict(cfg)`` or a model's
-        ``visual.preprocess_cfg``): the tag's transform is ``resize = crop = size``.
-
-        open_clip's ``interpolation='random'`` means bicubic at eval, and a missing or None
-        ``fill_color`` means 0, as in ``image_transform``.
-        """
-        size = cfg.get("size", 224)
-        mean = cfg.get("mean") or (0.48145466, 0.4578275, 0.40821073)  # OPENAI_DATASET_MEAN
-        std = cfg.get("std") or (0.26862954, 0.26130258, 0.27577711)  # OPENAI_DATASET_STD
-        interpolation = cfg.get("interpolation") or "bicubic"
-        return cls(
-            resize=size, crop=size,
-            mean=tuple(mean) if isinstance(mean, (list, tuple)) else (mean,) * 3,
-            std=tuple(std) if isinstance(std, (list, tuple)) else (std,) * 3,
-            resize_mode=cfg.get("resize_mode") or "shortest",
-            interpolation="bicubic" if interpolation == "random" else interpolation,
-            # Only CenterCropOrPad (longest) uses fill_color; CenterCrop pads with 0.
-            fill=int(cfg.get("fill_color") or 0) if cfg.get("resize_mode") == "longest" else 0,
-        )
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -190,7 +164,7 @@ class ModelSpec:
     fusions: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
-    # sha256 of the file's weights and graph (simx.weights_hash), recorded at export and
+    # sha256 of the file's weights and graph (simx.model.weights_hash), recorded at export and
     # checked when the file opens; None in files exported before simx recorded it.
     weights_sha256: str | None = None
 

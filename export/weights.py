@@ -1,21 +1,18 @@
-"""Build the torch module for a registry entry, and the weight-loading helpers.
+"""Reading weights: checkpoint files, the Hugging Face hub (failing fast offline), strict
+loading into a module, and the seed of random weights.
 
-``build`` hands the entry to its family module (``simx.export.families``), which returns
-a :class:`Built`: an ``nn.Module`` that maps float32 pixels [B, 3, S, S] to the
-embedding the reference code produces, plus what the spec needs to know about it
-(weights label, preprocessing, output normalisation). This module holds what the
-families share: checkpoint reading, hub downloads that fail fast offline, strict loading.
-
-Weights come from one of three places:
+Weights come from one of three places, recorded in the spec as the label in brackets:
 
 * ``"pretrained"``: timm / open_clip download them as they normally do (Hugging Face
   cache). With no network this fails at once, naming ``--weights PATH`` and
-  ``--weights random``, instead of letting huggingface_hub retry for a minute.
-* ``"random"``: the architecture with seeded random weights, for speed tests, adjusted by
-  the family's recipe so distinct photos stay distinct (DINOv2: LayerScale at 1.0, as
-  timm's 1e-5 makes every image collapse to one embedding).
+  ``--weights random``, instead of letting huggingface_hub retry for a minute
+  (``hub_download``: offline mode when the hub does not answer, so a cached file loads).
+* ``"random"``: the architecture with weights seeded by ``RANDOM_SEED``, for speed tests,
+  adjusted by the family's recipe (``Family.randomize``) so distinct photos stay distinct.
 * a checkpoint path: official DINOv2 ``*_pretrain.pth``, timm state dicts, open_clip
-  ``.bin`` / ``.pt`` / ``.safetensors``. Recorded as ``sha256:<hex>``.
+  ``.bin`` / ``.pt`` / ``.safetensors`` (``read_checkpoint``). Recorded as ``sha256:<hex>``.
+
+Family-specific key conversions live in the family modules; nothing here knows a family.
 """
 
 from __future__ import annotations
@@ -23,27 +20,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import os
-import re
 import socket
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from simx.core.errors import SimxError, first_line
-from simx.model.catalogue import ModelEntry
-from simx.model.spec import PreprocessSpec
 
-# DINOv2 checkpoints hold the position grid of their 518-px training resolution.
-DINOV2_GRID = 37
 RANDOM_SEED = 0
 
 
@@ -51,18 +40,6 @@ class WeightsError(SimxError):
     """A checkpoint that is missing, unreadable, or not for this architecture; or no hub."""
 
 
-@dataclass
-class Built:
-    """A torch module ready to export, and the facts about it the spec records."""
-
-    module: nn.Module
-    weights: str  # "pretrained" | "random" | "sha256:<hex>"
-    preprocess: PreprocessSpec
-    normalize: bool
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- weights
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -164,7 +141,7 @@ def is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") for n in z.namelist())
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face endpoint answers a TCP connect.
 
     huggingface_hub retries a dead endpoint with back-off for about 45 s before giving
@@ -201,7 +178,7 @@ def quiet_logging(level: int = logging.WARNING) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _hub_download(what: str) -> Iterator[None]:
+def hub_download(what: str) -> Iterator[None]:
     """Run a timm / open_clip pretrained download; any failure becomes one clear line.
 
     When the hub is unreachable the download runs in huggingface_hub's offline mode, so a
@@ -211,7 +188,7 @@ def _hub_download(what: str) -> Iterator[None]:
     try:
         from huggingface_hub import constants
 
-        if not constants.HF_HUB_OFFLINE and not _hub_reachable():
+        if not constants.HF_HUB_OFFLINE and not hub_reachable():
             offline_patch = constants
             constants.HF_HUB_OFFLINE = True
     except ImportError:  # pragma: no cover
@@ -244,81 +221,24 @@ def _load_strict(
         raise WeightsError(f"checkpoint {src} does not fit {what}: {detail[:300]}") from None
 
 
-# --------------------------------------------------------------------------- DINOv2
-def bake_pos_embed(
-    patch_pos: torch.Tensor, grid: int, *, antialias: bool, offset: float
-) -> torch.Tensor:
-    """Resize a [1, M*M, D] patch position grid to [1, grid*grid, D] the official way.
-
-    This is ``DinoVisionTransformer.interpolate_pos_encoding`` from facebookresearch/dinov2,
-    done once at export time instead of on every forward: non-register hub models use
-    ``scale_factor=(g + 0.1) / M`` without antialias, register models ``size=(g, g)``
-    with antialias. The result is bit-identical to the official forward and the graph has
-    no Resize node. timm resamples differently when it loads official checkpoints, so the
-    position grid is always taken at its original size and resized here.
-    """
-    n, dim = patch_pos.shape[1], patch_pos.shape[2]
-    m = math.isqrt(n)
-    if m * m != n:
-        raise ValueError(f"pos_embed has {n} patch positions, not a square grid")
-    if m == grid:  # the official forward returns pos_embed unchanged here
-        return patch_pos
-    kwargs: dict[str, Any] = {}
-    if offset:
-        s = float(grid + offset) / m
-        kwargs["scale_factor"] = (s, s)
-    else:
-        kwargs["size"] = (grid, grid)
-    p = F.interpolate(
-        patch_pos.float().reshape(1, m, m, dim).permute(0, 3, 1, 2),
-        mode="bicubic",
-        antialias=antialias,
-        **kwargs,
-    )
-    assert p.shape[-2:] == (grid, grid), p.shape
-    return p.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(patch_pos.dtype)
-
-
-def official_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official DINOv2 key layout -> timm's, as timm's ``_convert_dinov2`` does.
-
-    Register models become timm ``no_embed_class`` models: the class position is folded
-    into ``cls_token`` (the same single add the official forward does) and ``pos_embed``
-    keeps the patch grid only. SwiGLU ``w12`` / ``w3`` become ``fc1`` / ``fc2``.
-    """
-    out: dict[str, torch.Tensor] = {}
-    state = dict(state)
-    state.pop("mask_token", None)
-    if "register_tokens" in state:
-        out["reg_token"] = state.pop("register_tokens")
-        out["cls_token"] = state.pop("cls_token") + state["pos_embed"][:, 0]
-        out["pos_embed"] = state.pop("pos_embed")[:, 1:]
-    for k, v in state.items():
-        # Training checkpoints built with block_chunks > 0 name blocks "blocks.<chunk>.<i>.".
-        k = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k)
-        k = k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")
-        out[k] = v
-    return out
-
-
 def timm_pretrained_state(name: str, what: str) -> dict[str, torch.Tensor]:
     """timm's pretrained weights for ``name`` (its Hugging Face hub copy, via timm's own
     loader and cache) as a state dict at the native grid, without building a model first:
     so an offline machine fails in seconds, and giant needs no extra model in memory.
-    Official DINOv2 checkpoints (they hold ``mask_token``) are converted to timm's layout."""
+    The keys are the hub file's own: a family converts an official layout itself."""
     import timm
     from timm.models import get_pretrained_cfg, load_state_dict_from_hf
 
     cfg = get_pretrained_cfg(name)
     if cfg is None or not cfg.hf_hub_id:  # pragma: no cover - every DINO tag has one
-        with _hub_download(what):
+        with hub_download(what):
             return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
-    with _hub_download(what):
+    with hub_download(what):
         if cfg.hf_hub_filename:
             state = load_state_dict_from_hf(cfg.hf_hub_id, cfg.hf_hub_filename)
         else:
             state = load_state_dict_from_hf(cfg.hf_hub_id)
-    return official_dinov2_to_timm(state) if "mask_token" in state else dict(state)
+    return dict(state)
 
 
 def load_into_meta_built(
@@ -338,21 +258,3 @@ def load_into_meta_built(
         model = make()
     _load_strict(model, state, what, src, assign=on_meta)
     return model.eval()
-
-
-def build(entry: ModelEntry, weights: str, image_size: int) -> Built:
-    """The torch module for ``entry`` with the requested weights, in eval mode.
-
-    The entry's family module builds it (``simx.export.families.FAMILIES``).
-    """
-    from .families import family
-
-    if not entry.size_ok(image_size):
-        raise SimxError(
-            f"--image-size {image_size} is not a positive multiple of {entry.id}'s patch "
-            f"size {entry.patch_size}"
-        )
-    built = family(entry.family).build(entry, weights, image_size)
-    for p in built.module.parameters():
-        p.requires_grad_(False)
-    return built
