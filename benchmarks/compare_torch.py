@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from simx import bench
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.core import machine as sysinfo
 from simx.bench import reference
 from simx.core.errors import SimxError, first_line
@@ -85,7 +85,7 @@ def _cos_min(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
-def ensure_files(entry: registry.ModelEntry, models_dir: Path, log: Callable[[str], None]) -> dict[str, Path]:
+def ensure_files(entry: catalogue.ModelEntry, models_dir: Path, log: Callable[[str], None]) -> dict[str, Path]:
     """fp32, static int8 and dynamic int8 files for ``entry`` (exported where missing)."""
     from simx.export.api import export_model
 
@@ -129,7 +129,7 @@ def openvino_ep_session(path: Path, threads: int) -> tuple[Any | None, str]:
     return ort.InferenceSession(str(path), so), "bf16 (load_config INFERENCE_PRECISION_HINT)"
 
 
-def build_paths(entry: registry.ModelEntry, files: dict[str, Path], x: np.ndarray, threads: int,
+def build_paths(entry: catalogue.ModelEntry, files: dict[str, Path], x: np.ndarray, threads: int,
                 flags: list[str]) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]], dict[str, str]]:
     """name -> batch runner (float32 [B,3,S,S] -> [B,D]) and name -> note (skips, precisions)."""
     import torch
@@ -197,14 +197,14 @@ def build_paths(entry: registry.ModelEntry, files: dict[str, Path], x: np.ndarra
     return paths, notes
 
 
-def measure_model(entry: registry.ModelEntry, files: dict[str, Path], images: list[Path], batch: int,
+def measure_model(entry: catalogue.ModelEntry, files: dict[str, Path], images: list[Path], batch: int,
                   seconds: float, rounds: int, threads: int, flags: list[str], ref: list[float],
                   log: Callable[[str], None]) -> dict[str, Any]:
     from simx import Encoder
     from simx.export import calibration, verify
     from simx.run.session import read_spec
 
-    spec = registry.get(entry.id)
+    spec = catalogue.get(entry.id)
     pre = spec.preprocess(entry.default_size)
     photos = calibration.pixels([calibration.photo(n) for n in verify.PHOTOS], pre)
     x = calibration.pixels([calibration.photo(n) for n in (verify.PHOTOS * batch)[:batch]], pre)
@@ -371,7 +371,7 @@ def main() -> None:
     ref: list[float] = []
     models = []
     for mid in args.models.split(","):
-        entry = registry.get(mid)
+        entry = catalogue.get(mid)
         files = ensure_files(entry, args.models_dir, log)
         models.append(measure_model(entry, files, images, args.batch_size, args.seconds,
                                     args.rounds, threads, flags, ref, log))

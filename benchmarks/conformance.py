@@ -271,7 +271,7 @@ def export_row(entry: Any, depth: int | None, timeout: int) -> dict[str, Any]:
 
 def sweep(only: str | None, resume: bool, out: Path, depth: int, reduce_above: float,
           timeout: int, family: str | None = None) -> dict[str, Any]:
-    from simx.model import catalogue as registry
+    from simx.model import catalogue
 
     doc: dict[str, Any] = {"rows": {}}
     if resume and out.exists():
@@ -279,7 +279,7 @@ def sweep(only: str | None, resume: bool, out: Path, depth: int, reduce_above: f
     doc["machine"] = machine()
     doc["settings"] = {"depth": depth, "reduce_above_m": reduce_above, "timeout_s": timeout}
     rows: dict[str, Any] = doc["rows"]
-    entries = [e for e in registry.load_catalogue().values() if (not only or re.search(only, e.id)) and (not family or re.search(family, e.family))]
+    entries = [e for e in catalogue.load_catalogue().values() if (not only or re.search(only, e.id)) and (not family or re.search(family, e.family))]
     groups: dict[str, list[Any]] = {}
     for e in entries:
         groups.setdefault(group_key(e), []).append(e)
@@ -314,9 +314,9 @@ def _f(v: Any, fmt: str) -> str:
 
 def table(doc: dict[str, Any]) -> str:
     """The markdown table: a summary, failures by cause, then one line per (model, tag)."""
-    from simx.model import catalogue as registry
+    from simx.model import catalogue
 
-    missing = [e for e in registry.load_catalogue().values() if e.id not in doc["rows"]]
+    missing = [e for e in catalogue.load_catalogue().values() if e.id not in doc["rows"]]
     rows = sorted(doc["rows"].values(), key=lambda r: (r["family"], r["id"]))
     rows += [{"id": e.id, "family": e.family, "size": e.default_size, "params_m": e.params_m,
               "depth": "-", "exported": False, "cause": "not run", "error": "-",
@@ -385,9 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.merge:
         a.out.write_text(json.dumps(doc, indent=1, sort_keys=True))
     a.out.with_suffix(".md").write_text(table(doc))
-    from simx.model import catalogue as registry
+    from simx.model import catalogue
 
-    n = len(registry.load_catalogue())
+    n = len(catalogue.load_catalogue())
     ok = sum(r["exported"] for r in doc["rows"].values())
     print(f"pass rate {ok}/{n}; table {a.out.with_suffix('.md')}")
     return 0

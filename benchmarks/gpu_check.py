@@ -90,7 +90,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from simx.model import catalogue as registry
+    from simx.model import catalogue
     from simx.run.session import read_spec
 
     started = time.perf_counter()
@@ -120,7 +120,7 @@ def main() -> None:
         "batch_sizes": batches, "models": [], "skipped": skipped,
     }
     for mid in args.models.split(","):
-        entry = registry.get(mid)
+        entry = catalogue.get(mid)
         path = args.models_dir / f"{entry.id}.onnx"
         if not path.exists():
             skipped[mid] = f"{path} not found (export it beforehand: simx export ... --weights random)"

@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.core import machine as sysinfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def uptime() -> str:
         return ""
 
 
-def photos_batch(entry: registry.ModelEntry) -> np.ndarray:
+def photos_batch(entry: catalogue.ModelEntry) -> np.ndarray:
     """The 8 photos squashed to 224 and normalised (graph-to-graph comparisons only)."""
     import skimage.data
     from PIL import Image
@@ -96,7 +96,7 @@ def photos_batch(entry: registry.ModelEntry) -> np.ndarray:
 def build_variants(model_id: str, log: Any) -> tuple[dict[str, onnx.ModelProto], dict[str, Any]]:
     from simx.export import families, optimize, quantize, to_onnx
 
-    entry = registry.get(model_id)
+    entry = catalogue.get(model_id)
     built = families.build(entry, "random", 224)
     t = time.perf_counter()
     plain = to_onnx.export_onnx(built.module, 224, 18, what=model_id)
@@ -178,7 +178,7 @@ def op_profile(model: onnx.ModelProto, x: np.ndarray, threads: int, runs: int = 
 
 def bench_model(model_id: str, rounds: int, log: Any) -> dict[str, Any]:
     models, info = build_variants(model_id, log)
-    x8 = photos_batch(registry.get(model_id))
+    x8 = photos_batch(catalogue.get(model_id))
     cores = os.cpu_count() or 1
     ref = run(session(models["fp32"], cores), x8)
     acc = {k: accuracy(run(session(m, cores), x8), ref) for k, m in models.items()}

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from simx.run import autoselect as autoselect
-from simx.run import providers as providers
-from simx.model import catalogue as registry
+from simx.run import providers
+from simx.model import catalogue
 from simx.core import machine as sysinfo
 from simx.core.errors import ProviderError
 from simx.bench import gemm_gflops
@@ -67,7 +67,7 @@ def main() -> None:
     else:
         from simx.export.api import export_model
 
-        model = export_model(registry.get("dinov2-small"), weights="random", output_dir=Path(tmp.name))
+        model = export_model(catalogue.get("dinov2-small"), weights="random", output_dir=Path(tmp.name))
     ov_row = "openvino"
     try:
         check_available("openvino")

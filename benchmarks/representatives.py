@@ -50,9 +50,9 @@ REPRESENTATIVES: tuple[Representative, ...] = (
 
 
 def run(note: str, timeout: int) -> dict[str, Any]:
-    from simx.model import catalogue as registry
+    from simx.model import catalogue
 
-    cat = registry.load_catalogue()
+    cat = catalogue.load_catalogue()
     rows = []
     for r in REPRESENTATIVES:
         row = conformance.export_row(cat[r.model_id], r.depth, timeout)

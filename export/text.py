@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.core.errors import SimxError, first_line
 from simx.core.fs import fsync_dir, write_bytes_durably
 from simx.run.hf_tokenizer import TOKENIZER_SUFFIX
@@ -93,7 +93,7 @@ def _text_layers(n: int | None) -> Iterator[None]:
         factory.get_model_config = orig
 
 
-def build_clip(entry: registry.ModelEntry, weights: str,
+def build_clip(entry: catalogue.ModelEntry, weights: str,
                text_layers: int | None = None) -> tuple[Any, str]:
     """The full open_clip model (both towers) and the spec's weights string.
 
@@ -298,7 +298,7 @@ def verify_text(onnx_path: Path, tower: Any, ids: np.ndarray) -> dict[str, float
             "max_cosine_between_texts": distinct, "n_texts": float(len(ids))}
 
 
-def text_tokenizer_for(entry: registry.ModelEntry, model: Any,
+def text_tokenizer_for(entry: catalogue.ModelEntry, model: Any,
                        tokenizer: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
     """The simx tokenizer for ``entry``'s text tower and what the text spec records of it.
 
@@ -334,7 +334,7 @@ def text_tokenizer_for(entry: registry.ModelEntry, model: Any,
                  "tokenizer_settings": tok.settings.to_dict()}
 
 
-def preflight_tokenizer(entry: registry.ModelEntry, tokenizer: str | Path | None = None) -> None:
+def preflight_tokenizer(entry: catalogue.ModelEntry, tokenizer: str | Path | None = None) -> None:
     """Fail early, before any export, when ``entry``'s text tokenizer cannot be had."""
     import open_clip
 
@@ -354,7 +354,7 @@ def _vocab_size(model: Any) -> int:
 
 
 def export_text_tower(
-    entry: registry.ModelEntry,
+    entry: catalogue.ModelEntry,
     *,
     weights: str,
     output_dir: Path,

@@ -4,7 +4,7 @@
 Why a committed snapshot: the runtime (``simx models``, id lookups) never imports torch,
 timm or open_clip, yet must list what they offer. This script asks every family in
 ``simx.export.families.FAMILIES`` for its entries (open_clip's ``list_pretrained`` and
-configs, timm's DINOv2/DINOv3 names) and writes them; ``tests/test_registry.py`` checks
+configs, timm's DINOv2/DINOv3 names) and writes them; ``tests/test_catalogue.py`` checks
 that the file equals what the installed libraries list, so an upgrade that adds tags
 fails the test until this script is re-run.
 

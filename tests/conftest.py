@@ -96,14 +96,14 @@ def models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported(models_dir) -> dict[str, Path]:
     """id -> path of dinov2-small, dinov2-small-reg and ViT-B-32, exported with random weights."""
-    from simx.model import catalogue as registry
+    from simx.model import catalogue
     from simx.export.api import export_model
 
     out = {}
     for model_id in SMALL_MODELS:
         path = models_dir / f"{model_id}.onnx"
         if not (os.environ.get("SIMX_TEST_EXPORTS") and path.exists()):
-            path = export_model(registry.get(model_id), weights="random", output_dir=models_dir)
+            path = export_model(catalogue.get(model_id), weights="random", output_dir=models_dir)
         out[model_id] = path
     return out
 

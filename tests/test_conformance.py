@@ -13,13 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import conformance  # noqa: E402
 
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.export import to_onnx  # noqa: E402
 
 
 def test_graph_sharing_groups_tags_not_architectures() -> None:
     """Two tags of one architecture share a graph; quick_gelu or another size do not."""
-    cat = registry.load_catalogue()
+    cat = catalogue.load_catalogue()
     a, b = cat["openclip-vit-b-32-laion2b_s34b_b79k"], cat["openclip-vit-b-32-laion2b_e16"]
     qg = cat["openclip-vit-b-32-openai"]
     assert conformance.group_key(a) == conformance.group_key(b)
@@ -41,7 +41,7 @@ def test_classify_names_causes() -> None:
 def test_reduced_depth_row_and_forced_failure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """One real export at 1 block with the full tower's module classes, then a forced
     exporter failure that becomes a classified row, and the table names both."""
-    entry = registry.load_catalogue()["dinov2-small"]
+    entry = catalogue.load_catalogue()["dinov2-small"]
     row = conformance.export_row(entry, depth=1, timeout=120)
     assert row["exported"], row
     assert row["blocks"] == 1 and row["full_blocks"] == 12 and row["same_classes"] is True
@@ -68,6 +68,6 @@ def test_sweep_pass_rate(tmp_path: Path) -> None:
     out = tmp_path / "conformance.json"
     conformance.main(["--out", str(out), "--reduce-above", "0", "--depth", "2", "--timeout", "300"])
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == len(registry.load_catalogue())
+    assert len(rows) == len(catalogue.load_catalogue())
     assert sum(r["exported"] for r in rows.values()) >= 0.95 * len(rows)
     assert all(r.get("cause") for r in rows.values() if not r["exported"])

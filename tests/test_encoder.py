@@ -134,13 +134,13 @@ def test_end_to_end_matches_torch_reference(exported, model_id, paths):
     by simx.export.families with the same seeded random weights the export used."""
     import torch
 
-    from simx.model import catalogue as registry
+    from simx.model import catalogue
     from simx.export.families import build
 
     enc = Encoder(exported[model_id], provider="cpu")
     spec = enc.spec
     got = enc.embed(paths, batch_size=4)
-    built = build(registry.get(model_id), "random", spec.image_size)
+    built = build(catalogue.get(model_id), "random", spec.image_size)
     x = torch.from_numpy(np.stack([_torchvision_pixels(p, spec) for p in paths]))
     with torch.no_grad():
         ref = built.module.eval()(x).float().numpy()

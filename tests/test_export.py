@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.cli.app import main as cli
 from simx.core.errors import SimxError
 from simx.export import api, families, to_onnx, verify, weights, writer
@@ -52,7 +52,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def torch_models() -> dict[str, torch.nn.Module]:
     """The torch modules the session exports came from (random weights are seeded)."""
     return {
-        mid: families.build(registry.get(mid), "random", 224).module for mid in SMALL
+        mid: families.build(catalogue.get(mid), "random", 224).module for mid in SMALL
     }
 
 
@@ -100,7 +100,7 @@ def test_graph_has_symbolic_batch_and_no_resize(model_id, exported):
 
 def test_metadata_round_trips(exported):
     for model_id, path in exported.items():
-        entry = registry.get(model_id)
+        entry = catalogue.get(model_id)
         m = onnx.load(str(path), load_external_data=False)
         raw = {p.key: p.value for p in m.metadata_props}[METADATA_KEY]
         spec = ModelSpec.from_json(raw)
@@ -231,7 +231,7 @@ def test_official_checkpoint_matches_official_forward(registers, tmp_path, rgb_p
     sd, blocks = _official_state(registers)
     ckpt = tmp_path / ("dinov2_vits14_reg4_pretrain.pth" if registers else "dinov2_vits14_pretrain.pth")
     torch.save(sd, ckpt)
-    entry = registry.dinov2("small", registers)
+    entry = catalogue.dinov2("small", registers)
     out_dir = tmp_path / "out"
     path = api.export_model(entry, weights=str(ckpt), output_dir=out_dir, image_size=112, opset=18)
     ms = open_model(path, provider="cpu")
@@ -260,7 +260,7 @@ def test_open_clip_checkpoint_file_loads_like_open_clip_does(tmp_path, rgb_photo
     ckpt = tmp_path / "epoch_1.pt"
     torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}},
                ckpt)
-    entry = registry.get("openclip-vit-b-32-laion2b_s34b_b79k")
+    entry = catalogue.get("openclip-vit-b-32-laion2b_s34b_b79k")
     path = api.export_model(entry, weights=str(ckpt), output_dir=tmp_path / "out", image_size=64)
     ms = open_model(path, provider="cpu")
     assert ms.spec.weights == "sha256:" + weights.sha256_file(ckpt)
@@ -360,7 +360,7 @@ def tiny_build(monkeypatch):
 def test_failed_verification_leaves_no_file(tiny_build, monkeypatch, tmp_path):
     monkeypatch.setitem(verify.GATES, "fp32", verify.Gate(1.1, 1e-4, True))  # unreachable
     with pytest.raises(verify.VerificationError, match="min cosine"):
-        api.export_model(registry.get("dinov2-small"), weights="random", output_dir=tmp_path,
+        api.export_model(catalogue.get("dinov2-small"), weights="random", output_dir=tmp_path,
                          image_size=56)
     assert list(tmp_path.iterdir()) == []
 
@@ -369,7 +369,7 @@ def test_export_switches_to_external_data_above_the_threshold(tiny_build, monkey
                                                              rgb_photos):
     """The giant-model path (weights in <id>.onnx.data), exercised on a tiny tower."""
     monkeypatch.setattr(writer, "EXTERNAL_DATA_THRESHOLD", 1024)
-    path = api.export_model(registry.get("dinov2-small"), weights="random", output_dir=tmp_path,
+    path = api.export_model(catalogue.get("dinov2-small"), weights="random", output_dir=tmp_path,
                             image_size=56)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dinov2-small.onnx", "dinov2-small.onnx.data"]
     ms = open_model(path, provider="cpu")
@@ -382,7 +382,7 @@ def test_export_switches_to_external_data_above_the_threshold(tiny_build, monkey
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
 def test_precision_writes_its_own_file(tiny_build, precision, tmp_path):
-    entry = registry.get("dinov2-small")
+    entry = catalogue.get("dinov2-small")
     path = api.export_model(entry, weights="random", output_dir=tmp_path, image_size=56,
                             precision=precision)
     assert path == tmp_path / f"dinov2-small-{precision}.onnx"
@@ -409,14 +409,14 @@ def test_text_flag_exports_the_text_tower_after_the_image(tiny_build, monkeypatc
         return output_dir / f"{entry.id}-text.onnx"
 
     monkeypatch.setattr(text, "export_text_tower", export_text_tower)
-    entry = registry.get("openclip-vit-b-32-openai")
+    entry = catalogue.get("openclip-vit-b-32-openai")
     paths = api.export_model(entry, weights="random", output_dir=tmp_path, image_size=64, text=True)
     assert paths == [tmp_path / "openclip-vit-b-32-openai.onnx",
                      tmp_path / "openclip-vit-b-32-openai-text.onnx"]
     # The text spec records the image tower's real size (it once said 224 for any export).
     assert calls == [("openclip-vit-b-32-openai", "random", tmp_path, 18, 64)]
     with pytest.raises(SimxError, match="no text tower"):
-        api.export_model(registry.get("dinov2-small"), weights="random", output_dir=tmp_path,
+        api.export_model(catalogue.get("dinov2-small"), weights="random", output_dir=tmp_path,
                          text=True)
 
 
@@ -592,7 +592,7 @@ def test_pretrained_loads_from_the_hugging_face_cache_offline(tmp_path, rgb_phot
 @pytest.mark.parametrize("model_id", ["dinov2-giant", "openclip-vit-h-14-laion2b_s32b_b79k"])
 def test_giant_models_export_with_external_data(model_id, tmp_path):
     started = time.monotonic()
-    path = api.export_model(registry.get(model_id), weights="random", output_dir=tmp_path)
+    path = api.export_model(catalogue.get(model_id), weights="random", output_dir=tmp_path)
     elapsed = time.monotonic() - started
     data = path.with_name(path.name + ".data")
     assert path.is_file() and data.is_file()

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.export import api, families, verify
 from simx.export.weights import RANDOM_SEED
 from simx.export.families._base import median_pairwise_cosine
@@ -31,7 +31,7 @@ def _pixels(rgb_photos, pre) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def dinov3_small(tmp_path_factory):
     out = tmp_path_factory.mktemp("dinov3")
-    return api.export_model(registry.dinov3("small"), weights="random", output_dir=out)
+    return api.export_model(catalogue.dinov3("small"), weights="random", output_dir=out)
 
 
 def test_dinov3_small_exports_with_parity_at_batch_1_and_3(dinov3_small, rgb_photos):
@@ -40,10 +40,10 @@ def test_dinov3_small_exports_with_parity_at_batch_1_and_3(dinov3_small, rgb_pho
     assert (spec.family, spec.id, spec.dim, spec.image_size) == ("dinov3", "dinov3-small", 384, 224)
     assert spec.source == "timm:vit_small_patch16_dinov3.lvd1689m"
     assert (spec.preprocess.resize, spec.preprocess.crop) == (256, 224)
-    assert spec.preprocess.mean == registry.IMAGENET_MEAN
+    assert spec.preprocess.mean == catalogue.IMAGENET_MEAN
     # export_model's own gate ran on photos and random tensors at batch 1 and 3
     assert spec.parity["photos_min_cosine"] >= 0.99999 and spec.parity["n_images"] == 8
-    built = families.build(registry.dinov3("small"), "random", 224)
+    built = families.build(catalogue.dinov3("small"), "random", 224)
     x = _pixels(rgb_photos, spec.preprocess).numpy()
     with torch.no_grad():
         ref = built.module(torch.from_numpy(x)).numpy()
@@ -63,11 +63,11 @@ def test_dinov3_rope_is_baked_for_the_export_grid(dinov3_small, rgb_photos):
     g = onnx.load(str(dinov3_small), load_external_data=False).graph
     ops = {n.op_type for n in g.node}
     assert not ops & {"Sin", "Cos"}, ops & {"Sin", "Cos"}
-    built = families.build(registry.dinov3("small"), "random", 224)
+    built = families.build(catalogue.dinov3("small"), "random", 224)
     torch.manual_seed(RANDOM_SEED)
     timm_model = timm.create_model("vit_small_patch16_dinov3", num_classes=0, img_size=224,
                                    init_values=1.0).eval()
-    x = _pixels(rgb_photos, registry.dinov3("small").preprocess())[:3]
+    x = _pixels(rgb_photos, catalogue.dinov3("small").preprocess())[:3]
     with torch.no_grad():
         ours = built.module(x)
         theirs = timm_model.forward_features(x)[:, 0]  # dynamic RoPE recomputed here
@@ -77,9 +77,9 @@ def test_dinov3_rope_is_baked_for_the_export_grid(dinov3_small, rgb_photos):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["base", "large"])
 def test_dinov3_base_and_large_export_with_parity(variant, tmp_path):
-    path = api.export_model(registry.dinov3(variant), weights="random", output_dir=tmp_path)
+    path = api.export_model(catalogue.dinov3(variant), weights="random", output_dir=tmp_path)
     spec = open_model(path, provider="cpu").spec
-    assert spec.parity["min_cosine"] >= 0.99999 and spec.dim == registry.dinov3(variant).dim
+    assert spec.parity["min_cosine"] >= 0.99999 and spec.dim == catalogue.dinov3(variant).dim
 
 
 def test_families_dict_covers_the_catalogue():
@@ -87,7 +87,7 @@ def test_families_dict_covers_the_catalogue():
 
     for name, fam in FAMILIES.items():
         assert isinstance(fam, Family) and fam.name == name
-    assert {e.family for e in registry.MODELS.values()} == set(FAMILIES)
+    assert {e.family for e in catalogue.MODELS.values()} == set(FAMILIES)
 
 
 def test_export_dinov3_cli_refuses_unknown_variants_in_one_line(tmp_path):
@@ -116,7 +116,7 @@ def test_user_weights_that_collapse_warn_loudly_and_are_recorded(tmp_path):
     ckpt = tmp_path / "collapsed.pth"
     torch.save(m.state_dict(), ckpt)
     lines: list[str] = []
-    path = api.export_model(registry.dinov2("small"), weights=str(ckpt),
+    path = api.export_model(catalogue.dinov2("small"), weights=str(ckpt),
                             output_dir=tmp_path / "out", log=lines.append)
     spec = open_model(path, provider="cpu").spec
     assert spec.parity["collapsed"] == 1.0 and spec.parity["max_pairwise_cosine"] >= 0.98
@@ -129,7 +129,7 @@ def test_user_weights_that_collapse_warn_loudly_and_are_recorded(tmp_path):
                                       "dinov2-small"])
 def test_random_recipe_keeps_distinct_photos_distinct(model_id, rgb_photos):
     """Median pairwise cosine over 8 distinct photos < 0.9 (RN50's default init: 0.999)."""
-    e = registry.get(model_id)
+    e = catalogue.get(model_id)
     built = families.build(e, "random", e.default_size)
     with torch.no_grad():
         out = built.module(_pixels(rgb_photos, built.preprocess)).numpy()
@@ -138,7 +138,7 @@ def test_random_recipe_keeps_distinct_photos_distinct(model_id, rgb_photos):
 
 def test_rn50_exports_with_parity(tmp_path):
     """ResNet-CLIP representative: random weights (BN-calibrated), batch 1 and 3 gated."""
-    path = api.export_model(registry.get("openclip-rn50-openai"), weights="random",
+    path = api.export_model(catalogue.get("openclip-rn50-openai"), weights="random",
                             output_dir=tmp_path)
     spec = open_model(path, provider="cpu").spec
     assert spec.family == "openclip-resnet" and spec.dim == 1024

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import conformance  # noqa: E402
 import representatives  # noqa: E402
 
-from simx.model import catalogue as registry  # noqa: E402
+from simx.model import catalogue  # noqa: E402
 from simx.export import api, families, verify  # noqa: E402
 from simx.export.weights import quiet_logging  # noqa: E402
 from simx.export.families._base import median_pairwise_cosine  # noqa: E402
@@ -41,7 +41,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_every_family_has_a_representative():
     from simx.export.families import FAMILIES
 
-    cat = registry.load_catalogue()
+    cat = catalogue.load_catalogue()
     ids = [r.model_id for r in representatives.REPRESENTATIVES]
     assert all(i in cat for i in ids)
     assert {cat[i].family for i in ids} == set(FAMILIES)
@@ -54,7 +54,7 @@ def test_every_family_has_a_representative():
 def test_representative_exports_with_parity_and_distinct_photos(rep, tmp_path, rgb_photos):
     from PIL import Image
 
-    e = registry.get(rep.model_id)
+    e = catalogue.get(rep.model_id)
     size = e.default_size
     with conformance.reduced_depth(rep.depth), quiet_logging():
         built = families.build(e, "random", size)  # a second, independent build

@@ -15,14 +15,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.export import optimize, quantize
 
 MODELS = ("dinov2-small", "openclip-vit-b-32-laion2b_s34b_b79k")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
-def _pixels(rgb_photos: dict[str, np.ndarray], entry: registry.ModelEntry) -> np.ndarray:
+def _pixels(rgb_photos: dict[str, np.ndarray], entry: catalogue.ModelEntry) -> np.ndarray:
     """Real photos, squashed to 224 and normalised: inputs for graph-to-graph parity."""
     from PIL import Image
 
@@ -55,7 +55,7 @@ def case(request, rgb_photos):
     """(entry, unfused fp32 proto, fused proto, counts, real-photo pixels, fp32 outputs)."""
     from simx.export import families, to_onnx
 
-    entry = registry.get(request.param)
+    entry = catalogue.get(request.param)
     built = families.build(entry, "random", 224)
     plain = to_onnx.export_onnx(built.module, 224, 18, what=entry.id)
     del built

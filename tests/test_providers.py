@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model, tiny  # noqa: E402,F401
 
 from simx.run import autoselect as autoselect
-from simx.run import providers as providers
+from simx.run import providers
 from simx.core.errors import ProviderError
 from simx.run.session import check_available, open_model, resolve_precision
 

@@ -26,7 +26,7 @@ import onnxruntime as ort
 import pytest
 
 from simx import Encoder
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.export import calibration, quantize, verify
 from simx.run.session import open_model, read_spec
 from simx.model.spec import METADATA_KEY
@@ -166,7 +166,7 @@ def static_file(request, models_dir) -> Path:
 
     path = models_dir / f"{request.param}-int8.onnx"
     if not (os.environ.get("SIMX_TEST_EXPORTS") and path.exists()):
-        path = export_model(registry.get(request.param), weights="random", output_dir=models_dir,
+        path = export_model(catalogue.get(request.param), weights="random", output_dir=models_dir,
                             precision="int8")
     return path
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.core.errors import ModelFileError, ProviderError
 from simx.run.session import open_model, pick_providers, resolve_model_path
 from simx.model.spec import ModelSpec, PreprocessSpec
@@ -32,7 +32,7 @@ def _pool_model(path: Path, metadata: str | None) -> Path:
 
 
 def _meta(**over) -> str:
-    e = registry.get("dinov2-small")
+    e = catalogue.get("dinov2-small")
     kw = dict(id="tiny", family="dinov2", variant="small", source=e.source, weights="random",
               image_size=28, dim=3, normalize=True,
               preprocess=PreprocessSpec(resize=32, crop=28, mean=e.mean, std=e.std))

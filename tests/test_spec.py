@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.model.spec import ModelSpec, PreprocessSpec, SpecError, read_spec_from_metadata
 
 
 def _spec(**over) -> ModelSpec:
-    e = registry.get("dinov2-small")
+    e = catalogue.get("dinov2-small")
     kw = dict(id=e.id, family=e.family, variant=e.variant, source=e.source, weights="random",
               image_size=224, dim=e.dim, normalize=True, preprocess=e.preprocess(224))
     kw.update(over)
@@ -27,17 +27,17 @@ def test_round_trip_is_lossless():
 
 
 def test_dinov2_preprocess_is_the_official_eval_transform():
-    p = registry.get("dinov2-small").preprocess(224)
+    p = catalogue.get("dinov2-small").preprocess(224)
     assert (p.resize, p.crop, p.interpolation) == (256, 224, "bicubic")
-    assert p.mean == registry.IMAGENET_MEAN and p.std == registry.IMAGENET_STD
-    assert registry.get("dinov2-base").preprocess(448).resize == 512
+    assert p.mean == catalogue.IMAGENET_MEAN and p.std == catalogue.IMAGENET_STD
+    assert catalogue.get("dinov2-base").preprocess(448).resize == 512
 
 
 def test_image_size_must_be_a_multiple_of_the_patch():
     with pytest.raises(ValueError, match="multiple of .* patch size 14"):
-        registry.get("dinov2-small").preprocess(225)
+        catalogue.get("dinov2-small").preprocess(225)
     with pytest.raises(ValueError, match="patch size 32"):
-        registry.get("openclip-vit-b-32-openai").preprocess(240)
+        catalogue.get("openclip-vit-b-32-openai").preprocess(240)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.core.errors import ModelFileError
 
 
@@ -38,7 +38,7 @@ def text_dir(tmp_path_factory) -> Path:
 def torch_clip():
     from simx.export.text import build_clip
 
-    model, label = build_clip(registry.get(CLIP_ID), "random")
+    model, label = build_clip(catalogue.get(CLIP_ID), "random")
     assert label == "random"
     return model
 
@@ -51,7 +51,7 @@ def text_model(text_dir, torch_clip) -> Path:
     if os.environ.get("SIMX_TEST_EXPORTS") and path.exists():
         return path
     # The model built once for the module is the one exported (weights="random", seed 0).
-    return export_text_tower(registry.get(CLIP_ID), weights="random", output_dir=text_dir,
+    return export_text_tower(catalogue.get(CLIP_ID), weights="random", output_dir=text_dir,
                              model=torch_clip, weights_label="random")
 
 
@@ -69,7 +69,7 @@ def test_text_file_spec_and_graph(text_model):
     assert spec.extra["vocab_sha256"] == VOCAB_SHA256
     from simx.run.text import pair_id
 
-    assert spec.extra["pair"] == pair_id(CLIP_ID, registry.get(CLIP_ID).source, "random")
+    assert spec.extra["pair"] == pair_id(CLIP_ID, catalogue.get(CLIP_ID).source, "random")
     assert "tokenizer_file" not in spec.extra  # CLIP's BPE ships with simx
     assert spec.parity["min_cosine"] >= 0.99999
     assert spec.parity["max_abs"] <= 1e-4 * spec.parity["max_ref"]
@@ -137,7 +137,7 @@ def test_no_text_tower_for_dinov2(tmp_path):
     from simx.export.text import TextExportError, export_text_tower
 
     with pytest.raises(TextExportError, match="no text tower"):
-        export_text_tower(registry.get("dinov2-small"), weights="random", output_dir=tmp_path)
+        export_text_tower(catalogue.get("dinov2-small"), weights="random", output_dir=tmp_path)
 
 
 def test_search_text_against_a_cache(text_model, tmp_path, photo_dir, monkeypatch):
@@ -152,7 +152,7 @@ def test_search_text_against_a_cache(text_model, tmp_path, photo_dir, monkeypatc
     models = tmp_path / "models"
     models.mkdir()
     image = build_tiny_model(models / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512,
-                             source=registry.get(CLIP_ID).source)
+                             source=catalogue.get(CLIP_ID).source)
     os.symlink(text_model, models / text_model.name)
     cache = tmp_path / "cache"
     embed_into_cache([photo_dir], Encoder(image, provider="cpu"), cache, progress=False)
@@ -179,7 +179,7 @@ def test_encoder_embed_text(text_model, tmp_path):
     d.mkdir()
     os.symlink(text_model, d / text_model.name)
     image = build_tiny_model(d / f"{CLIP_ID}.onnx", model_id=CLIP_ID, dim=512,
-                             source=registry.get(CLIP_ID).source)
+                             source=catalogue.get(CLIP_ID).source)
     enc = Encoder(image, provider="cpu")
     got = enc.embed_text(["a cat", "a dog"])
     assert got.shape == (2, 512) and got.dtype == np.float32
@@ -228,7 +228,7 @@ def test_text_export_goes_through_the_one_pipeline(text_model, torch_clip, tmp_p
     monkeypatch.setattr(text, "verify_text", failing)
     out = tmp_path / "out"
     with pytest.raises(text.TextExportError, match="injected"):
-        text.export_text_tower(registry.get(CLIP_ID), weights="random", output_dir=out,
+        text.export_text_tower(catalogue.get(CLIP_ID), weights="random", output_dir=out,
                                model=torch_clip, weights_label="random")
     assert checked == [f"{CLIP_ID}-text"]
     assert list(out.iterdir()) == []
@@ -251,7 +251,7 @@ def siglip_tokenizer_dir(tmp_path_factory) -> Path:
 def torch_siglip():
     from simx.export.text import build_clip
 
-    model, label = build_clip(registry.get(SIGLIP_ID), "random", text_layers=2)
+    model, label = build_clip(catalogue.get(SIGLIP_ID), "random", text_layers=2)
     assert label == "random" and len(model.text.transformer.resblocks) == 2
     return model
 
@@ -260,7 +260,7 @@ def torch_siglip():
 def siglip_text(tmp_path_factory, torch_siglip, siglip_tokenizer_dir) -> Path:
     from simx.export.text import export_text_tower
 
-    return export_text_tower(registry.get(SIGLIP_ID), weights="random",
+    return export_text_tower(catalogue.get(SIGLIP_ID), weights="random",
                              output_dir=tmp_path_factory.mktemp("siglip_text"), model=torch_siglip,
                              weights_label="random", tokenizer=siglip_tokenizer_dir, text_layers=2)
 
@@ -280,7 +280,7 @@ def test_siglip_text_file_records_its_tokenizer(siglip_text):
     assert hashlib.sha256(side.read_bytes()).hexdigest() == e["vocab_sha256"]
     s = e["tokenizer_settings"]
     assert s["clean"] == "canonicalize" and s["pad_token_id"] == 1 and s["context_length"] == 64
-    entry = registry.get(SIGLIP_ID)
+    entry = catalogue.get(SIGLIP_ID)
     assert e["pair"] == pair_id(SIGLIP_ID, entry.source, "random")
     assert spec.parity["min_cosine"] >= 0.99999 and spec.parity["max_cosine_between_texts"] < 0.999
     assert spec.dim == 768
@@ -312,7 +312,7 @@ def test_siglip_text_refused_for_other_weights(siglip_text, tmp_path, photo_dir)
     from simx.core.errors import SearchError
     from simx.retrieval.search import search_cache
 
-    source = registry.get(SIGLIP_ID).source
+    source = catalogue.get(SIGLIP_ID).source
     for weights, ok in (("random", True), ("sha256:" + "ab" * 32, False)):
         d = tmp_path / weights[:6]
         d.mkdir()
@@ -368,6 +368,6 @@ def test_siglip_export_without_tokenizer_says_so(torch_siglip, tmp_path, monkeyp
     monkeypatch.setattr(weights, "hub_reachable", lambda timeout=3.0: False)
     out = tmp_path / "out"
     with pytest.raises(TextExportError, match="not in the local Hugging Face cache"):
-        export_text_tower(registry.get(SIGLIP_ID), weights="random", output_dir=out,
+        export_text_tower(catalogue.get(SIGLIP_ID), weights="random", output_dir=out,
                           model=torch_siglip, weights_label="random")
     assert not out.exists() or list(out.iterdir()) == []

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from simx.core.errors import SimxError
-from simx.model import catalogue as registry
+from simx.model import catalogue
 
 # What `simx export` imports, some only deep inside a run: all are checked before it starts.
 EXPORT_MODULES = ("torch", "torchvision", "timm", "open_clip", "onnx", "onnxscript", "onnxruntime")
@@ -67,7 +67,7 @@ def _missing(modules: tuple[str, ...]) -> list[str]:
     return out
 
 
-def _run_export(entry: registry.ModelEntry, **kw: Any) -> None:
+def _run_export(entry: catalogue.ModelEntry, **kw: Any) -> None:
     kw["image_size"] = kw.get("image_size") or entry.default_size
     missing = _missing(EXPORT_MODULES)
     if missing:
@@ -98,7 +98,7 @@ def export_group() -> None:
 @_export_options
 def export_dinov2(variant: str, registers: bool, **kw: Any) -> None:
     """Export a DINOv2 backbone (normalized CLS token)."""
-    _run_export(registry.dinov2(variant, registers), **kw)
+    _run_export(catalogue.dinov2(variant, registers), **kw)
 
 
 @export_group.command("dinov3")
@@ -109,7 +109,7 @@ def export_dinov2(variant: str, registers: bool, **kw: Any) -> None:
 @_export_options
 def export_dinov3(variant: str, qkvb: bool, tag: str | None, **kw: Any) -> None:
     """Export a DINOv3 backbone (CLS token after the final norm)."""
-    _run_export(registry.dinov3(variant, qkvb, tag), **kw)
+    _run_export(catalogue.dinov3(variant, qkvb, tag), **kw)
 
 
 @export_group.command("openclip")
@@ -126,5 +126,5 @@ def export_openclip(model_name: str, pretrained: str, text: bool, tokenizer: Pat
     """Export an OpenCLIP image tower (encode_image)."""
     if tokenizer is not None and not text:
         raise SimxError("--tokenizer is for the text tower: add --text")
-    _run_export(registry.openclip(model_name, pretrained), text=text,
+    _run_export(catalogue.openclip(model_name, pretrained), text=text,
                 **({"tokenizer": tokenizer} if tokenizer is not None else {}), **kw)

@@ -10,7 +10,7 @@ import click
 
 from simx.cli import params
 from simx.core.errors import SimxError
-from simx.model import catalogue as registry
+from simx.model import catalogue
 
 _PRECISION_ORDER = ("fp32", "fp16", "int8")
 
@@ -25,12 +25,12 @@ def _exported(models: Path) -> dict[str, list[str]]:
         for p in ("int8", "fp16"):
             if stem.endswith(f"-{p}"):
                 stem, precision = stem[: -len(p) - 1], p
-        if stem in registry.MODELS:
+        if stem in catalogue.MODELS:
             out.setdefault(stem, []).append(precision)
     return {k: sorted(v, key=_PRECISION_ORDER.index) for k, v in out.items()}
 
 
-def _row(e: registry.ModelEntry, exported: list[str]) -> dict[str, Any]:
+def _row(e: catalogue.ModelEntry, exported: list[str]) -> dict[str, Any]:
     """One catalogue entry as ``--json`` prints it."""
     return {
         "id": e.id,
@@ -57,8 +57,8 @@ def _row(e: registry.ModelEntry, exported: list[str]) -> dict[str, Any]:
 
 
 def _mean_std_name(mean: list[float], std: list[float]) -> str:
-    names = {(registry.IMAGENET_MEAN, registry.IMAGENET_STD): "imagenet",
-             (registry.OPENAI_MEAN, registry.OPENAI_STD): "openai",
+    names = {(catalogue.IMAGENET_MEAN, catalogue.IMAGENET_STD): "imagenet",
+             (catalogue.OPENAI_MEAN, catalogue.OPENAI_STD): "openai",
              ((0.5,) * 3, (0.5,) * 3): "0.5", ((0.0,) * 3, (1.0,) * 3): "0/1"}
     return f"{names.get((tuple(mean), tuple(std)), 'custom')} mean/std"
 
@@ -88,7 +88,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 @click.command("models")
 @click.argument("search", required=False)
-@click.option("--family", type=click.Choice(registry.families()), default=None,
+@click.option("--family", type=click.Choice(catalogue.families()), default=None,
               help="Only this family.")
 @click.option("--exported", "only_exported", is_flag=True,
               help="Only models already exported in the models folder.")
@@ -104,7 +104,7 @@ def models_cmd(search: str | None, family: str | None, only_exported: bool, as_j
     have = _exported(models_dir())
     rows = [
         _row(e, have.get(e.id, []))
-        for e in registry.MODELS.values()
+        for e in catalogue.MODELS.values()
         if (not family or e.family == family)
         and (not search or any(search.lower() in x.lower() for x in (e.id, e.source)))
         and (not only_exported or e.id in have)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from simx.run import providers as providers
+from simx.run import providers
 
 
 class FiniteFloat(click.ParamType):

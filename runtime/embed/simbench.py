@@ -22,8 +22,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from simx.run import providers as providers
-from simx.model import catalogue as registry
+from simx.run import providers
+from simx.model import catalogue
 from simx.core.errors import ProviderError, SimxError, first_line
 
 SIMBENCH_KEYS = ("method", "variant", "model", "pretrained", "batch_size", "device", "normalize",
@@ -35,7 +35,7 @@ def _dinov2(cfg: dict[str, Any], where: str) -> str:
     variant = cfg.get("variant") or cfg.get("model")
     if not variant:
         raise ConfigError(f"{where}: method dinov2 needs variant (small, base, large, giant)")
-    return registry.dinov2(str(variant), bool(cfg.get("registers", False))).id
+    return catalogue.dinov2(str(variant), bool(cfg.get("registers", False))).id
 
 
 def _dinov3(cfg: dict[str, Any], where: str) -> str:
@@ -44,7 +44,7 @@ def _dinov3(cfg: dict[str, Any], where: str) -> str:
         raise ConfigError(f"{where}: method dinov3 needs variant (small, small_plus, base, large, "
                           "huge_plus)")
     tag = cfg.get("pretrained")
-    return registry.dinov3(str(variant), bool(cfg.get("qkvb", False)),
+    return catalogue.dinov3(str(variant), bool(cfg.get("qkvb", False)),
                            str(tag) if tag else None).id
 
 
@@ -52,7 +52,7 @@ def _openclip(cfg: dict[str, Any], where: str) -> str:
     model, tag = cfg.get("model"), cfg.get("pretrained")
     if not model or not tag:
         raise ConfigError(f"{where}: method openclip needs model and pretrained")
-    return registry.openclip(str(model), str(tag)).id
+    return catalogue.openclip(str(model), str(tag)).id
 
 
 # sim-bench's ``method`` -> the catalogue id its keys name (one line per method).
@@ -99,7 +99,7 @@ def method_model_id(cfg: dict[str, Any], where: str = "config") -> str:
                           f"supported: {', '.join(METHODS)}")
     try:
         return METHODS[method](cfg, where)
-    except registry.UnknownModelError as e:
+    except catalogue.UnknownModelError as e:
         raise ConfigError(f"{where}: {e}") from None
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from simx.run import providers as providers
+from simx.run import providers
 from simx.core.errors import ModelFileError, ProviderError, first_line
 from simx.model.check import check_io, check_kind, check_output, check_weights
 from simx.model.spec import ModelSpec, SpecError, read_spec_from_metadata
@@ -48,11 +48,11 @@ def resolve_model_path(model: str | os.PathLike[str]) -> Path:
     have = sorted(x.stem for x in models_dir().glob("*.onnx")) if models_dir().is_dir() else []
     env = "$SIMX_MODELS_DIR" if "SIMX_MODELS_DIR" in os.environ else "$SIMX_MODELS_DIR (unset: ./onnx_models)"
     msg = f"no model {str(model)!r}: not a file, and not in {where} (looked there by {env})"
-    from simx.model import catalogue as registry
+    from simx.model import catalogue
 
     try:
-        msg += f"; it is in the catalogue but not exported: run `{registry.get(str(model)).export_command}`"
-    except registry.UnknownModelError:
+        msg += f"; it is in the catalogue but not exported: run `{catalogue.get(str(model)).export_command}`"
+    except catalogue.UnknownModelError:
         msg += f"; models there: {', '.join(have)}" if have else "; export one with `simx export`"
     raise ModelFileError(msg)
 

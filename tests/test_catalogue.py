@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from simx.model import catalogue as registry
+from simx.model import catalogue
 from simx.cli.app import main as cli
 from simx.model.catalogue import UnknownModelError
 from simx.model.spec import PreprocessSpec
 
-OPENCLIP = [e for e in registry.MODELS.values() if e.source.startswith("open_clip:")]
-DINOV2 = [e for e in registry.MODELS.values() if e.family == "dinov2"]
+OPENCLIP = [e for e in catalogue.MODELS.values() if e.source.startswith("open_clip:")]
+DINOV2 = [e for e in catalogue.MODELS.values() if e.family == "dinov2"]
 # A few entries per CLIP family whose numbers are rebuilt from open_clip's own model.
 SAMPLE = ["openclip-vit-b-32-laion2b_s34b_b79k", "openclip-vit-b-32-openai",
           "openclip-vit-h-14-laion2b_s32b_b79k", "openclip-rn50-openai",
@@ -39,12 +39,12 @@ def test_snapshot_equals_what_the_libraries_list():
     import open_clip
     import timm
 
-    from simx.export.families import catalogue
+    from simx.export.families import catalogue as list_exportable
     from simx.export.weights import quiet_logging
 
     with quiet_logging():
-        fresh = catalogue(measure=False)
-    committed = json.loads(registry.CATALOGUE_PATH.read_text())["models"]
+        fresh = list_exportable(measure=False)
+    committed = json.loads(catalogue.CATALOGUE_PATH.read_text())["models"]
     assert [r["id"] for r in committed] == [r["id"] for r in fresh], (
         "runtime/model/catalogue.json is stale: run python scripts/make_catalogue.py")
     for ours, theirs in zip(committed, fresh):
@@ -53,7 +53,7 @@ def test_snapshot_equals_what_the_libraries_list():
             k: v for k, v in theirs.items() if k not in unmeasured}, ours["id"]
     pairs = {(e.variant, e.pretrained) for e in OPENCLIP}
     assert pairs == set(open_clip.list_pretrained()) and len(pairs) == len(OPENCLIP)
-    timm_names = {e.source_name for e in registry.MODELS.values() if e.source.startswith("timm:")}
+    timm_names = {e.source_name for e in catalogue.MODELS.values() if e.source.startswith("timm:")}
     assert set(timm.list_pretrained("*dinov2*")) <= timm_names
     assert set(timm.list_pretrained("vit_*_dinov3*")) <= timm_names
 
@@ -61,11 +61,11 @@ def test_snapshot_equals_what_the_libraries_list():
 @pytest.mark.slow
 def test_snapshot_equals_the_generator_output_exactly():
     make_catalogue = _make_catalogue()
-    assert registry.CATALOGUE_PATH.read_text() == make_catalogue.render(make_catalogue.snapshot())
+    assert catalogue.CATALOGUE_PATH.read_text() == make_catalogue.render(make_catalogue.snapshot())
 
 
 def test_catalogue_holds_what_the_issue_asks_for():
-    ids = set(registry.MODELS)
+    ids = set(catalogue.MODELS)
     for v in ("small", "base", "large", "giant"):
         assert {f"dinov2-{v}", f"dinov2-{v}-reg"} <= ids
     for v in ("small", "small-plus", "base", "large", "huge-plus"):
@@ -73,40 +73,40 @@ def test_catalogue_holds_what_the_issue_asks_for():
     for model, tag in [("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-B-16", "laion2b_s34b_b88k"),
                        ("ViT-L-14", "laion2b_s32b_b82k"), ("ViT-H-14", "laion2b_s32b_b79k"),
                        ("ViT-B-32", "openai"), ("ViT-B-16", "openai"), ("ViT-L-14", "openai")]:
-        e = registry.openclip(model, tag)
+        e = catalogue.openclip(model, tag)
         assert e.id == f"openclip-{model.lower()}-{tag}"
         assert e.source == f"open_clip:{model}/{tag}"
-    fams = {e.family for e in registry.MODELS.values()}
+    fams = {e.family for e in catalogue.MODELS.values()}
     assert fams == {"dinov2", "dinov3", "openclip-vit", "openclip-timm", "openclip-resnet"}
-    assert registry.get("openclip-rn50-openai").family == "openclip-resnet"
-    assert registry.get("openclip-vit-b-16-siglip2-webli").family == "openclip-timm"
-    assert registry.get("openclip-coca_vit-b-32-laion2b_s13b_b90k").family == "openclip-vit"
+    assert catalogue.get("openclip-rn50-openai").family == "openclip-resnet"
+    assert catalogue.get("openclip-vit-b-16-siglip2-webli").family == "openclip-timm"
+    assert catalogue.get("openclip-coca_vit-b-32-laion2b_s13b_b90k").family == "openclip-vit"
 
 
 def test_lookups():
-    e = registry.dinov2("small")
+    e = catalogue.dinov2("small")
     assert (e.id, e.dim, e.patch_size, e.registers) == ("dinov2-small", 384, 14, False)
     assert e.source == "timm:vit_small_patch14_dinov2.lvd142m"
-    r = registry.dinov2("giant", registers=True)
+    r = catalogue.dinov2("giant", registers=True)
     assert r.id == "dinov2-giant-reg" and r.source == "timm:vit_giant_patch14_reg4_dinov2.lvd142m"
-    assert registry.get("openclip-vit-b-32-laion2b_s34b_b79k") is registry.openclip(
+    assert catalogue.get("openclip-vit-b-32-laion2b_s34b_b79k") is catalogue.openclip(
         "ViT-B-32", "laion2b_s34b_b79k")
-    d3 = registry.dinov3("small")
+    d3 = catalogue.dinov3("small")
     assert (d3.id, d3.dim, d3.patch_size, d3.source) == (
         "dinov3-small", 384, 16, "timm:vit_small_patch16_dinov3.lvd1689m")
-    assert registry.dinov3("base", qkvb=True).source == "timm:vit_base_patch16_dinov3_qkvb.lvd1689m"
-    assert registry.dinov3("large", tag="sat493m").id == "dinov3-large-sat493m"
-    assert registry.dinov3("huge_plus").dim == 1280
+    assert catalogue.dinov3("base", qkvb=True).source == "timm:vit_base_patch16_dinov3_qkvb.lvd1689m"
+    assert catalogue.dinov3("large", tag="sat493m").id == "dinov3-large-sat493m"
+    assert catalogue.dinov3("huge_plus").dim == 1280
 
 
 @pytest.mark.parametrize(
     "call, names",
     [
-        (lambda: registry.get("dinov2-tiny"), ["dinov2-small", "openclip-vit-h-14-laion2b_s32b_b79k"]),
-        (lambda: registry.dinov2("tiny"), ["small", "base", "large", "giant"]),
-        (lambda: registry.openclip("ViT-Q-7", "openai"), ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14"]),
-        (lambda: registry.openclip("ViT-B-32", "nope"), ["laion2b_s34b_b79k", "openai", "laion400m_e32"]),
-        (lambda: registry.dinov3("medium"), ["small", "small_plus", "base", "large", "huge_plus"]),
+        (lambda: catalogue.get("dinov2-tiny"), ["dinov2-small", "openclip-vit-h-14-laion2b_s32b_b79k"]),
+        (lambda: catalogue.dinov2("tiny"), ["small", "base", "large", "giant"]),
+        (lambda: catalogue.openclip("ViT-Q-7", "openai"), ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14"]),
+        (lambda: catalogue.openclip("ViT-B-32", "nope"), ["laion2b_s34b_b79k", "openai", "laion400m_e32"]),
+        (lambda: catalogue.dinov3("medium"), ["small", "small_plus", "base", "large", "huge_plus"]),
     ],
     ids=["id", "variant", "model", "tag", "dinov3-variant"],
 )
@@ -122,11 +122,11 @@ def test_failed_lookup_lists_valid_names(call, names):
 
 def test_failed_lookup_names_the_closest_first():
     with pytest.raises(UnknownModelError, match=r"closest: ViT-B-32-SigLIP2-256\b"):
-        registry.openclip("ViT-B-32-SigLIP2-265", "webli")
+        catalogue.openclip("ViT-B-32-SigLIP2-265", "webli")
     with pytest.raises(UnknownModelError, match=r"closest: openclip-vit-b-32-openai"):
-        registry.get("openclip-vit-b-32-opnai")
+        catalogue.get("openclip-vit-b-32-opnai")
     with pytest.raises(UnknownModelError, match="closest: small_plus"):
-        registry.dinov3("small_pls")
+        catalogue.dinov3("small_pls")
 
 
 def test_quick_gelu_is_what_open_clip_records_per_tag():
@@ -136,16 +136,16 @@ def test_quick_gelu_is_what_open_clip_records_per_tag():
     for e in OPENCLIP:
         assert e.quick_gelu == bool(open_clip.get_pretrained_cfg(e.variant, e.pretrained)
                                     .get("quick_gelu", False)), e.id
-    assert registry.openclip("ViT-B-32", "openai").quick_gelu
-    assert registry.openclip("ViT-B-32", "laion400m_e32").quick_gelu
-    assert registry.openclip("ViT-B-16", "metaclip_400m").quick_gelu
-    assert registry.openclip("ViT-H-14-quickgelu", "dfn5b").quick_gelu
-    assert not registry.openclip("ViT-B-32", "laion2b_s34b_b79k").quick_gelu
-    assert not registry.openclip("ViT-B-16", "laion400m_e32").quick_gelu
+    assert catalogue.openclip("ViT-B-32", "openai").quick_gelu
+    assert catalogue.openclip("ViT-B-32", "laion400m_e32").quick_gelu
+    assert catalogue.openclip("ViT-B-16", "metaclip_400m").quick_gelu
+    assert catalogue.openclip("ViT-H-14-quickgelu", "dfn5b").quick_gelu
+    assert not catalogue.openclip("ViT-B-32", "laion2b_s34b_b79k").quick_gelu
+    assert not catalogue.openclip("ViT-B-16", "laion400m_e32").quick_gelu
     assert sum(e.quick_gelu for e in OPENCLIP) == 54
 
 
-@pytest.mark.parametrize("entry", [registry.get(i) for i in SAMPLE], ids=lambda e: e.id)
+@pytest.mark.parametrize("entry", [catalogue.get(i) for i in SAMPLE], ids=lambda e: e.id)
 def test_openclip_entries_agree_with_open_clip(entry):
     """Catalogue data vs open_clip's own model config, PreprocessCfg and built tower."""
     import open_clip
@@ -195,19 +195,19 @@ def test_preprocess_from_openclip_reads_every_field_and_defaults():
 
 
 def test_preprocessing_modes_come_from_the_tags():
-    siglip = registry.get("openclip-vit-so400m-14-siglip-384-webli")
+    siglip = catalogue.get("openclip-vit-so400m-14-siglip-384-webli")
     assert (siglip.default_size, siglip.resize_mode, siglip.mean) == (384, "squash", (0.5,) * 3)
-    mobile = registry.get("openclip-mobileclip-s1-datacompdr")
+    mobile = catalogue.get("openclip-mobileclip-s1-datacompdr")
     assert (mobile.interpolation, mobile.mean, mobile.std) == ("bilinear", (0.0,) * 3, (1.0,) * 3)
-    assert registry.get("openclip-vit-l-14-laion2b_s32b_b82k").mean == (0.5,) * 3
-    assert registry.get("openclip-vit-b-32-openai").mean == registry.OPENAI_MEAN
+    assert catalogue.get("openclip-vit-l-14-laion2b_s32b_b82k").mean == (0.5,) * 3
+    assert catalogue.get("openclip-vit-b-32-openai").mean == catalogue.OPENAI_MEAN
 
 
 @pytest.mark.parametrize("entry", [e for e in DINOV2 if not e.registers], ids=lambda e: e.id)
 def test_dinov2_entries_agree_with_timm(entry):
     import torch
     import timm
-    for e in (entry, registry.dinov2(entry.variant, registers=True)):
+    for e in (entry, catalogue.dinov2(entry.variant, registers=True)):
         assert timm.is_model(e.source_name.split(".")[0])
         with torch.device("meta"):  # no memory, no init time
             m = timm.create_model(e.source_name, num_classes=0, img_size=518)
@@ -219,7 +219,7 @@ def test_dinov2_entries_agree_with_timm(entry):
 
 
 def test_dinov2_preprocess_scales_with_size():
-    e = registry.dinov2("base")
+    e = catalogue.dinov2("base")
     p = e.preprocess()
     assert (p.resize, p.crop, p.interpolation) == (256, 224, "bicubic")
     assert (e.preprocess(448).resize, e.preprocess(448).crop) == (512, 448)
@@ -231,7 +231,7 @@ def test_dinov2_preprocess_scales_with_size():
 def test_unknown_family_fails_loudly():
     from simx.export.families import FAMILIES, UnknownFamilyError, family
 
-    assert set(FAMILIES) == set(registry.families())
+    assert set(FAMILIES) == set(catalogue.families())
     with pytest.raises(UnknownFamilyError, match="unknown model family 'openclip'.*dinov2"):
         family("openclip")
 
@@ -242,7 +242,7 @@ def test_models_command_table():
     lines = r.stdout.splitlines()
     assert lines[0].split()[:5] == ["id", "family", "dim", "params", "input"]
     body = {ln.split()[0]: ln for ln in lines[2:]}
-    assert set(body) == set(registry.MODELS)
+    assert set(body) == set(catalogue.MODELS)
     assert "384" in body["dinov2-small"] and "resize 256 bicubic -> crop 224" in body["dinov2-small"]
     assert "QuickGELU" in body["openclip-vit-b-32-openai"]
     assert "QuickGELU" not in body["openclip-vit-b-32-laion2b_s34b_b79k"]
@@ -274,7 +274,7 @@ def test_models_command_json():
     r = CliRunner().invoke(cli, ["models", "--json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
-    assert [row["id"] for row in rows] == list(registry.MODELS)
+    assert [row["id"] for row in rows] == list(catalogue.MODELS)
     by_id = {row["id"]: row for row in rows}
     small = by_id["dinov2-small"]
     assert (small["dim"], small["input_size"], small["family"]) == (384, 224, "dinov2")
@@ -283,5 +283,5 @@ def test_models_command_json():
                                    "std": [0.229, 0.224, 0.225]}
     assert by_id["openclip-vit-l-14-openai"]["quick_gelu"] is True
     h14 = "openclip-vit-h-14-laion2b_s32b_b79k"  # the count itself is checked against open_clip above
-    assert by_id[h14]["params_m"] == registry.get(h14).params_m
+    assert by_id[h14]["params_m"] == catalogue.get(h14).params_m
     assert by_id[h14]["command"] == "simx export openclip --model ViT-H-14 --pretrained laion2b_s32b_b79k"
