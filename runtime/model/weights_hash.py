@@ -18,69 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from simx.core.errors import ModelFileError
+from simx.model import onnx_wire as w
 
-# Field numbers from onnx.proto3.
-_MODEL_GRAPH, _MODEL_METADATA = 7, 14
-_GRAPH_INITIALIZER = 5
-_TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 9, 13, 14
-_ENTRY_KEY, _ENTRY_VALUE = 1, 2
 _CHUNK = 1 << 24
 
 
-class _Corrupt(Exception):
-    pass
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise _Corrupt("truncated varint")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
-    """(field number, wire type, start of the whole field, start of its payload, end)."""
-    pos = 0
-    while pos < len(buf):
-        start = pos
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, end = _varint(buf, pos)
-        elif wire == 1:
-            end = pos + 8
-        elif wire == 2:
-            n, pos = _varint(buf, pos)
-            end = pos + n
-        elif wire == 5:
-            end = pos + 4
-        else:
-            raise _Corrupt(f"wire type {wire}")
-        if end > len(buf):
-            raise _Corrupt("field runs past the end")
-        yield number, wire, start, pos, end
-        pos = end
-
-
 def _external(tensor: memoryview) -> dict[str, str]:
-    out = {}
-    for number, wire, _, a, b in _fields(tensor):
-        if number == _TENSOR_EXTERNAL_DATA and wire == 2:
-            entry = tensor[a:b]
-            kv = {n: bytes(entry[x:y]).decode("utf-8", "replace")
-                  for n, w, _, x, y in _fields(entry) if w == 2}
-            out[kv.get(_ENTRY_KEY, "")] = kv.get(_ENTRY_VALUE, "")
-    return out
+    return dict(w.entry(tensor, a, b) for number, wire, _, a, b in w.fields(tensor)
+                if number == w.TENSOR_EXTERNAL_DATA and wire == 2)
 
 
 def _hash_external(h: hashlib._Hash, folder: Path, ext: dict[str, str]) -> None:
@@ -107,18 +55,18 @@ def _hash_external(h: hashlib._Hash, folder: Path, ext: dict[str, str]) -> None:
 
 
 def _hash_graph(h: hashlib._Hash, graph: memoryview, folder: Path) -> None:
-    for number, wire, start, a, b in _fields(graph):
-        if number != _GRAPH_INITIALIZER or wire != 2:
+    for number, wire, start, a, b in w.fields(graph):
+        if number != w.GRAPH_INITIALIZER or wire != 2:
             h.update(graph[start:b])
             continue
         tensor = graph[a:b]
         ext = _external(tensor)
         h.update(b"\x00initializer")
         raw = None
-        for n, _, s, x, e in _fields(tensor):
-            if n == _TENSOR_RAW_DATA:
+        for n, _, s, x, e in w.fields(tensor):
+            if n == w.TENSOR_RAW_DATA:
                 raw = tensor[x:e]
-            elif n not in (_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION):
+            elif n not in (w.TENSOR_EXTERNAL_DATA, w.TENSOR_DATA_LOCATION):
                 h.update(tensor[s:e])
         # The tensor's bytes last, the same whether inline or in an external file.
         h.update(b"\x00raw")
@@ -140,14 +88,14 @@ def weights_sha256(path: str | os.PathLike[str]) -> str:
         raise ModelFileError(f"{path}: the model file is empty")
     buf = memoryview(data)
     try:
-        for number, wire, start, a, b in _fields(buf):
-            if number == _MODEL_METADATA:
+        for number, wire, start, a, b in w.fields(buf):
+            if number == w.MODEL_METADATA:
                 continue
-            if number == _MODEL_GRAPH and wire == 2:
+            if number == w.MODEL_GRAPH and wire == 2:
                 h.update(b"\x00graph")
                 _hash_graph(h, buf[a:b], path.parent)
             else:
                 h.update(buf[start:b])
-    except _Corrupt as e:
+    except w.Corrupt as e:
         raise ModelFileError(f"{path}: not a valid ONNX protobuf ({e})") from None
     return h.hexdigest()

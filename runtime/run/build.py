@@ -19,8 +19,9 @@ import numpy as np
 
 from simx.run import providers
 from simx.core.errors import ModelFileError, ProviderError, first_line
-from simx.model.check import check_io, check_kind, check_output, check_weights
-from simx.model.spec import ModelSpec, SpecError, read_spec_from_metadata
+from simx.model.check import check_io, check_output, check_weights
+from simx.model.header import read_spec as read_file_spec
+from simx.model.spec import ModelSpec
 
 DEFAULT_MODELS_DIR = "onnx_models"
 
@@ -267,9 +268,10 @@ class ModelSession:
         return out
 
 
-def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
-    """Read the simx spec of a model file without building an inference session."""
-    return build_session(path, provider="cpu", _spec_only=True).spec
+def read_spec(model: str | os.PathLike[str]) -> ModelSpec:
+    """The simx spec of a model file (path or exported id), checked against its graph's
+    inputs and outputs, read off the file without building an inference session."""
+    return read_file_spec(resolve_model_path(model))
 
 
 def _load(path: Path, so: Any, **kw: Any) -> Any:
@@ -279,18 +281,10 @@ def _load(path: Path, so: Any, **kw: Any) -> Any:
         raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
 
 
-def _spec_of(path: Path, sess: Any) -> ModelSpec:
-    try:
-        return read_spec_from_metadata(sess.get_modelmeta().custom_metadata_map, where=str(path))
-    except SpecError as e:
-        raise ModelFileError(f"{path}: {e}") from None
-
-
 def build_session(
     model: str | os.PathLike[str],
     provider: str = "auto",
     threads: int | None = None,
-    _spec_only: bool = False,
     kind: str = "image",
     *,
     precision: str | None = None,
@@ -299,35 +293,23 @@ def build_session(
 ) -> ModelSession:
     """Open an exported simx model. Every failure is a ModelFileError or ProviderError with one line.
 
-    The graph's inputs and outputs are checked against the spec, and (unless only the
-    spec is wanted) the weights against the hash recorded at export and the model's
-    ``kind`` ("image" or "text") against what the caller needs.
+    The graph's inputs and outputs are checked against the spec (as the file declares them,
+    then as onnxruntime loaded them), the weights against the hash recorded at export, and
+    the model's ``kind`` ("image" or "text") against what the caller needs.
 
     ``precision`` None runs the file at its own precision (``"auto"`` is
     ``simx.run.session.open_model``'s). ``provider_options`` are merged over the table's
     options (simx.run.providers).
     """
     path = resolve_model_path(model)
-    ort = _ort()
     if precision == "auto":
         raise ValueError("precision 'auto' is chosen by simx.run.session.open_model, not here")
-    so = session_options(threads)
-    if _spec_only:
-        # Fastest path to the metadata: no graph optimisation work.
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = _load(path, so, providers=[providers.PROVIDERS["cpu"].ort_name])
-        spec = _spec_of(path, sess)
-        check_io(path, spec, sess)
-        return ModelSession(path=path, spec=spec, session=sess, providers=list(sess.get_providers()))
     row = resolve_provider(provider, precision)
+    # The spec first, off the file: the options depend on it (input name and size for
+    # TensorRT's profile, the file's precision), and OpenVINO's runtime reads no metadata.
+    spec = read_file_spec(path, kind)
     if row.name == "cpu":
-        sess = _load(path, so, providers=[row.ort_name])
-        spec = _spec_of(path, sess)
-    else:
-        # The spec first: the options depend on it (input name and size for TensorRT's
-        # profile, the file's precision), and the OpenVINO runtime reads no ONNX metadata.
-        spec = read_spec(path)
-    check_kind(path, spec, kind)
+        sess = _load(path, session_options(threads), providers=[row.ort_name])
     ran = resolve_precision(row, spec, precision)
     image_size = spec.preprocess.crop if kind == "image" else None
     opts = providers.ep_options(row, precision=ran, threads=threads, device_id=device_id,
@@ -338,7 +320,7 @@ def build_session(
     else:
         sess, got, ran = _build(path, row, ran, threads, opts, provider_options)
     if row.ort_name is not None:
-        check_io(path, spec, sess)  # (read_spec checked it for the OpenVINO runtime)
+        check_io(path, spec, sess)  # what onnxruntime loaded, too
     check_weights(path, spec)
     if spec.precision == "fp16" and row.name == "cpu":
         warnings.warn(
