@@ -273,3 +273,25 @@ def test_gflops_through_fused_contrib_ops(tmp_path):
     onnx.save(model, str(path))
     expected = (2 * s * d * h + 2 * s * h * d + 4 * s * s * d) / 1e9
     assert bench.count_gflops(path) == pytest.approx(expected)
+
+
+def test_end_to_end_rounds_are_bounded_by_time_not_by_the_model_rate():
+    """A model far faster than decoding (a tiny model, a GPU) must not queue minutes of
+    decoding per round: chunks are capped at 16 batches and stop once the budget is spent."""
+    import time
+
+    from simx.bench.timing import stream_for
+
+    calls: list[tuple[int, int]] = []
+
+    def slow_stream(r: int, k: int) -> None:
+        calls.append((r, k))
+        time.sleep(0.02)
+
+    images, secs = stream_for(slow_stream, 0, batch=4, img_s=1e6, budget=0.05)
+    assert all(k == 64 for _, k in calls) and images == 64 * len(calls)
+    assert 2 <= len(calls) <= 6 and secs >= 0.05
+    assert len({r for r, _ in calls}) == len(calls)  # each chunk starts elsewhere in the list
+    calls.clear()
+    images, _ = stream_for(slow_stream, 1, batch=8, img_s=1.0, budget=0.0)
+    assert calls == [(1_000_003, 16)] and images == 16  # at least one chunk of 2 batches

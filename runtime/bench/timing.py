@@ -79,10 +79,23 @@ def interleaved(
         lat += part
         rnd = {"sgemm_gflops": sg["gflops"], "img_s": batch * len(part) / sum(part)}
         if stream is not None:
-            k = max(2 * batch, int(math.ceil(rnd["img_s"] * seconds / n)))
-            t0 = time.perf_counter()
-            stream(r, k)
-            rnd["e2e_images"] = k
-            rnd["e2e_s"] = time.perf_counter() - t0
+            rnd["e2e_images"], rnd["e2e_s"] = stream_for(stream, r, batch, rnd["img_s"], seconds / n)
         out.append(rnd)
     return lat, out
+
+
+def stream_for(stream: Callable[[int, int], None], r: int, batch: int, img_s: float,
+               budget: float) -> tuple[int, float]:
+    """Embed files end to end in chunks until ``budget`` seconds have passed (at least one
+    chunk): (images, seconds). A chunk is what the model alone does in the budget, within
+    [2, 16] batches: sized by time, not by the model's rate alone, so a model far faster
+    than its decoding (a tiny model, a GPU) does not queue minutes of decoding per round."""
+    chunk = max(2 * batch, min(int(math.ceil(img_s * budget)), 16 * batch))
+    images, i = 0, 0
+    t0 = time.perf_counter()
+    while True:
+        stream(r * 1_000_003 + i, chunk)  # each chunk starts further along the list
+        images += chunk
+        i += 1
+        if time.perf_counter() - t0 >= budget:
+            return images, time.perf_counter() - t0
