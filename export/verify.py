@@ -21,6 +21,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,6 +176,50 @@ def max_pairwise_cosine(x: np.ndarray) -> float:
     return float(_cosines_between_rows(x).max())
 
 
+def _measure(ms: Any, batches: list[Probe], refs: list[np.ndarray],
+             what: str) -> tuple[dict[str, dict[str, float]], list[np.ndarray], list[np.ndarray]]:
+    """Per probe kind: max abs error, max |ref| and min cosine of onnxruntime's output vs
+    torch's; and the photo outputs and references, for the collapse and centred figures."""
+    inp = ms.session.get_inputs()[0]
+    in_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    figures: dict[str, dict[str, float]] = {}
+    photo_outputs: list[np.ndarray] = []
+    photo_refs: list[np.ndarray] = []
+    for probe, ref in zip(batches, refs):
+        out = ms.session.run([ms.spec.output_name], {inp.name: probe.pixels.astype(in_dtype)})[0]
+        out = np.asarray(out, dtype=np.float32)
+        if out.shape != ref.shape:
+            raise VerificationError(
+                f"{what}: onnxruntime output {out.shape} for {probe.name}, torch {ref.shape}"
+            )
+        if not np.isfinite(out).all():
+            raise VerificationError(f"{what}: onnxruntime output for {probe.name} is not finite")
+        f = figures.setdefault(probe.kind, {"max_abs": 0.0, "ref_max_abs": 0.0, "min_cosine": 1.0})
+        f["max_abs"] = max(f["max_abs"], float(np.abs(out - ref).max()))
+        f["ref_max_abs"] = max(f["ref_max_abs"], float(np.abs(ref).max()))
+        f["min_cosine"] = min(f["min_cosine"], float(_cosines(out, ref).min()))
+        if probe.kind == "photos":
+            photo_outputs.append(out)
+            photo_refs.append(ref)
+    return figures, photo_outputs, photo_refs
+
+
+def _hold_to_gate(figures: dict[str, dict[str, float]], gated: list[str], gate: Any, what: str,
+                  precision: str) -> None:
+    for kind in gated:
+        f = figures[kind]
+        if f["min_cosine"] < gate.min_cosine:
+            raise VerificationError(
+                f"{what} ({precision}) differs from torch on {kind}: min cosine "
+                f"{f['min_cosine']:.7f} < {gate.min_cosine}"
+            )
+        if gate.max_abs_rel is not None and f["max_abs"] > gate.max_abs_rel * f["ref_max_abs"]:
+            raise VerificationError(
+                f"{what} ({precision}) differs from torch on {kind}: max abs {f['max_abs']:.3g} "
+                f"> {gate.max_abs_rel} x max|ref| ({f['ref_max_abs']:.3g})"
+            )
+
+
 def compare(
     path: Path,
     batches: list[Probe],
@@ -197,41 +242,9 @@ def compare(
     with warnings.catch_warnings():  # "fp16 on the CPU is slow": expected, CPU is the judge
         warnings.simplefilter("ignore", RuntimeWarning)
         ms = open_model(path, provider="cpu")
-    inp = ms.session.get_inputs()[0]
-    in_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-    figures: dict[str, dict[str, float]] = {}
-    photo_outputs: list[np.ndarray] = []
-    photo_refs: list[np.ndarray] = []
-    for probe, ref in zip(batches, refs):
-        out = ms.session.run([ms.spec.output_name], {inp.name: probe.pixels.astype(in_dtype)})[0]
-        out = np.asarray(out, dtype=np.float32)
-        if out.shape != ref.shape:
-            raise VerificationError(
-                f"{what}: onnxruntime output {out.shape} for {probe.name}, torch {ref.shape}"
-            )
-        if not np.isfinite(out).all():
-            raise VerificationError(f"{what}: onnxruntime output for {probe.name} is not finite")
-        f = figures.setdefault(probe.kind, {"max_abs": 0.0, "ref_max_abs": 0.0, "min_cosine": 1.0})
-        f["max_abs"] = max(f["max_abs"], float(np.abs(out - ref).max()))
-        f["ref_max_abs"] = max(f["ref_max_abs"], float(np.abs(ref).max()))
-        f["min_cosine"] = min(f["min_cosine"], float(_cosines(out, ref).min()))
-        if probe.kind == "photos":
-            photo_outputs.append(out)
-            photo_refs.append(ref)
-
+    figures, photo_outputs, photo_refs = _measure(ms, batches, refs, what)
     gated = ["photos"] + (["random"] if gate.random_inputs else [])
-    for kind in gated:
-        f = figures[kind]
-        if f["min_cosine"] < gate.min_cosine:
-            raise VerificationError(
-                f"{what} ({precision}) differs from torch on {kind}: min cosine "
-                f"{f['min_cosine']:.7f} < {gate.min_cosine}"
-            )
-        if gate.max_abs_rel is not None and f["max_abs"] > gate.max_abs_rel * f["ref_max_abs"]:
-            raise VerificationError(
-                f"{what} ({precision}) differs from torch on {kind}: max abs {f['max_abs']:.3g} "
-                f"> {gate.max_abs_rel} x max|ref| ({f['ref_max_abs']:.3g})"
-            )
+    _hold_to_gate(figures, gated, gate, what, precision)
     pairwise = max_pairwise_cosine(np.concatenate(photo_outputs))
     outs_c, refs_c = np.concatenate(photo_outputs), np.concatenate(photo_refs)
     outs_c = outs_c - outs_c.mean(axis=0, keepdims=True)

@@ -144,6 +144,84 @@ def layer_scale_to_one(module: nn.Module) -> int:
     return n
 
 
+class _UnitGain:
+    """One pass of LSUV: forward hooks that scale each layer, the first time it runs, so its
+    output has standard deviation ``target`` (see ``unit_gain_calibration``)."""
+
+    def __init__(self, centre: bool, target: float) -> None:
+        self.centre, self.target = centre, target
+        self.done: set[int] = set()
+        self.scaled = 0
+
+    def gain(self, y) -> float | None:
+        s = float(y.detach().double().std())
+        return self.target / s if s > 1e-8 else None
+
+    @staticmethod
+    def scale_(weight, bias, f: float, rows: slice = slice(None)) -> None:
+        weight[rows] *= f
+        if bias is not None:
+            bias[rows] *= f
+
+    def centre_(self, bias, out, channel_dim: int):
+        """Shift the bias so each output channel has mean 0 on the batch (LSUV's
+        "orthonormal" step does the same for data variance): the mean of a nonlinearity
+        (GELU, ReLU) otherwise becomes one constant vector every image shares."""
+        if bias is None or not self.centre:
+            return out
+        dims = [d for d in range(out.ndim) if d != channel_dim % out.ndim]
+        mu = out.detach().mean(dim=dims)
+        bias -= mu
+        shape = [1] * out.ndim
+        shape[channel_dim] = -1
+        return out - mu.reshape(shape)
+
+    def layer_hook(self, m: nn.Module, _inp, out):
+        import torch
+
+        if id(m) in self.done or not isinstance(out, torch.Tensor):
+            return None
+        self.done.add(id(m))
+        out = self.centre_(None if m.bias is None else m.bias.data, out,
+                           -1 if isinstance(m, torch.nn.Linear) else 1)
+        f = self.gain(out)
+        if f is None:
+            return out
+        self.scale_(m.weight.data, None if m.bias is None else m.bias.data, f)
+        self.scaled += 1
+        return out * f
+
+    def mha_pre(self, m: nn.Module, args, kwargs):
+        import torch.nn.functional as F
+
+        if id(m) in self.done or m.in_proj_weight is None:
+            return None
+        q, k, v = (kwargs.get(n, a) for n, a in zip(("query", "key", "value"),
+                                                      list(args) + [None] * 3))
+        d = m.embed_dim
+        for i, x in enumerate((q, k, v)):
+            rows = slice(i * d, (i + 1) * d)
+            b = None if m.in_proj_bias is None else m.in_proj_bias[rows]
+            f = self.gain(F.linear(x, m.in_proj_weight[rows], b))
+            if f is not None:
+                self.scale_(m.in_proj_weight.data, None if m.in_proj_bias is None
+                            else m.in_proj_bias.data, f, rows)
+        return None
+
+    def mha_hook(self, m: nn.Module, _inp, out):
+        if id(m) in self.done:
+            return None
+        self.done.add(id(m))
+        op = m.out_proj
+        y = self.centre_(None if op.bias is None else op.bias.data, out[0], -1)
+        f = self.gain(y)
+        if f is None:
+            return (y, *out[1:])
+        self.scale_(op.weight.data, None if op.bias is None else op.bias.data, f)
+        self.scaled += 1
+        return (y * f, *out[1:])
+
+
 def unit_gain_calibration(module: nn.Module, images, centre: bool = True,
                           target: float = 1.0) -> int:
     """LSUV in one pass: while ``module`` runs on ``images``, each Linear and Conv (and
@@ -153,90 +231,24 @@ def unit_gain_calibration(module: nn.Module, images, centre: bool = True,
     sweep. Only scalar gains change: the graph and every other weight stay as they are.
     Returns the number of layers scaled."""
     import torch
-    import torch.nn.functional as F
 
-    done: set[int] = set()
-    scaled = [0]
-
-    def gain(y) -> float | None:
-        s = float(y.detach().double().std())
-        return target / s if s > 1e-8 else None
-
-    def scale_(weight, bias, f: float, rows: slice = slice(None)) -> None:
-        weight[rows] *= f
-        if bias is not None:
-            bias[rows] *= f
-
-    def centre_(bias, out, channel_dim: int):
-        """Shift the bias so each output channel has mean 0 on the batch (LSUV's
-        "orthonormal" step does the same for data variance): the mean of a nonlinearity
-        (GELU, ReLU) otherwise becomes one constant vector every image shares."""
-        if bias is None or not centre:
-            return out
-        dims = [d for d in range(out.ndim) if d != channel_dim % out.ndim]
-        mu = out.detach().mean(dim=dims)
-        bias -= mu
-        shape = [1] * out.ndim
-        shape[channel_dim] = -1
-        return out - mu.reshape(shape)
-
-    def layer_hook(m: nn.Module, _inp, out):
-        if id(m) in done or not isinstance(out, torch.Tensor):
-            return None
-        done.add(id(m))
-        out = centre_(None if m.bias is None else m.bias.data, out,
-                      -1 if isinstance(m, torch.nn.Linear) else 1)
-        f = gain(out)
-        if f is None:
-            return out
-        scale_(m.weight.data, None if m.bias is None else m.bias.data, f)
-        scaled[0] += 1
-        return out * f
-
-    def mha_pre(m: nn.Module, args, kwargs):
-        if id(m) in done or m.in_proj_weight is None:
-            return None
-        q, k, v = (kwargs.get(n, a) for n, a in zip(("query", "key", "value"),
-                                                      list(args) + [None] * 3))
-        d = m.embed_dim
-        for i, x in enumerate((q, k, v)):
-            rows = slice(i * d, (i + 1) * d)
-            b = None if m.in_proj_bias is None else m.in_proj_bias[rows]
-            f = gain(F.linear(x, m.in_proj_weight[rows], b))
-            if f is not None:
-                scale_(m.in_proj_weight.data, None if m.in_proj_bias is None
-                       else m.in_proj_bias.data, f, rows)
-        return None
-
-    def mha_hook(m: nn.Module, _inp, out):
-        if id(m) in done:
-            return None
-        done.add(id(m))
-        op = m.out_proj
-        y = centre_(None if op.bias is None else op.bias.data, out[0], -1)
-        f = gain(y)
-        if f is None:
-            return (y, *out[1:])
-        scale_(op.weight.data, None if op.bias is None else op.bias.data, f)
-        scaled[0] += 1
-        return (y * f, *out[1:])
-
+    u = _UnitGain(centre, target)
     handles = []
     mhas = [m for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)]
     inside_mha = {id(m.out_proj) for m in mhas}
     for m in module.modules():
         if isinstance(m, torch.nn.MultiheadAttention):
-            handles.append(m.register_forward_pre_hook(mha_pre, with_kwargs=True))
-            handles.append(m.register_forward_hook(mha_hook))
+            handles.append(m.register_forward_pre_hook(u.mha_pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(u.mha_hook))
         elif isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)) \
                 and id(m) not in inside_mha:
-            handles.append(m.register_forward_hook(layer_hook))
+            handles.append(m.register_forward_hook(u.layer_hook))
     try:
         _forward(module, images, train=False)
     finally:
         for h in handles:
             h.remove()
-    return scaled[0]
+    return u.scaled
 
 
 def recalibrate_batchnorm(module: nn.Module, images) -> int:

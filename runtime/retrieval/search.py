@@ -78,49 +78,14 @@ def search_cache(
         raise SearchError(f"the cache {cache_dir} is empty: nothing to search")
     if not queries and not texts:
         raise SearchError("give at least one query image or --text")
-    dim = int(emb.shape[1])
 
     vecs: list[np.ndarray] = []
     labels: list[tuple[str, str]] = []
     if queries:
-        known: dict[int, int] = {}
-        todo: list[int] = []
-        for i, q in enumerate(queries):
-            row = _cached_row(cache, q)
-            if row is None:
-                todo.append(i)
-            else:
-                known[i] = row
-        q_emb = np.empty((len(queries), dim), np.float32)
-        for i, row in known.items():
-            q_emb[i] = emb[row]
-        if todo:
-            from simx.run.encoder import Encoder
-
-            for q in (queries[i] for i in todo):
-                if not Path(q).is_file():
-                    raise SearchError(f"query image not found: {q}")
-            # Embed the way the cache's rows were embedded (same resampling, same EXIF rule).
-            opts = cache.meta.get("options", {}) or {}
-            enc = Encoder(cache_model(cache, model), provider=provider,
-                          fast=bool(opts.get("fast", False)),
-                          exif_transpose=bool(opts.get("exif_transpose", False)))
-            _same_model(enc.spec, cache)
-            q_emb[todo] = enc.embed([queries[i] for i in todo])
-        vecs.append(q_emb)
+        vecs.append(_image_queries(cache, queries, model, provider))
         labels += [(q, "image") for q in queries]
     if texts:
-        source = str(cache.meta.get("source", ""))
-        if source.startswith("timm:"):
-            raise SearchError(
-                f"the cache {cache_dir} holds {cache.model_id} embeddings; DINOv2 has no text "
-                "tower, so text search needs a cache made by an OpenCLIP model")
-        te = TextEncoder(cache_model(cache, model), provider=provider)
-        te.check_pair(cache.model_id, cache.meta.get("source"), cache.meta.get("weights"),
-                      f"the cache {cache_dir}")
-        if te.dim != dim:
-            raise SearchError(f"text tower gives {te.dim}-d vectors, the cache holds {dim}-d ones")
-        vecs.append(te.embed(list(texts)))
+        vecs.append(_text_queries(cache, texts, model, provider))
         labels += [(t, "text") for t in texts]
 
     qv = np.concatenate(vecs)
@@ -137,6 +102,50 @@ def search_cache(
                 for r, (row, s) in enumerate(zip(rows, scores)) if row >= 0]
         out.append({"query": label, "kind": kind, "hits": hits})
     return out
+
+
+def _image_queries(cache: Any, queries: Sequence[str], model: str | None,
+                   provider: str) -> np.ndarray:
+    """[Q, D] query vectors: a query already in the cache reuses its row; the others are
+    embedded the way the cache's rows were (same model, resampling and EXIF rule)."""
+    emb = cache.embeddings
+    q_emb = np.empty((len(queries), int(emb.shape[1])), np.float32)
+    todo: list[int] = []
+    for i, q in enumerate(queries):
+        row = _cached_row(cache, q)
+        if row is None:
+            todo.append(i)
+        else:
+            q_emb[i] = emb[row]
+    if todo:
+        from simx.run.encoder import Encoder
+
+        for q in (queries[i] for i in todo):
+            if not Path(q).is_file():
+                raise SearchError(f"query image not found: {q}")
+        opts = cache.meta.get("options", {}) or {}
+        enc = Encoder(cache_model(cache, model), provider=provider,
+                      fast=bool(opts.get("fast", False)),
+                      exif_transpose=bool(opts.get("exif_transpose", False)))
+        _same_model(enc.spec, cache)
+        q_emb[todo] = enc.embed([queries[i] for i in todo])
+    return q_emb
+
+
+def _text_queries(cache: Any, texts: Sequence[str], model: str | None, provider: str) -> np.ndarray:
+    """[T, D] text vectors from the text tower paired with the cache's model."""
+    source = str(cache.meta.get("source", ""))
+    if source.startswith("timm:"):
+        raise SearchError(
+            f"the cache {cache.directory} holds {cache.model_id} embeddings; DINOv2 has no text "
+            "tower, so text search needs a cache made by an OpenCLIP model")
+    te = TextEncoder(cache_model(cache, model), provider=provider)
+    te.check_pair(cache.model_id, cache.meta.get("source"), cache.meta.get("weights"),
+                  f"the cache {cache.directory}")
+    dim = int(cache.embeddings.shape[1])
+    if te.dim != dim:
+        raise SearchError(f"text tower gives {te.dim}-d vectors, the cache holds {dim}-d ones")
+    return te.embed(list(texts))
 
 
 def _same_model(spec: Any, cache: Any) -> None:
