@@ -1,7 +1,7 @@
 """What dead rows and many segments cost a format-2 cache, and what one compaction costs.
 
 The writer compacts automatically when dead rows pass COMPACT_DEAD_FRACTION of the stored
-rows or the segments pass COMPACT_SEGMENTS (runtime/cache.py). This measures both sides of
+rows or the segments pass COMPACT_SEGMENTS (runtime/cache/merge.py). This measures both sides of
 that trade on a stand-in cache (random float32 rows, 768-d, written through CacheWriter
 with tests/tiny_model.py's spec; no model):
 

@@ -4,7 +4,7 @@ Issue 10 lets the cache keep its row-aligned metadata as jsonl if parquet does n
 for its dependency. This measures both on the same rows: N rows of (path ~60 chars,
 size, mtime_ns, ctime_ns, ino), the fields a simx cache stores per row.
 
-- parquet: a pyarrow table of the five columns, ``zstd`` (what runtime/cache.py writes),
+- parquet: a pyarrow table of the five columns, ``zstd`` (what runtime/cache/tables.py writes),
   read back with ``pq.read_table``;
 - jsonl: one ``json.dumps`` object a line, read back with ``json.loads`` per line.
 
