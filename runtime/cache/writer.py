@@ -43,6 +43,7 @@ from simx.cache.tables import CHUNK, read_rows_parquet, table_keys, table_paths,
 from simx.core import failpoints
 from simx.core.fs import fsync_path, write_bytes_durably
 
+
 class CacheWriter:
     """The single writer of a cache folder: holds the lock, recovers, appends, commits.
 
