@@ -17,16 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from simx.cache import (
-    Failure,
-    Row,
-    canonical_path,
-)
+from simx.cache import Failure, Row, canonical_path
 from simx.core.fs import STAT_FIELDS, stat_fields
 from simx.images.decode import IMAGE_EXTENSIONS
 from simx.images.uri import filesystem_of, is_uri, uri_stat
 
-# Test-only: seconds to sleep after each batch, so a test can kill a run part way.
 
 
 def _stat_failure(key: str, e: OSError) -> Failure:

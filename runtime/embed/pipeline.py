@@ -25,21 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from simx.cache import FAILED, CacheWriter, Failure, identity_meta, make_meta
+from simx.cache.rowindex import UNKNOWN
 from simx.core import failpoints
 from simx.embed.listing import Listing, scan
-from simx.cache import (
-    FAILED,
-    CacheWriter,
-    Failure,
-    identity_meta,
-    make_meta,
-)
-from simx.cache.rowindex import UNKNOWN
-from simx.run.encoder import Batch, Encoder
 from simx.images.decode import IMAGE_EXTENSIONS
+from simx.run.encoder import Batch, Encoder
 
 DEFAULT_COMMIT_SECONDS = 30.0
-# Test-only: seconds to sleep after each batch, so a test can kill a run part way.
 
 
 @dataclass

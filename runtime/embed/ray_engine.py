@@ -50,8 +50,8 @@ from simx.embed.listing import scan_any
 # cut finer, into at least TASKS_PER_WORKER blocks per worker, so every worker gets some.
 DEFAULT_ROWS_PER_TASK = 64
 TASKS_PER_WORKER = 4
-# Test-only hooks, forwarded to the workers through the job's runtime_env: the actor writes
-# its pid into this folder, the file holding its node id (so a test can SIGKILL it) and sleeps this long per task.
+
+
 class RayEngineError(SimxError):
     """Ray is missing, or the cluster could not be reached or refused the job."""
 

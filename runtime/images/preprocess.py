@@ -73,7 +73,6 @@ import os
 from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
-
 from typing import Any
 
 import numpy as np
