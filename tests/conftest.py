@@ -14,6 +14,7 @@ the same way; the plain command runs everything.)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -126,6 +127,15 @@ def _source(obj) -> str:
 _TORCH_HELPERS: dict[str, re.Pattern | None] = {}
 
 
+@functools.cache
+def _imports_torch(path: str) -> bool:
+    """Whether a test module imports torch or the exporter at its top (an import line or a
+    module-level importorskip): then every test in it needs torch."""
+    top = [ln for ln in Path(path).read_text().splitlines()
+           if ln.startswith(("import ", "from ")) or "importorskip(" in ln]
+    return any(_TORCH.search(ln) for ln in top)
+
+
 def _torch_helpers(module) -> re.Pattern | None:
     """A pattern matching calls of the module's own functions that reach torch, directly or
     through one another (a test calling ``reference(...)`` that imports torchvision)."""
@@ -155,10 +165,9 @@ def _needs(item) -> set[str]:
     info = getattr(item, "_fixtureinfo", None)
     for defs in (info.name2fixturedefs.values() if info else ()):
         sources += [_source(d.func) for d in defs]
-    top = [ln for ln in _source(item.module).splitlines() if ln.startswith(("import ", "from "))]
     helpers = _torch_helpers(item.module) if item.module else None
     if (any(_TORCH.search(s) or (helpers and helpers.search(s)) for s in sources)
-            or any(_TORCH.search(ln) for ln in top)):
+            or (item.module and _imports_torch(item.module.__file__))):
         need.add("torch")
     return need
 
@@ -168,19 +177,22 @@ def pytest_addoption(parser):
                      help=f"the torch-free fast tier: deselect tests marked {', '.join(TIERS)}")
 
 
+def _torch_blocked(config) -> bool:
+    """--fast, or a marker expression that leaves torch out: torch is refused."""
+    return bool(config.getoption("fast") or "not torch" in (config.getoption("markexpr") or ""))
+
+
 def pytest_ignore_collect(collection_path, config):
-    """--fast: a test module that imports torch (or the exporter) at the top is not collected."""
-    if config.getoption("fast") and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
-        top = [ln for ln in collection_path.read_text().splitlines()
-               if ln.startswith(("import ", "from ")) or "importorskip(" in ln]
-        return any(_TORCH.search(ln) for ln in top) or None
+    """With torch refused (--fast): a test module that imports torch (or the exporter) at the top is not collected."""
+    if _torch_blocked(config) and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return _imports_torch(str(collection_path)) or None
     return None
 
 
 def pytest_configure(config):
     for t in TIERS:
         config.addinivalue_line("markers", f"{t}: needs {t} (a test tier; see tests/conftest.py)")
-    if config.getoption("fast") or "not torch" in (config.getoption("markexpr") or ""):
+    if _torch_blocked(config):
         sys.modules.setdefault("torch", None)  # an unmarked torch test fails, never slows the tier
 
 
